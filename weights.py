@@ -1,0 +1,155 @@
+"""
+Weight files shared by dit.py, vae.py and text.py: find a model folder (local or on the hub),
+read its config.json into our dataclass, read single-file or sharded safetensors, load them
+into a model built on the meta device, and write the same layout back.
+
+The official layouts this understands (diffusers and transformers write them):
+    <folder>/config.json
+    <folder>/<name>.safetensors                              one file, or
+    <folder>/<name>.safetensors.index.json + the shards it names
+
+    python -c "import weights; print(weights.resolve('THUDM/CogVideoX-5b-I2V', 'vae'))"
+"""
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def resolve(path_or_id, subfolder=""):
+    """A local folder, or a hub id whose `subfolder` is downloaded (only that subfolder)."""
+    p = Path(path_or_id)
+    if p.exists():
+        # accept both the base-model folder and the component folder itself
+        if subfolder and (p / subfolder / "config.json").exists():
+            return p / subfolder
+        if (p / "config.json").exists():
+            return p
+        raise FileNotFoundError(f"{p}: no config.json here" + (f" nor in {p / subfolder}" if subfolder else ""))
+    if str(path_or_id).count("/") != 1 or str(path_or_id).startswith((".", "/")):
+        raise FileNotFoundError(f"{path_or_id}: no such folder, and not a hub id of the form owner/name")
+    from huggingface_hub import snapshot_download
+    try:  # download only the component we need, not the whole 20 GB repository
+        root = snapshot_download(str(path_or_id), allow_patterns=[f"{subfolder}/*"] if subfolder else None)
+    except Exception as e:
+        raise RuntimeError(f"could not fetch {path_or_id}/{subfolder} from the hub ({type(e).__name__}: {e}); "
+                           "download it on a machine with network and pass the local folder instead") from None
+    return Path(root) / subfolder
+
+
+def read_config(folder, cls):
+    """config.json -> dataclass `cls`; keys the dataclass does not know (_class_name, ...) are ignored."""
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing config.json")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    names = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in names}
+    return cls(**kw)
+
+
+def write_config(folder, config, extra=None):
+    d = dataclasses.asdict(config)
+    d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+    atomic_write_text(Path(folder) / "config.json", json.dumps({**(extra or {}), **d}, indent=2) + "\n")
+
+
+def read_state_dict(folder, weights_name):
+    """Read `<weights_name>` or the shards listed in `<weights_name>.index.json` (fp as stored)."""
+    folder = Path(folder)
+    single, index = folder / weights_name, folder / f"{weights_name}.index.json"
+    if single.exists():
+        return _load(single)
+    if not index.exists():
+        raise FileNotFoundError(f"{folder}: neither {weights_name} nor {index.name} found")
+    weight_map = json.loads(index.read_text())["weight_map"]
+    sd = {}
+    for shard in sorted(set(weight_map.values())):
+        if not (folder / shard).exists():
+            raise FileNotFoundError(f"{folder / shard}: shard listed in {index.name} is missing")
+        sd.update(_load(folder / shard))
+    missing = set(weight_map) - set(sd)
+    if missing:
+        raise KeyError(f"{index}: keys listed but absent from their shards, e.g. {sorted(missing)[:3]}")
+    return sd
+
+
+def _load(path):
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def load_into(model, sd, source, dtype=None, device=None):
+    """Check names and shapes against `model` (usually on meta), then fill it with `assign=True`
+    so no second copy of the weights is ever made."""
+    want = model.state_dict()
+    missing, unexpected = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
+    if missing or unexpected:
+        raise KeyError(f"{source}: checkpoint does not match the model: "
+                       f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} ({len(missing)}), "
+                       f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})")
+    for k, v in sd.items():
+        if v.shape != want[k].shape:
+            raise ValueError(f"{source}: {k} has shape {tuple(v.shape)} in the file, the model expects {tuple(want[k].shape)}")
+    sd = {k: v.to(device=device or "cpu", dtype=dtype if (dtype and v.is_floating_point()) else v.dtype) for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model
+
+
+def save_state_dict(sd, folder, weights_name, max_shard_bytes=None):
+    """Write one file, or shards `<stem>-0000i-of-0000n.safetensors` plus the index, atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+    total = sum(v.numel() * v.element_size() for v in sd.values())
+    if not max_shard_bytes or total <= max_shard_bytes:
+        _atomic_save(sd, folder / weights_name)
+        return
+    shards, cur, size = [], {}, 0
+    for k, v in sd.items():
+        n = v.numel() * v.element_size()
+        if cur and size + n > max_shard_bytes:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[k], size = v, size + n
+    shards.append(cur)
+    stem, ext = weights_name.rsplit(".", 1)
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"{stem}-{i + 1:05d}-of-{len(shards):05d}.{ext}"
+        _atomic_save(shard, folder / name)
+        weight_map.update({k: name for k in shard})
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    atomic_write_text(folder / f"{weights_name}.index.json", json.dumps(index, indent=2) + "\n")
+
+
+def _atomic_save(sd, path):
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    save_file(sd, tmp, metadata={"format": "pt"})
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path, text):
+    """Write then rename, so a crash never leaves a half-written file under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def meta_model(cls, config):
+    """Build `cls(config)` on the meta device: no memory, no init cost; `load_into` fills it."""
+    with torch.device("meta"):
+        return cls(config)
