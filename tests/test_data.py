@@ -1,0 +1,185 @@
+"""data.py: video I/O, the layered dataset round trip, the toy world, and every bad input."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import data
+
+
+def clip(T=9, H=32, W=48, seed=0):
+    rng = np.random.default_rng(seed)
+    # smooth content so lossy H.264 stays close to the source
+    base = rng.integers(0, 255, (T, H // 8, W // 8, 3)).astype(np.uint8)
+    return np.repeat(np.repeat(base, 8, 1), 8, 2)
+
+
+def test_mp4_round_trip(tmp_path):
+    v = clip()
+    data.write_video(tmp_path / "a.mp4", v, fps=12, crf=0)
+    r, fps = data.read_video(tmp_path / "a.mp4")
+    assert r.shape == v.shape and r.dtype == np.uint8 and fps == 12
+    assert np.abs(r.astype(int) - v).mean() < 6          # yuv420p chroma subsampling only
+
+
+def test_odd_size_is_padded_to_even(tmp_path):
+    v = np.ascontiguousarray(clip(H=32, W=48)[:, :31, :47])
+    data.write_video(tmp_path / "odd.mp4", v)
+    assert data.read_video(tmp_path / "odd.mp4")[0].shape == (9, 32, 48, 3)
+
+
+def test_gif_round_trip(tmp_path):
+    v = clip(T=5)
+    data.write_video(tmp_path / "a.gif", v, fps=5)
+    r, _ = data.read_video(tmp_path / "a.gif")
+    assert r.shape == v.shape
+    assert np.abs(r.astype(int) - v).mean() < 6          # 256-colour palette of the clip
+
+
+def test_frame_folder_and_davis_palette_masks(tmp_path):
+    from PIL import Image
+    v = clip(T=3)
+    (tmp_path / "jpg").mkdir()
+    (tmp_path / "ann").mkdir()
+    ids = np.zeros((3, 32, 48), np.uint8)
+    ids[:, 2:10, 2:10] = 1
+    ids[:, 20:30, 30:40] = 2
+    ids[:, 0, :] = 255                                    # DAVIS "void" border
+    for t in range(3):
+        Image.fromarray(v[t]).save(tmp_path / "jpg" / f"{t:05d}.png")
+        im = Image.fromarray(ids[t], mode="P")
+        im.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 759)
+        im.save(tmp_path / "ann" / f"{t:05d}.png")
+    r, fps = data.read_video(tmp_path / "jpg")
+    assert np.array_equal(r, v) and fps == 24
+    union = data.read_mask(tmp_path / "ann")
+    assert union.sum() == 3 * (64 + 100) and not union[:, 0].any()
+    assert data.read_mask(tmp_path / "ann", obj_id=2).sum() == 3 * 100
+
+
+def test_mask_video(tmp_path):
+    m = np.zeros((5, 32, 32), bool)
+    m[:, 8:24, 8:16] = True
+    data.write_video(tmp_path / "m.mp4", np.repeat(m[..., None].astype(np.uint8) * 255, 3, -1))
+    assert (data.read_mask(tmp_path / "m.mp4") == m).mean() > 0.99
+
+
+def test_fit_video_cover_crop_and_stride():
+    v = np.zeros((20, 40, 80, 3), np.uint8)
+    v[:, :, 30:50] = 255                                  # a centred white column
+    v[:, 0, 0, 0] = np.arange(20)                         # frame number
+    out = data.fit_video(v, 5, 16, 16, stride=3, start=2)
+    assert out.shape == (5, 16, 16, 3)
+    assert out[0, :, 8].min() > 200 and out[0, :, 0].max() < 30    # centre kept, sides cropped
+    assert list(data.frame_indices(20, 5, 3, 2)) == [2, 5, 8, 11, 14]
+    assert list(data.frame_indices(13, 4)) == [0, 4, 8, 12]         # resampled over the whole clip
+    with pytest.raises(ValueError, match="clip.mp4: has 20 frames, needs 49"):
+        data.fit_video(v, 49, 16, 16, stride=1, name="clip.mp4")
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.mp4"):
+        data.read_video(tmp_path / "nope.mp4")
+    (tmp_path / "bad.mp4").write_bytes(b"this is not a video at all" * 10)
+    with pytest.raises(ValueError, match="bad.mp4"):
+        data.read_video(tmp_path / "bad.mp4")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.mp4"):
+        data.read_video(tmp_path / "empty.mp4")
+    (tmp_path / "nof").mkdir()
+    with pytest.raises(ValueError, match="nof"):
+        data.read_video(tmp_path / "nof")
+    with pytest.raises(ValueError, match="fg.mp4 has 9 frames but mask.mp4 has 7"):
+        data.check_aligned(clip(), np.zeros((7, 32, 48), bool), "fg.mp4", "mask.mp4")
+    with pytest.raises(ValueError, match="fg.mp4 is 48x32 but mask.mp4 is 40x32"):
+        data.check_aligned(clip(), np.zeros((9, 32, 40), bool), "fg.mp4", "mask.mp4")
+    with pytest.raises(ValueError, match="expected uint8"):
+        data.write_video(tmp_path / "x.mp4", np.zeros((3, 8, 8), np.float32))
+
+
+def test_toy_dataset_round_trip(tmp_path):
+    n = data.write_toy(tmp_path / "toy", 6)
+    assert n == 6
+    ds = data.LayeredClips(tmp_path / "toy")
+    assert len(ds) == 6
+    it = ds[3]
+    assert it["video"].shape == it["fg"].shape == it["bg"].shape == (3, 9, 64, 64)
+    assert it["mask"].shape == (1, 9, 64, 64) and set(it["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert it["video"].min() >= -1 and it["video"].max() <= 1
+    truth = data.toy_clip(3)
+    assert it["caption"] == truth["caption"]
+    assert (it["mask"][0].bool().numpy() == truth["mask"]).mean() > 0.995
+    assert (data.to_uint8(it["bg"]).astype(int) - truth["bg"]).__abs__().mean() < 4
+    # fg is black outside the mask, the video equals bg far from the subject and its shadow
+    assert it["fg"][:, ~it["mask"][0].bool()].max() < -0.9
+    # the dataset with a target shape resamples
+    small = data.LayeredClips(tmp_path / "toy", frames=5, size=(32, 32), stride=2)[0]
+    assert small["video"].shape == (3, 5, 32, 32) and small["mask"].shape == (1, 5, 32, 32)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
+    assert batch["video"].shape == (2, 3, 9, 64, 64) and len(batch["caption"]) == 2
+
+
+def test_writer_is_resumable_and_lists_stay_aligned(tmp_path):
+    root = tmp_path / "toy"
+    data.write_toy(root, 3)
+    with open(root / "metadata.jsonl", "a") as f:
+        f.write('{"id": "torn')                            # a writer killed mid-line
+    w = data.LayeredWriter(root)
+    assert len(w.done) == 3
+    assert data.write_toy(root, 5) == 5                   # continues, nothing duplicated
+    ids = [r["id"] for r in data.read_metadata(root)]
+    assert len(ids) == len(set(ids)) == 5
+    lines = {n: (root / n).read_text().splitlines() for n in data.LISTS.values()}
+    assert all(len(v) == 5 for v in lines.values())
+
+
+def test_stm_release_and_cogvideox_layouts(tmp_path):
+    data.write_toy(tmp_path / "toy", 2)
+    root = tmp_path / "toy"
+    (root / "fg-black.txt").write_text((root / "fg.txt").read_text())
+    (root / "fg.txt").write_text("does/not/exist.mp4\n" * 2)   # StM: fg.txt is not the black-bg layer
+    assert data.LayeredClips(root)[1]["fg"].shape == (3, 9, 64, 64)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "prompts.txt").write_text("a clip\n")
+    (plain / "videos.txt").write_text(str(root / "videos" / "toy000_000000.mp4") + "\n")
+    assert data.LayeredClips(plain, layers=False)[0]["video"].shape == (3, 9, 64, 64)
+    with pytest.raises(FileNotFoundError, match="fg.txt"):
+        data.LayeredClips(plain)
+    (plain / "videos.txt").write_text("a.mp4\nb.mp4\n")
+    with pytest.raises(ValueError, match="prompts.txt has 1 lines but videos.txt has 2"):
+        data.read_lists(plain)
+    with pytest.raises(FileNotFoundError, match="missing prompts.txt"):
+        data.read_lists(tmp_path)
+
+
+def test_toy_world_truth():
+    for seed in range(20):
+        c = data.toy_clip(seed)
+        kind = c["sprite"]["kind"]
+        y0, y1 = c["scene"]["bands"][data.KINDS[kind]]
+        rows = np.nonzero(c["mask"].any(axis=(0, 2)))[0]
+        centre = np.nonzero(c["mask"])[1].mean()
+        assert y0 <= centre < y1, (seed, kind)              # the subject sits in the band it belongs to
+        assert 0.003 < c["mask"].mean() < 0.2 and len(rows) > 3
+        # lit by the scene: the subject's colour is its base colour times the tint (up to shading)
+        col = c["video"][c["mask"]].astype(float).mean(0)
+        expect = np.clip(np.array(c["sprite"]["rgb"]) * c["scene"]["tint"], 0, 255)
+        assert np.abs(col / max(col.max(), 1) - expect / max(expect.max(), 1)).max() < 0.2
+        assert np.array_equal(c["video"][~c["mask"]] != c["bg"][~c["mask"]],
+                              (c["video"] != c["bg"])[~c["mask"]])  # outside the subject only the shadow differs
+    a, b = data.toy_clip(1), data.toy_clip(1)
+    assert np.array_equal(a["video"], b["video"])           # a pure function of the seed
+
+
+def test_triplets(tmp_path):
+    lines = data.write_triplets(tmp_path / "tri", 3)
+    back = [json.loads(l) for l in (tmp_path / "tri" / "triplets.jsonl").read_text().splitlines()]
+    assert back == json.loads(json.dumps(lines)) and len(back) == 3
+    t = back[0]
+    ref = data.read_video(tmp_path / "tri" / t["reference"])[0]
+    fg = data.read_video(tmp_path / "tri" / t["fg"])[0]
+    assert ref.shape == fg.shape == (9, 64, 64, 3)
+    assert t["expect"]["allowed_rows"][0] < t["expect"]["allowed_rows"][1]
+    assert set(t["expect"]) >= {"kind", "colour", "tint", "shadow", "track"}
