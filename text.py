@@ -17,6 +17,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import sentencepiece as spm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -32,7 +33,6 @@ class Tokenizer:
     """prompts -> LongTensor (B, max_length): pieces, then </s>, then <pad> (ids as T5Tokenizer)."""
 
     def __init__(self, spiece_model_path, max_length=226, extra_ids=100):
-        import sentencepiece as spm
         path = Path(spiece_model_path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: SentencePiece model (spiece.model) not found")
@@ -73,13 +73,12 @@ class Tokenizer:
 
     def __call__(self, prompts):
         prompts = [prompts] if isinstance(prompts, str) else prompts
-        return torch.tensor([self.encode(p) for p in prompts], dtype=torch.long)
+        return torch.tensor([self.encode(p) for p in prompts], dtype=torch.long).view(len(prompts), self.max_length)
 
 
 def train_spiece(texts, out_path, vocab_size):
     """Train a tiny SentencePiece model laid out like T5's (unigram, <pad>=0 </s>=1 <unk>=2, no bos).
     The vocabulary may come out smaller than asked when the corpus is small."""
-    import sentencepiece as spm
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(list(texts)), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
@@ -108,15 +107,13 @@ class T5Config:  # field names = transformers' config.json keys; defaults = goog
     relative_attention_max_distance: int = 128
     layer_norm_epsilon: float = 1e-6
     feed_forward_proj: str = "gated-gelu"
-    dense_act_fn: str = None  # derived from feed_forward_proj when absent, as transformers does
+    dense_act_fn: str = None
     is_gated_act: bool = None
 
-    def __post_init__(self):
-        act = self.feed_forward_proj.split("-")
-        if self.is_gated_act is None:
-            self.is_gated_act = act[0] == "gated"
-        if self.dense_act_fn is None:
-            self.dense_act_fn = "gelu_new" if self.feed_forward_proj == "gated-gelu" else act[-1]
+    def __post_init__(self):  # older config.json files lack these two; transformers derives them so
+        gated, act = self.feed_forward_proj.startswith("gated-"), self.feed_forward_proj.split("-")[-1]
+        self.is_gated_act = gated if self.is_gated_act is None else self.is_gated_act
+        self.dense_act_fn = self.dense_act_fn or ("gelu_new" if self.feed_forward_proj == "gated-gelu" else act)
 
 
 PRESETS = {
@@ -165,7 +162,8 @@ class T5Attention(nn.Module):
 
     def forward(self, x, bias):
         B, L, _ = x.shape
-        q, k, v = (w(x).view(B, L, self.n_head, -1).transpose(1, 2) for w in (self.q, self.k, self.v))  # (B, H, L, d_kv)
+        # (B, L, d_model) -> three (B, H, L, d_kv)
+        q, k, v = (w(x).view(B, L, self.n_head, -1).transpose(1, 2) for w in (self.q, self.k, self.v))
         # T5 folds 1/sqrt(d_kv) into its init, so the logits are not scaled
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0)
         return self.o(y.transpose(1, 2).reshape(B, L, -1))  # (B, L, d_model)
@@ -175,9 +173,8 @@ class T5DenseGatedActDense(nn.Module):
     def __init__(self, c: T5Config):
         super().__init__()
         if not c.is_gated_act:
-            raise ValueError(f"feed_forward_proj={c.feed_forward_proj!r}: only T5 v1.1's gated feed-forward is implemented")
-        self.wi_0 = nn.Linear(c.d_model, c.d_ff, bias=False)
-        self.wi_1 = nn.Linear(c.d_model, c.d_ff, bias=False)
+            raise ValueError(f"feed_forward_proj={c.feed_forward_proj!r}: only T5 v1.1's gated FF is implemented")
+        self.wi_0, self.wi_1 = (nn.Linear(c.d_model, c.d_ff, bias=False) for _ in range(2))
         self.wo = nn.Linear(c.d_ff, c.d_model, bias=False)
         self.act = ACTS[c.dense_act_fn]
 
@@ -290,18 +287,17 @@ class EmbeddingCache:
         key = hashlib.sha256(f"{self.model_id}\n{prompt}".encode()).hexdigest()
         return self.folder / f"{key}.safetensors"
 
+    def load(self, prompt):  # None when absent; files are never half-written, so no retry on errors
+        f = self.path(prompt)
+        return load_file(str(f))["embedding"] if f.exists() else None
+
     def __call__(self, prompts):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        found = {}
-        for p in dict.fromkeys(prompts):
-            try:
-                found[p] = load_file(str(self.path(p)))["embedding"]
-            except Exception:  # absent (or unreadable): compute it below
-                pass
-        todo = [p for p in dict.fromkeys(prompts) if p not in found]
-        if todo:
+        found = {p: self.load(p) for p in dict.fromkeys(prompts)}
+        todo = [p for p, e in found.items() if e is None]
+        if todo:  # one batched T5 call for all the misses
             for p, e in zip(todo, encode_prompts(todo, self.tokenizer, self.encoder, device="cpu")):
-                weights.save_state_dict({"embedding": e}, self.folder, self.path(p).name)
+                weights.save_state_dict({"embedding": e.clone()}, self.folder, self.path(p).name)
                 found[p] = e
         out = torch.stack([found[p] for p in prompts])  # (B, L, d_model)
         return out.to(device=self.device or out.device, dtype=self.dtype or out.dtype)
