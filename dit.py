@@ -380,19 +380,21 @@ class DiT(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm) and m.weight is not None:
-                nn.init.ones_(m.weight), nn.init.zeros_(m.bias)
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
         w = self.patch_embed.proj.weight  # like a Linear over the flattened patch, as in DiT / ViT
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         if self.patch_embed.proj.bias is not None:
             nn.init.zeros_(self.patch_embed.proj.bias)
         for emb in [self.time_embedding] + ([self.ofs_embedding] if c.ofs_embed_dim else []):
-            nn.init.normal_(emb.linear_1.weight, std=0.02), nn.init.normal_(emb.linear_2.weight, std=0.02)
-        for block in self.transformer_blocks:  # adaLN-zero: gates start at 0, so every block starts as identity
-            nn.init.zeros_(block.norm1.linear.weight), nn.init.zeros_(block.norm1.linear.bias)
-            nn.init.zeros_(block.norm2.linear.weight), nn.init.zeros_(block.norm2.linear.bias)
-        # the output layer starts at zero (prediction 0), its modulation too (plain LayerNorm)
-        nn.init.zeros_(self.norm_out.linear.weight), nn.init.zeros_(self.norm_out.linear.bias)
-        nn.init.zeros_(self.proj_out.weight), nn.init.zeros_(self.proj_out.bias)
+            for lin in (emb.linear_1, emb.linear_2):  # timestep MLP: small normal, as DiT
+                nn.init.normal_(lin.weight, std=0.02)
+        # adaLN-zero: shift/scale/gate start at 0, so every block starts as the identity (gate 0) and
+        # the output as plain LayerNorm; proj_out starts at 0, so the first prediction is 0
+        zero = [b.norm1.linear for b in self.transformer_blocks] + [b.norm2.linear for b in self.transformer_blocks]
+        for lin in zero + [self.norm_out.linear, self.proj_out]:
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
         if c.use_learned_positional_embeddings:  # diffusers starts this table as the sin-cos one
             p, T = c.patch_size, (c.sample_frames - 1) // c.temporal_compression_ratio + 1
             pe = self.patch_embed.pos_embedding

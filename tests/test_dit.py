@@ -130,6 +130,10 @@ def test_composer_saved_by_us_loads_in_diffusers(tmp_path):
     with torch.no_grad():
         ours = model(x, text, t)
     assert rel_err(ours, run_reference(ref, x, text, t)) <= 1e-5
+    half = DiT.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert {t.dtype for t in [*half.parameters(), *half.buffers()]} == {torch.bfloat16}
+    with torch.no_grad():
+        assert rel_err(half(x.bfloat16(), text.bfloat16(), t).float(), ours) < 0.1  # bf16 runs end to end
 
 
 @pytest.mark.parametrize("family", ["5b-i2v", "1.5-i2v"])
