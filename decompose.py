@@ -1,0 +1,635 @@
+"""
+Split: any folder of videos -> a layered-clip training set (caption, mask, fg layer, bg layer).
+
+    python decompose.py --videos "clips/*.mp4" --out data/mine                      # motion masks, temporal inpainting
+    python decompose.py --videos DAVIS/JPEGImages/480p --masks DAVIS/Annotations/480p --segmenter gt --out data/davis
+    python decompose.py --videos clips --out data/mine --segmenter sam2 --sam2 facebook/sam2.1-hiera-tiny \\
+        --captioner vlm --vlm OpenGVLab/InternVL3-1B-hf --inpainter cmd --inpaint-cmd "remover {video} {mask} {out}"
+    python decompose.py --videos clips --out data/mine --shard 3/8 --workers 4       # one of 8 nodes -> data/mine/shard-3-of-8
+    python decompose.py --merge --out data/mine                                      # then join the shard folders
+
+Stages (paper Sec. 3.3, App. A; StM release settings where they apply):
+1. clips: each source is cut into consecutive, non-overlapping `--frames`-frame windows, each at a
+   stride drawn (seeded by the source name) from `--strides` among those that still fit, at most
+   `--max-clips` per source, cover-cropped to `--size`; a clip whose mean |frame difference| is
+   below `--static` (0-255 scale) is recorded as skipped "static".
+2. mask: `gt` (your masks), `motion` (weight-free, below) or `sam2` (SAM 2 video propagation via
+   transformers, prompted with the motion mask's box). fg ratio outside [1%, 45%] -> skipped.
+3. caption: `file`, `vlm` (a video-capable VLM via transformers) or `template`.
+4. layers: fg = clip x mask on black; bg = the (dilated) hole filled by `temporal` (weight-free),
+   `none` (black hole) or `cmd` (an external inpainter such as MiniMax-Remover or ProPainter).
+
+The weight-free motion segmenter needs the subject to move relative to the scene: it fits the
+camera's motion, takes the per-pixel median of the aligned frames as the static scene, and
+thresholds each frame's difference from it. A subject that moves less than about its own size
+over the clip leaks into that median and comes out partial; one that stands still is invisible.
+
+Resume and scale: one metadata.jsonl record per clip (kept or skipped), appended only by the main
+process after a clip's files are written atomically, so a rerun skips finished clips and a kill
+loses at most the clips in progress. `--shard I/N` takes every N-th clip of the (deterministic)
+clip list and writes its own folder <out>/shard-I-of-N, so shards never share a file, even on
+NFS; `--merge` joins them into <out> without copying videos.
+"""
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import zlib
+from collections import Counter
+from multiprocessing import Pool
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data import (IMAGE_EXTS, VIDEO_EXTS, LayeredWriter, fit_video, read_mask, read_metadata, read_video,
+                  resize_video, video_paths, write_video)
+
+# ---------------------------------------------------------------------------------------------
+# Global (camera) motion: one affine map per frame, in grid_sample's normalized coordinates
+# ---------------------------------------------------------------------------------------------
+# Coordinates are normalized to [-1, 1] (align_corners=False), so a warp found on a small copy
+# holds at any resolution. G[t] (3x3) maps frame-t coordinates to those of the reference (middle)
+# frame; every frame is then a window onto one "mosaic" of the static scene.
+
+
+def _small_gray(frames, side):
+    """uint8 (T,H,W,3) -> float (T,1,h,w) luminance, longest side <= side."""
+    x = torch.from_numpy(np.asarray(frames)).permute(0, 3, 1, 2).float()
+    x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    s = min(1.0, side / max(x.shape[-2:]))
+    return F.interpolate(x, scale_factor=s, mode="area") if s < 1 else x
+
+
+def _phase_shift(a, b):
+    """Translation (dx, dy) in pixels with a(x) ~ b(x + d), by phase correlation."""
+    h, w = a.shape
+    win = torch.outer(torch.hann_window(h, periodic=False), torch.hann_window(w, periodic=False))
+    fa, fb = torch.fft.rfft2((a - a.mean()) * win), torch.fft.rfft2((b - b.mean()) * win)
+    r = fa.conj() * fb
+    c = torch.fft.irfft2(r / (r.abs() + 1e-8), s=(h, w))
+    i = int(c.argmax())
+    dy, dx = divmod(i, w)
+    return (dx - w if dx > w // 2 else dx), (dy - h if dy > h // 2 else dy)
+
+
+def _affine_fit(src, dst, A, iters=30):
+    """Refine A (2x3) so that src sampled at A @ [x, y, 1] matches dst: Gauss-Newton on image
+    gradients with robust (Cauchy) weights, so a moving subject barely pulls on the fit."""
+    _, _, h, w = src.shape
+    ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h * 2 - 1, (torch.arange(w) + 0.5) / w * 2 - 1, indexing="ij")
+    gx = F.pad(src[..., :, 2:] - src[..., :, :-2], (1, 1)) / 2 * (w / 2)       # d src / d x_normalized
+    gy = F.pad(src[..., 2:, :] - src[..., :-2, :], (0, 0, 1, 1)) / 2 * (h / 2)
+    stack = torch.cat([src, gx, gy, torch.ones_like(src)], 1)
+    for _ in range(iters):
+        grid = F.affine_grid(A[None], (1, 1, h, w), align_corners=False)
+        s = F.grid_sample(stack, grid, align_corners=False)[0]
+        ok = (s[3] > 0.999) & (xs.abs() < 0.97) & (ys.abs() < 0.97)
+        r, Ix, Iy = (s[0] - dst[0, 0])[ok], s[1][ok], s[2][ok]
+        xo, yo = xs[ok], ys[ok]
+        J = torch.stack([Ix * xo, Ix * yo, Ix, Iy * xo, Iy * yo, Iy], 1)
+        sigma = 1.4826 * r.abs().median() + 1.0
+        wgt = 1 / (1 + (r / (2 * sigma)) ** 2)
+        H = (J * wgt[:, None]).T @ J + 1e-3 * torch.eye(6)
+        step = torch.linalg.solve(H, -(J * wgt[:, None]).T @ r)
+        A = A + step.view(2, 3)
+        if step.abs().max() < 1e-5:
+            break
+    return A
+
+
+def global_motion(frames, side=160):
+    """uint8 (T,H,W,3) -> G float (T,3,3): frame-t normalized coords -> reference-frame coords."""
+    g = _small_gray(frames, side)
+    T, _, h, w = g.shape
+    P = [torch.eye(3)]
+    for t in range(T - 1):                       # P_t: frame t+1 coords -> frame t coords
+        dx, dy = _phase_shift(g[t, 0], g[t + 1, 0])
+        A = torch.tensor([[1.0, 0, 2 * dx / w], [0, 1.0, 2 * dy / h]])
+        A = _affine_fit(g[t:t + 1], g[t + 1:t + 2], A)
+        P.append(torch.cat([A, torch.tensor([[0.0, 0, 1]])]))
+    G = [P[0]]
+    for t in range(1, T):
+        G.append(G[-1] @ P[t])
+    G = torch.stack(G)
+    return torch.linalg.inv(G[T // 2]) @ G
+
+
+def _canvas(G, H, W, limit=4.0):
+    """Box (x0, y0, x1, y1) in reference coords covering every frame, and the canvas size."""
+    c = torch.tensor([[-1.0, -1, 1], [1, -1, 1], [-1, 1, 1], [1, 1, 1]]).T
+    p = (G @ c)[:, :2].permute(1, 0, 2).reshape(2, -1)
+    x0, x1 = float(p[0].min().clamp(min=-limit)), float(p[0].max().clamp(max=limit))
+    y0, y1 = float(p[1].min().clamp(min=-limit)), float(p[1].max().clamp(max=limit))
+    return (x0, y0, x1, y1), (max(1, round((y1 - y0) / 2 * H)), max(1, round((x1 - x0) / 2 * W)))
+
+
+def mosaic(video, G, keep=None, band=48):
+    """Per-pixel median of all frames where a canvas pixel is visible (and `keep` is set):
+    video float (T,C,H,W), keep bool (T,H,W) -> canvas (C,Hc,Wc) with NaN where never seen, box."""
+    T, C, H, W = video.shape
+    box, (Hc, Wc) = _canvas(G, H, W)
+    x0, y0, x1, y1 = box
+    ones = torch.ones(T, 1, H, W) if keep is None else torch.from_numpy(np.asarray(keep)).float()[:, None]
+    stack = torch.cat([video, ones], 1)
+    Ginv = torch.linalg.inv(G)
+    out = torch.empty(C, Hc, Wc)
+    xs = x0 + (torch.arange(Wc) + 0.5) / Wc * (x1 - x0)
+    for r0 in range(0, Hc, band):
+        ys = y0 + (torch.arange(r0, min(Hc, r0 + band)) + 0.5) / Hc * (y1 - y0)
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        q = torch.stack([xx, yy, torch.ones_like(xx)], -1).reshape(-1, 3)          # reference coords
+        grid = (Ginv @ q.T)[:, :2].transpose(1, 2).reshape(T, len(ys), Wc, 2)
+        s = F.grid_sample(stack, grid, align_corners=False)
+        v = s[:, :C].masked_fill(s[:, C:] < 0.999, float("nan"))
+        out[:, r0:r0 + len(ys)] = v.nanmedian(0).values
+    return out, box
+
+
+def push_pull(img):
+    """Fill NaN pixels of (C,H,W) from coarser averages of the known ones (smooth, never-seen fill)."""
+    known = ~img[:1].isnan()
+    if known.all() or not known.any():
+        return img.nan_to_num(0.0)
+    v, k = img.nan_to_num(0.0) * known, known.float()
+    if min(img.shape[-2:]) <= 1:
+        return torch.where(known, img, (v.sum((1, 2), keepdim=True) / k.sum()).expand_as(img))
+    vs, ks = F.avg_pool2d(v[None], 2, ceil_mode=True)[0], F.avg_pool2d(k[None], 2, ceil_mode=True)[0]
+    coarse = push_pull(torch.where(ks > 0, vs / ks.clamp(min=1e-8), torch.tensor(float("nan"))))
+    up = F.interpolate(coarse[None], size=img.shape[-2:], mode="bilinear", align_corners=False)[0]
+    return torch.where(known, img, up)
+
+
+def unmosaic(canvas, box, G, H, W, chunk=8):
+    """Canvas (C,Hc,Wc) -> the view of every frame (T,C,H,W)."""
+    x0, y0, x1, y1 = box
+    ys, xs = torch.meshgrid((torch.arange(H) + 0.5) / H * 2 - 1, (torch.arange(W) + 0.5) / W * 2 - 1, indexing="ij")
+    p = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3).T
+    out = []
+    for Gc in G.split(chunk):
+        q = (Gc @ p)[:, :2]                                                        # reference coords
+        gx, gy = (q[:, 0] - x0) / (x1 - x0) * 2 - 1, (q[:, 1] - y0) / (y1 - y0) * 2 - 1
+        grid = torch.stack([gx, gy], -1).reshape(len(Gc), H, W, 2)
+        out.append(F.grid_sample(canvas[None].expand(len(Gc), -1, -1, -1), grid, align_corners=False,
+                                 padding_mode="border"))
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks: morphology, connected components, the weight-free motion segmenter
+# ---------------------------------------------------------------------------------------------
+
+
+def dilate(m, r):
+    """bool (..., H, W) grown by a (2r+1)^2 square."""
+    if r <= 0:
+        return m
+    x = m.float().reshape(-1, 1, *m.shape[-2:])
+    return (F.max_pool2d(x, 2 * r + 1, 1, r) > 0).reshape(m.shape)
+
+
+def erode(m, r):
+    return ~dilate(~m, r)
+
+
+def fill_holes(m):
+    """bool (T,H,W): background = what the frame border reaches through ~m (reconstruction by dilation)."""
+    free = ~m
+    out = torch.zeros_like(m)
+    out[:, 0], out[:, -1], out[:, :, 0], out[:, :, -1] = free[:, 0], free[:, -1], free[:, :, 0], free[:, :, -1]
+    while True:
+        nxt = dilate(out, 1) & free
+        if torch.equal(nxt, out):
+            return ~out
+        out = nxt
+
+
+def components(m):
+    """bool (T,H,W) -> int labels (0 = none) of 26-connected components in space-time, so one
+    subject moving through the clip is one component."""
+    T, H, W = m.shape
+    lab = torch.where(m, torch.arange(1, m.numel() + 1, dtype=torch.float32).view(T, H, W), torch.zeros(()))
+    while True:                        # every pixel takes the largest label in reach until stable
+        nxt = F.max_pool3d(lab[None, None], 3, 1, 1)[0, 0] * m
+        if torch.equal(nxt, lab):
+            return lab.long()
+        lab = nxt
+
+
+def otsu(x, bins=256):
+    """Otsu threshold of a 1D tensor of values in [0, bins)."""
+    h = torch.histc(x, bins, 0, bins).double()
+    p, c = h / h.sum(), torch.arange(bins).double() + 0.5
+    w0, mu = p.cumsum(0), (p * c).cumsum(0)
+    between = (mu[-1] * w0 - mu) ** 2 / (w0 * (1 - w0)).clamp(min=1e-12)
+    return float(c[between.argmax()])
+
+
+def motion_mask(video, G=None, side=256, min_diff=20.0):
+    """uint8 (T,H,W,3) -> bool (T,H,W): the main moving subject, with a moving camera.
+    1. camera motion G; 2. the static scene = per-pixel median of the aligned frames (mosaic);
+    3. residual = how far each frame is from that scene; 4. threshold (Otsu, at least `min_diff`),
+    drop cast shadows (darker, same hue), open/close, fill holes; 5. keep the largest space-time
+    component (the most persistent subject); 6. back to full size."""
+    T, H, W, _ = video.shape
+    G = global_motion(video) if G is None else G
+    v = torch.from_numpy(np.asarray(video)).permute(0, 3, 1, 2).float()
+    s = min(1.0, side / max(H, W))
+    if s < 1:
+        v = F.interpolate(v, scale_factor=s, mode="area")
+    h, w = v.shape[-2:]
+    canvas, box = mosaic(v, G)
+    bg = unmosaic(push_pull(canvas), box, G, h, w)
+    res = (v - bg).abs().amax(1)                                                   # (T, h, w)
+    ratio = (v + 1) / (bg + 1)
+    shadow = (ratio.amax(1) < 0.85) & (ratio.amin(1) > 0.35) & (ratio.amax(1) - ratio.amin(1) < 0.15)
+    m = (res > max(min_diff, otsu(res.flatten().clamp(0, 255)))) & ~shadow
+    r = max(1, round(min(h, w) / 100))
+    m = erode(dilate(dilate(erode(m, r), r), 2 * r), 2 * r)                         # open, then close
+    m = fill_holes(m)
+    lab = components(m)
+    if lab.max() > 0:
+        ids, counts = lab[lab > 0].unique(return_counts=True)
+        m = lab == ids[counts.argmax()]
+    if s < 1:
+        m = F.interpolate(m.float()[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0] > 0.5
+    return m.numpy()
+
+
+def sam2_mask(video, prompt, model_path):
+    """SAM 2 video propagation (transformers, optional): box of `prompt` (bool (T,H,W)) on the frame
+    where it is largest, propagated forward and backward through the clip -> bool (T,H,W)."""
+    try:
+        from transformers import Sam2VideoModel, Sam2VideoProcessor
+    except ImportError:
+        raise SystemExit("--segmenter sam2 needs transformers>=4.56 (pip install transformers)") from None
+    model, proc = _cached(("sam2", model_path), lambda: (Sam2VideoModel.from_pretrained(model_path).eval(),
+                                                        Sam2VideoProcessor.from_pretrained(model_path)))
+    t = int(prompt.reshape(len(prompt), -1).sum(1).argmax())
+    ys, xs = np.nonzero(prompt[t])
+    if len(ys) == 0:
+        return prompt
+    box = [[[float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]]]
+    out = np.zeros(prompt.shape, bool)
+    with torch.no_grad():
+        session = proc.init_video_session(video=list(video), inference_device="cpu")
+        proc.add_inputs_to_inference_session(session, frame_idx=t, obj_ids=1, input_boxes=box)
+        for reverse in (False, True):
+            for o in model.propagate_in_video_iterator(session, start_frame_idx=t, reverse=reverse):
+                m = proc.post_process_masks([o.pred_masks], original_sizes=[list(prompt.shape[1:])], binarize=True)[0]
+                out[o.frame_idx] = m[0, 0].numpy()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Inpainters and captioners
+# ---------------------------------------------------------------------------------------------
+
+
+def inpaint_temporal(video, hole, G=None):
+    """Fill each hole pixel from the frames where it is visible (after camera motion compensation:
+    median of the aligned visible samples), then push-pull for pixels never seen -> uint8 (T,H,W,3)."""
+    T, H, W, _ = video.shape
+    G = global_motion(video) if G is None else G
+    v = torch.from_numpy(np.asarray(video)).permute(0, 3, 1, 2).float()
+    canvas, box = mosaic(v, G, keep=~hole)
+    view = unmosaic(push_pull(canvas), box, G, H, W)
+    bg = torch.where(torch.from_numpy(hole)[:, None], view, v)
+    return bg.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
+def inpaint_cmd(cmd, video, hole, fps):
+    """Run `cmd` with {video} {mask} {out} replaced by temporary mp4 paths; read back {out}."""
+    with tempfile.TemporaryDirectory() as d:
+        paths = {k: os.path.join(d, f"{k}.mp4") for k in ("video", "mask", "out")}
+        write_video(paths["video"], video, fps)
+        write_video(paths["mask"], np.repeat(hole[..., None].astype(np.uint8) * 255, 3, -1), fps)
+        r = subprocess.run([a.format(**paths) for a in shlex.split(cmd)], capture_output=True, text=True)
+        if r.returncode != 0 or not os.path.exists(paths["out"]):
+            raise RuntimeError(f"--inpaint-cmd failed (exit {r.returncode}): {cmd}\n{r.stderr[-2000:]}")
+        bg = read_video(paths["out"])[0]
+    if bg.shape != video.shape:
+        bg = fit_video(bg, len(video), *video.shape[1:3], name="--inpaint-cmd output")
+    return bg
+
+
+def read_captions(path):
+    """jsonl ({"video"|"id": stem, "caption"|"text": ...}) or tsv (stem<TAB>caption) -> dict."""
+    out = {}
+    for i, line in enumerate(Path(path).read_text().splitlines()):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            r = json.loads(line)
+            key, cap = r.get("video", r.get("id")), r.get("caption", r.get("text"))
+        else:
+            key, _, cap = line.partition("\t")
+        if key is None or not cap:
+            raise ValueError(f"{path}:{i + 1}: expected a video stem and a caption")
+        out[Path(str(key)).stem if str(key).endswith(VIDEO_EXTS) else str(key)] = cap.strip()
+    return out
+
+
+def vlm_caption(frames, model_path, n=8, prompt="Describe the video in detail", max_new_tokens=256):
+    """Caption a clip with a video-capable VLM through transformers (optional): `n` frames at segment
+    centres, each introduced as "Frame-i: <image>" as in the StM release's InternVL prompt."""
+    try:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+    except ImportError:
+        raise SystemExit("--captioner vlm needs transformers (pip install transformers)") from None
+    model, proc = _cached(("vlm", model_path), lambda: (AutoModelForImageTextToText.from_pretrained(model_path).eval(),
+                                                       AutoProcessor.from_pretrained(model_path)))
+    idx = ((np.arange(n) + 0.5) * len(frames) / n).astype(int)
+    content = [c for i in range(n) for c in ({"type": "text", "text": f"Frame-{i + 1}: "}, {"type": "image"})]
+    content.append({"type": "text", "text": "\n" + prompt})
+    text = proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = proc(text=[text], images=[[frames[i] for i in idx]], return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return " ".join(proc.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].split())
+
+
+_CACHE = {}
+
+
+def _cached(key, make):
+    """Models are loaded once per process (each worker holds its own copy)."""
+    if key not in _CACHE:
+        _CACHE[key] = make()
+    return _CACHE[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# Clips: the plan (deterministic), reading only the frames a clip needs, one clip end to end
+# ---------------------------------------------------------------------------------------------
+
+
+def source_keys(paths):
+    """Names for sources: the stem, or as many parent folders as it takes to be unique."""
+    for depth in range(1, 64):
+        keys = ["_".join(Path(p).with_suffix("").parts[-depth:]) if not Path(p).is_dir() else
+                "_".join(Path(p).parts[-depth:]) for p in paths]
+        if len(set(keys)) == len(keys):
+            return [k.replace(" ", "_") for k in keys]
+    raise ValueError("duplicate video paths")
+
+
+def probe(path):
+    """-> (frame count, fps) without decoding pixels where the container knows."""
+    p = Path(path)
+    if p.is_dir():
+        return len([f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS]), 24.0
+    try:
+        with av.open(str(p)) as c:
+            if not c.streams.video:
+                raise ValueError(f"{p}: has no video stream")
+            s = c.streams.video[0]
+            fps = float(s.average_rate or s.guessed_rate or 0) or 24.0
+            n = s.frames or sum(1 for pk in c.demux(s) if pk.size)
+    except (av.error.FFmpegError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p}: not a readable video ({e})") from None
+    if n == 0:
+        raise ValueError(f"{p}: no frames (empty or truncated file)")
+    return n, fps
+
+
+def read_frames(path, idx):
+    """uint8 (len(idx),H,W,3): only the frames `idx` (sorted), decoding no further than the last."""
+    p, want = Path(path), {int(i): k for k, i in enumerate(idx)}
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+        return np.stack([_decode_image(files[i]) for i in idx])
+    out = [None] * len(idx)
+    with av.open(str(p)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if i in want:
+                out[want[i]] = f.to_ndarray(format="rgb24")
+            if i >= max(want):
+                break
+    if any(o is None for o in out):
+        raise ValueError(f"{p}: ended before frame {max(want)}")
+    return np.stack(out)
+
+
+def _decode_image(f):
+    with av.open(str(f)) as c:
+        return next(c.decode(video=0)).to_ndarray(format="rgb24")
+
+
+def plan_clips(key, n, T, strides, max_clips, seed=42):
+    """Consecutive, non-overlapping windows, each at a stride drawn (seeded by `key`) from those
+    that still fit -> list of (start, stride)."""
+    rng, start, out = np.random.default_rng([seed, zlib.crc32(key.encode())]), 0, []
+    while len(out) < max_clips:
+        fits = [s for s in strides if start + (T - 1) * s + 1 <= n]
+        if not fits:
+            break
+        s = int(rng.choice(fits))
+        out.append((start, s))
+        start += (T - 1) * s + 1
+    return out
+
+
+def find_mask(spec, source, key):
+    """--masks: a folder holding <stem>/ (PNG frames) or <stem>.<ext>, or a template with {dir}/{stem}."""
+    src = Path(source)
+    if "{" in spec:
+        p = Path(spec.format(dir=src.parent, stem=src.stem if src.is_file() else src.name, key=key))
+        if p.exists():
+            return p
+    else:
+        for name in (src.stem if src.is_file() else src.name, key):
+            for p in [Path(spec) / name] + [Path(spec) / (name + e) for e in VIDEO_EXTS]:
+                if p.exists():
+                    return p
+    raise FileNotFoundError(f"--masks {spec}: no mask folder or video for {source}")
+
+
+class _Collect(LayeredWriter):
+    """LayeredWriter whose records go back to the main process instead of into metadata.jsonl."""
+
+    def __init__(self, root):
+        self.root, self.recs = Path(root), []
+
+    def record(self, **rec):
+        self.recs.append(rec)
+
+
+def process_clip(job):
+    """One clip end to end -> its record (written files first, the record last)."""
+    a, cid, src, key, start, stride, n, fps = job
+    torch.set_num_threads(a.threads)
+    T, (H, W) = a.frames, a.size
+    base = dict(id=cid, source=str(src), start=start, stride=stride, source_fps=fps)
+    try:
+        idx = start + stride * np.arange(T)
+        video = fit_video(read_frames(src, idx), T, H, W, name=str(src))
+        motion = float(np.abs(np.diff(video.astype(np.int16), axis=0)).mean())
+        if motion < a.static:
+            return dict(base, status="static", motion=motion)
+        G = global_motion(video) if a.segmenter != "gt" or a.inpainter == "temporal" else None
+        if a.segmenter == "gt":
+            m = read_mask(find_mask(a.masks, src, key))
+            if len(m) != n:
+                raise ValueError(f"mask for {src} has {len(m)} frames, the video {n}")
+            mask = fit_video(m, T, H, W, stride=stride, start=start, mask=True, name=f"mask of {src}")
+        else:
+            mask = motion_mask(video, G)
+            if a.segmenter == "sam2":
+                mask = sam2_mask(video, mask, a.sam2)
+        ratio = float(mask.mean())
+        if not a.min_fg <= ratio <= a.max_fg:
+            return dict(base, status="fg_small" if ratio < a.min_fg else "fg_large", fg_ratio=ratio)
+        stem = src.stem if src.is_file() else src.name
+        if a.captioner == "file":
+            caption = a.caption_map.get(cid) or a.caption_map.get(key) or a.caption_map.get(stem)
+            if caption is None:
+                raise KeyError(f"--captions {a.captions}: no caption for {stem}")
+        elif a.captioner == "vlm":
+            caption = vlm_caption(video, a.vlm, n=a.vlm_frames)
+        else:
+            caption = a.template.format(stem=stem)
+        hole = dilate(torch.from_numpy(mask), a.dilate).numpy()
+        if a.inpainter == "temporal":
+            bg = inpaint_temporal(video, hole, G)
+        elif a.inpainter == "cmd":
+            bg = inpaint_cmd(a.inpaint_cmd, video, hole, a.fps)
+        else:
+            bg = video * ~hole[..., None]
+        w = _Collect(a.out)
+        w.add(cid, caption, video, video * mask[..., None], bg, mask, fps=a.fps, source=str(src),
+              start=start, stride=stride, source_fps=fps, segmenter=a.segmenter, inpainter=a.inpainter)
+        return w.recs[0]
+    except ValueError as e:                # a bad source clip is recorded; bad flags/files abort the run
+        return dict(base, status="error", error=str(e))
+
+
+# ---------------------------------------------------------------------------------------------
+# The run: plan, shard, process (workers), summary; merging shard folders
+# ---------------------------------------------------------------------------------------------
+
+
+def summary(root):
+    recs = {r["id"]: r for r in reversed(read_metadata(root))}.values()
+    status = Counter(r["status"] for r in recs)
+    lines = [f"{root}: {status.pop('ok', 0)} clips kept; skipped: " +
+             (", ".join(f"{k} {v}" for k, v in status.most_common()) or "none")]
+    ratios = np.array([r["fg_ratio"] for r in recs if r["status"] == "ok"])
+    if len(ratios):
+        edges = [0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.45, 1.0]
+        hist = np.histogram(ratios, edges)[0]
+        lines.append("fg ratio  " + "  ".join(f"{lo:.0%}-{hi:.0%}: {c}" for lo, hi, c in zip(edges, edges[1:], hist)))
+    return "\n".join(lines)
+
+
+def merge(out):
+    """Join <out>/shard-*/ into <out>: metadata.jsonl with paths relative to <out>, then the lists."""
+    out, recs = Path(out), []
+    shards = sorted(p for p in out.glob("shard-*") if (p / "metadata.jsonl").exists())
+    if not shards:
+        raise FileNotFoundError(f"{out}: no shard-*/metadata.jsonl to merge")
+    for d in shards:
+        for r in read_metadata(d):
+            recs.append({**r, **{k: f"{d.name}/{r[k]}" for k in ("videos", "fg", "bg", "masks") if k in r}})
+    fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in recs))
+    os.replace(tmp, out / "metadata.jsonl")
+    LayeredWriter(out).finalize()
+    return len(shards)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a_ = ap.add_argument
+    a_("--videos", help="folder of videos / frame folders, a glob (quote it), or one file")
+    a_("--out", required=True, help="output dataset folder (with --shard: <out>/shard-I-of-N)")
+    a_("--frames", type=int, default=49, help="frames per clip (4k+1; 49 for CogVideoX)")
+    a_("--size", type=int, nargs=2, default=[480, 720], metavar=("H", "W"), help="clip size (cover crop)")
+    a_("--strides", type=int, nargs="+", default=[1, 2, 3, 4], help="frame strides to draw from (App. A)")
+    a_("--max-clips", type=int, default=4, help="at most this many clips per source video")
+    a_("--static", type=float, default=1.5, help="skip clips whose mean |frame difference| (0-255) is below this")
+    a_("--fps", type=int, default=16, help="frame rate the clips are written at")
+    a_("--seed", type=int, default=42, help="seed of the stride draws")
+    a_("--segmenter", choices=["motion", "gt", "sam2"], default="motion", help="where masks come from")
+    a_("--masks", help="--segmenter gt: folder with <stem>/ PNG folders or <stem>.mp4 mask videos, "
+                       "or a template such as '{dir}/mask.mp4'")
+    a_("--sam2", default="facebook/sam2.1-hiera-tiny", help="--segmenter sam2: local folder or hub id")
+    a_("--min-fg", type=float, default=0.01, help="skip clips whose fg fills less of the video than this")
+    a_("--max-fg", type=float, default=0.45, help="skip clips whose fg fills more of the video than this")
+    a_("--inpainter", choices=["temporal", "none", "cmd"], default="temporal", help="how the bg hole is filled")
+    a_("--inpaint-cmd", help="--inpainter cmd: command with {video} {mask} {out} (mp4 paths)")
+    a_("--dilate", type=int, default=6, help="grow the mask by this many pixels before inpainting")
+    a_("--captioner", choices=["template", "file", "vlm"], default="template", help="where captions come from")
+    a_("--captions", help="--captioner file: jsonl ({video, caption}) or tsv (stem<TAB>caption)")
+    a_("--template", default="a video", help="--captioner template: the caption ({stem} = source name)")
+    a_("--vlm", default="OpenGVLab/InternVL3-1B-hf", help="--captioner vlm: local folder or hub id")
+    a_("--vlm-frames", type=int, default=8, help="--captioner vlm: frames shown to the model")
+    a_("--workers", type=int, default=1, help="processes working on clips in parallel")
+    a_("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
+    a_("--shard", default="0/1", help="I/N: process every N-th clip starting at I, into <out>/shard-I-of-N")
+    a_("--merge", action="store_true", help="join <out>/shard-*/ into <out> and exit")
+    a = ap.parse_args(argv)
+    try:
+        if a.merge:
+            n = merge(a.out)
+            print(f"merged {n} shards\n{summary(a.out)}")
+            return
+        if not a.videos:
+            ap.error("--videos is required (unless --merge)")
+        for flag, need, val in (("--masks", "gt", a.masks), ("--inpaint-cmd", "cmd", a.inpaint_cmd),
+                                ("--captions", "file", a.captions)):
+            if (a.segmenter if flag == "--masks" else a.inpainter if flag == "--inpaint-cmd" else a.captioner) == need and not val:
+                ap.error(f"{flag} is required with '{need}'")
+        if (a.frames - 1) % 4 or a.size[0] % 16 or a.size[1] % 16:
+            print(f"warning: CogVideoX wants 4k+1 frames and sizes divisible by 16, got {a.frames} {a.size}", file=sys.stderr)
+        i, n_shards = (int(x) for x in a.shard.split("/"))
+        a.caption_map = read_captions(a.captions) if a.captioner == "file" else {}
+        a.threads = a.threads or max(1, (os.cpu_count() or 1) // a.workers)
+        sources = video_paths(a.videos)
+    except (FileNotFoundError, ValueError, json.JSONDecodeError) as e:
+        sys.exit(f"decompose.py: error: {e}")
+    if n_shards > 1:
+        a.out = str(Path(a.out) / f"shard-{i}-of-{n_shards}")
+    writer = LayeredWriter(a.out)
+    jobs, bad = [], 0
+    for src, key in zip(sources, source_keys(sources)):
+        try:
+            n, fps = probe(src)
+        except ValueError as e:
+            print(f"skipping {e}", file=sys.stderr)
+            bad += 1
+            if key not in writer.done:
+                writer.record(id=key, source=str(src), status="unreadable", error=str(e))
+            continue
+        plan = plan_clips(key, n, a.frames, a.strides, a.max_clips, a.seed)
+        if not plan:
+            print(f"skipping {src}: {n} frames, too short for {a.frames} frames", file=sys.stderr)
+        for start, stride in plan:
+            jobs.append((a, f"{key}_{start:06d}_s{stride}", src, key, start, stride, n, fps))
+    if bad == len(sources):
+        sys.exit(f"decompose.py: error: none of the {len(sources)} videos in {a.videos} could be read")
+    todo = [j for k, j in enumerate(jobs) if k % n_shards == i and j[1] not in writer.done]
+    print(f"{len(sources)} videos, {len(jobs)} clips; shard {i}/{n_shards}: {len(todo)} to do -> {a.out}")
+    pool = Pool(a.workers) if a.workers > 1 and len(todo) > 1 else None
+    try:
+        results = pool.imap_unordered(process_clip, todo) if pool else map(process_clip, todo)
+        for rec in tqdm(results, total=len(todo), desc="decompose"):
+            writer.record(**rec)
+    except (KeyError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"decompose.py: error: {e}")
+    finally:
+        if pool:
+            pool.terminate()
+    writer.finalize()
+    print(summary(a.out))
+
+
+if __name__ == "__main__":
+    main()
