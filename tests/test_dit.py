@@ -138,23 +138,20 @@ def test_composer_saved_by_us_loads_in_diffusers(tmp_path):
 
 @pytest.mark.parametrize("family", ["5b-i2v", "1.5-i2v"])
 def test_widening_copies_image_channels(tmp_path, family):
-    ref = reference(family)
-    ref.save_pretrained(tmp_path)
+    reference(family, in_channels=32, out_channels=16).save_pretrained(tmp_path)  # [noisy 16 | image 16]
     narrow = DiT.from_pretrained(tmp_path).eval()
-    wide = DiT.from_pretrained(tmp_path, in_channels=12).eval()  # [noisy 4 | image/fg 4 | bg 4]
-    c, pc = wide.config, narrow.config
+    wide = DiT.from_pretrained(tmp_path, in_channels=48).eval()                  # [noisy | fg | bg]
     per_ch = lambda m: m.patch_embed.proj.weight.reshape(m.patch_embed.proj.weight.shape[0], m.config.in_channels, -1)
     w, w0 = per_ch(wide), per_ch(narrow)
-    assert torch.equal(w[:, :8], w0) and torch.equal(w[:, 8:12], w0[:, 4:8])
-    assert c.in_channels == 12 and pc.in_channels == 8
+    assert w.shape[1] == 48 and torch.equal(w[:, :32], w0) and torch.equal(w[:, 32:48], w0[:, 16:32])
     # with an all-zero bg layer the widened model computes exactly what the checkpoint computes
-    x, text, t = inputs(pc, 4, 8, 12)
+    x, text, t = inputs(narrow.config, 4, 8, 12)
     with torch.no_grad():
-        a = wide(torch.cat([x, torch.zeros_like(x[:, :4])], dim=1), text, t)
+        a = wide(torch.cat([x, torch.zeros_like(x[:, :16])], dim=1), text, t)
         b = narrow(x, text, t)
     assert rel_err(a, b) <= 1e-6
     wide.save_pretrained(tmp_path / "wide")
-    assert DiT.from_pretrained(tmp_path / "wide").config.in_channels == 12
+    assert DiT.from_pretrained(tmp_path / "wide").config.in_channels == 48
 
 
 # -----------------------------------------------------------------------------
