@@ -1,0 +1,157 @@
+"""
+Build the toy base model: a folder laid out like `THUDM/CogVideoX-5b-I2V`, so the very same loaders
+and train.py / sample.py code paths run on the CPU toy world (data.toy_clip).
+
+    python toy.py --out assets/toy-base            # the shipped folder (see the log in the commit message)
+    python toy.py --out /tmp/tb --vae-steps 2      # a smoke build in seconds
+
+<out>/tokenizer/spiece.model       SentencePiece trained on every toy caption (colour x kind x verb x tint) + a few words
+<out>/text_encoder/                toy T5 (text.PRESETS["toy"]), random init with a fixed seed, never trained: a
+                                   random T5 still maps different captions to different embeddings, which is all the
+                                   toy composer needs (it learns what those embeddings mean)
+<out>/vae/                         toy VAE (vae.PRESETS["toy"]) trained here on fresh toy clips; its scaling_factor =
+                                   1 / std of the latent means, so scaled latents have unit variance (as CogVideoX's 0.7)
+<out>/scheduler/scheduler_config.json   CogVideoX-5B's DDIM scheduler config
+<out>/model_index.json             the component names, as diffusers writes them
+There is no transformer/: train.py builds the composer from dit.PRESETS["toy"].
+"""
+import argparse
+import dataclasses
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import data
+import text
+import vae as V
+import weights
+
+SCHEDULER = {"_class_name": "CogVideoXDDIMScheduler", "_diffusers_version": "0.31.0",
+             "num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+             "trained_betas": None, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True,
+             "snr_shift_scale": 1.0, "timestep_spacing": "trailing", "set_alpha_to_one": True, "clip_sample": False,
+             "clip_sample_range": 1.0, "sample_max_value": 1.0, "steps_offset": 0}
+MODEL_INDEX = {"_class_name": "CogVideoXImageToVideoPipeline", "_diffusers_version": "0.31.0",
+               "scheduler": ["diffusers", "CogVideoXDDIMScheduler"], "text_encoder": ["transformers", "T5EncoderModel"],
+               "tokenizer": ["transformers", "T5Tokenizer"], "vae": ["diffusers", "AutoencoderKLCogVideoX"]}
+GENERIC = ["a video of", "the scene", "and", "with", "in front of", "behind", "moving", "left", "right", "slowly", "fast"]
+TRAIN_SEED0, HELDOUT_SEED0, SCALE_SEED0 = 10**6, 900_000, 800_000  # disjoint seed ranges for data.toy_clip
+
+
+def windows(T, w):
+    # the frame windows VAE._run uses (first window takes the remainder); training must see the same ones
+    n = max(T // w, 1)
+    return V.Frames([T - w * (n - 1)] + [w] * (n - 1), first=True)
+
+
+def clips(seeds, T, H, W):
+    return torch.stack([data.to_tensor(data.toy_clip(s, T, H, W)["video"]) for s in seeds])  # (B, 3, T, H, W)
+
+
+def psnr(a, b):  # videos in [-1, 1]: peak-to-peak 2
+    return 10 * math.log10(4 / max(torch.mean((a.clamp(-1, 1) - b) ** 2).item(), 1e-12))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="folder to write (replaced atomically if it exists)")
+    p.add_argument("--vae-steps", type=int, default=1200, help="VAE training steps")
+    p.add_argument("--minutes", type=float, default=8.0, help="VAE training time budget: stop at --vae-steps or this, whichever first")
+    p.add_argument("--batch", type=int, default=8, help="toy clips per VAE step")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (cosine decay to 10%%)")
+    p.add_argument("--warmup", type=int, default=20, help="linear warm-up steps")
+    p.add_argument("--kl", type=float, default=1e-6, help="KL weight (per latent element, vs per-pixel L1 + MSE)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, noise and the training clips")
+    p.add_argument("--frames", type=int, default=9, help="frames per clip (4k+1)")
+    p.add_argument("--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"), help="clip height and width")
+    p.add_argument("--scale-clips", type=int, default=256, help="clips whose latent means set scaling_factor")
+    p.add_argument("--eval-clips", type=int, default=32, help="held-out clips for the final PSNR")
+    p.add_argument("--spiece-vocab", type=int, default=120, help="SentencePiece vocab size asked for (may come out smaller)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: on a shared 2-core box, 2 threads spin-wait and run ~5x slower)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    t0, (H, W), T = time.time(), args.size, args.frames
+    out = Path(args.out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))  # beside --out, so the rename is atomic
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is a shared asset
+
+    # tokenizer: every caption the toy world can say, so no toy prompt ever hits <unk>
+    captions = [data.toy_caption({"colour": c, "kind": k}, {"tint_name": t})
+                for c in data.COLOURS for k in data.KINDS for t in data.TINTS]
+    text.train_spiece(captions + GENERIC, tmp / "tokenizer" / "spiece.model", args.spiece_vocab)
+    tok = text.Tokenizer(tmp / "tokenizer" / "spiece.model")
+    # T5 ids = SentencePiece ids + 100 sentinels appended (as T5Tokenizer); a random frozen encoder is enough
+    t5 = text.T5Encoder(dataclasses.replace(text.PRESETS["toy"], vocab_size=tok.sp.get_piece_size() + 100))
+    t5.save_pretrained(tmp / "text_encoder")
+
+    # VAE: train encoder + decoder directly (VAE.encode/decode run without grad), on the windows they use
+    vae = V.VAE(V.PRESETS["toy"]).train()
+    enc_fr, dec_fr = windows(T, 2 * vae.time), windows((T - 1) // vae.time + 1, 2)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=1e-4)
+    # the cosine runs on progress = steps or time used, whichever is further along: on a busy shared CPU the
+    # build still ends in --minutes, with a fully decayed learning rate
+    progress = lambda s: max(s / args.vae_steps, (time.time() - t_train) / (60 * args.minutes))
+    lr_at = lambda s: args.lr * min(1, (s + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress(s), 1))))
+    bar, t_train = tqdm(range(args.vae_steps), desc="vae", dynamic_ncols=True), time.time()
+    for step in bar:
+        if progress(step) >= 1:
+            break
+        seeds = range(TRAIN_SEED0 + args.seed * 10**7 + step * args.batch, TRAIN_SEED0 + args.seed * 10**7 + (step + 1) * args.batch)
+        x = clips(seeds, T, H, W)                                           # fresh clips every step: no overfitting
+        vae._reset_caches()  # causal-conv caches must not carry over from the previous clip
+        mean, logvar = vae.encoder(x, enc_fr).chunk(2, dim=1)               # (B, 16, t, H/4, W/4) each
+        logvar = logvar.clamp(-30, 20)
+        z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)            # the decoder must tolerate posterior noise
+        vae._reset_caches()
+        y = vae.decoder(z, dec_fr)                                          # (B, 3, T, H, W)
+        kl = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).mean()
+        loss = (y - x).abs().mean() + ((y - x) ** 2).mean() + args.kl * kl
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)  # a few bad early steps at lr 2e-3 otherwise
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr(y.detach(), x):.2f}", lr=f"{lr_at(step):.1e}")
+    vae._reset_caches()
+    vae.eval()
+
+    # scaling_factor: 1 / std of the latent means, so the DiT sees unit-variance latents
+    with torch.no_grad():
+        means = [vae.encode(clips(range(s, min(s + 16, SCALE_SEED0 + args.scale_clips)), T, H, W))[0]
+                 for s in range(SCALE_SEED0, SCALE_SEED0 + args.scale_clips, 16)]
+        vae.config.scaling_factor = float(1 / torch.cat(means).std())
+        scores = []
+        for s in range(HELDOUT_SEED0, HELDOUT_SEED0 + args.eval_clips, 8):
+            x = clips(range(s, min(s + 8, HELDOUT_SEED0 + args.eval_clips)), T, H, W)
+            scores += [psnr(vae.decode(m[None]), xi[None]) for m, xi in zip(vae.encode(x)[0], x)]  # decode the mean
+    vae.save_pretrained(tmp / "vae")
+
+    (tmp / "scheduler").mkdir()
+    weights.atomic_write_text(tmp / "scheduler" / "scheduler_config.json", json.dumps(SCHEDULER, indent=2) + "\n")
+    weights.atomic_write_text(tmp / "model_index.json", json.dumps(MODEL_INDEX, indent=2) + "\n")
+
+    # swap in: the old folder (if any) moves aside first, so --out is never half-written
+    old = out.with_name(f".{out.name}.old")
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out} ({size / 1e6:.2f} MB) in {time.time() - t0:.0f} s: spiece vocab {tok.sp.get_piece_size()}, "
+          f"VAE held-out PSNR {sum(scores) / len(scores):.2f} dB on {len(scores)} clips (min {min(scores):.2f}), "
+          f"scaling_factor {vae.config.scaling_factor:.4f}")
+    return {"psnr": sum(scores) / len(scores), "scaling_factor": vae.config.scaling_factor, "seconds": time.time() - t0}
+
+
+if __name__ == "__main__":
+    main()
