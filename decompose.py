@@ -263,27 +263,35 @@ def motion_mask(video, G=None, side=256, min_diff=20.0):
 
 
 def sam2_mask(video, prompt, model_path):
-    """SAM 2 video propagation (transformers, optional): box of `prompt` (bool (T,H,W)) on the frame
-    where it is largest, propagated forward and backward through the clip -> bool (T,H,W)."""
+    """SAM 2 video propagation (transformers' Sam2VideoModel, optional): the box of `prompt` (bool
+    (T,H,W)) on the frame where it is largest, propagated forward and backward -> bool (T,H,W).
+    Frames are prepared here as SAM 2's processor does (square resize, ImageNet mean/std), because
+    transformers' image and video processors need torchvision, which stm does not."""
     try:
-        from transformers import Sam2VideoModel, Sam2VideoProcessor
+        from transformers import Sam2VideoInferenceSession, Sam2VideoModel, Sam2VideoProcessor
     except ImportError:
         raise SystemExit("--segmenter sam2 needs transformers>=4.56 (pip install transformers)") from None
-    model, proc = _cached(("sam2", model_path), lambda: (Sam2VideoModel.from_pretrained(model_path).eval(),
-                                                        Sam2VideoProcessor.from_pretrained(model_path)))
-    t = int(prompt.reshape(len(prompt), -1).sum(1).argmax())
+    model = _cached(("sam2", model_path), lambda: Sam2VideoModel.from_pretrained(model_path).eval())
+    S, (T, H, W) = model.config.image_size, prompt.shape
+    t = int(prompt.reshape(T, -1).sum(1).argmax())
     ys, xs = np.nonzero(prompt[t])
     if len(ys) == 0:
         return prompt
+    x = torch.from_numpy(np.asarray(video)).permute(0, 3, 1, 2).float() / 255
+    x = F.interpolate(x, size=(S, S), mode="bilinear", antialias=True, align_corners=False)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    proc = Sam2VideoProcessor.__new__(Sam2VideoProcessor)         # only its prompt-coordinate helpers
+    proc.target_size, proc.point_pad_value = S, -10
+    session = Sam2VideoInferenceSession(video=x, video_height=H, video_width=W, inference_device="cpu",
+                                        dtype=torch.float32)
     box = [[[float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]]]
     out = np.zeros(prompt.shape, bool)
     with torch.no_grad():
-        session = proc.init_video_session(video=list(video), inference_device="cpu")
-        proc.add_inputs_to_inference_session(session, frame_idx=t, obj_ids=1, input_boxes=box)
+        proc.add_inputs_to_inference_session(session, frame_idx=t, obj_ids=1, input_boxes=box, original_size=(H, W))
         for reverse in (False, True):
             for o in model.propagate_in_video_iterator(session, start_frame_idx=t, reverse=reverse):
-                m = proc.post_process_masks([o.pred_masks], original_sizes=[list(prompt.shape[1:])], binarize=True)[0]
-                out[o.frame_idx] = m[0, 0].numpy()
+                m = F.interpolate(o.pred_masks.float(), size=(H, W), mode="bilinear", align_corners=False)
+                out[o.frame_idx] = (m[0, 0] > 0).numpy()
     return out
 
 

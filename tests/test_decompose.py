@@ -1,0 +1,169 @@
+"""decompose.py: motion segmenter IoU and inpainter PSNR on the toy world (panning camera), the SAM 2
+path with a tiny random model loaded by path, kill-and-resume, shards + merge, bad inputs."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import decompose
+from data import read_lists, read_metadata, toy_clip, write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()            # many tiny ops: one thread is faster on a busy 2-core box
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def moving_clips(n=4, T=33, S=96):
+    """Toy clips with a panning camera whose subject moves at least twice its own size relative to
+    the scene over the clip (a subject that keeps pace with the camera is static in the world, and
+    no motion cue can find it)."""
+    out, seed = [], 0
+    while len(out) < n:
+        c = toy_clip(seed, T, S, S)
+        rel = abs(c["sprite"]["vx"] + c["scene"]["pan"]) * (T - 1) / c["sprite"]["size"]
+        if abs(c["scene"]["pan"]) >= 0.25 and rel >= 2:
+            out.append(c)
+        seed += 1
+    return out
+
+
+def test_motion_segmenter_iou():
+    ious = []
+    for c in moving_clips():
+        m, g = decompose.motion_mask(c["video"]), c["mask"]
+        ious.append(((m & g).sum((1, 2)) / np.maximum((m | g).sum((1, 2)), 1)).mean())
+    print("motion segmenter IoU per clip", np.round(ious, 3))
+    assert np.mean(ious) >= 0.8, ious
+
+
+def test_temporal_inpainter_psnr():
+    psnr = []
+    for c in moving_clips():
+        hole = decompose.dilate(torch.from_numpy(c["mask"]), 1).numpy()
+        bg = decompose.inpaint_temporal(c["video"], hole)
+        err = (bg.astype(float) - c["bg"])[c["mask"]]                    # the subject's own pixels
+        psnr.append(10 * np.log10(255 ** 2 / max((err ** 2).mean(), 1e-3)))
+        assert (bg[~hole] == c["video"][~hole]).all()                    # outside the hole: untouched
+    print("inpainter PSNR on the hole (dB)", np.round(psnr, 1))
+    assert np.mean(psnr) >= 30, psnr
+
+
+def test_global_motion_recovers_pan():
+    c = toy_clip(1, 17, 64, 96)
+    G = decompose.global_motion(c["video"])
+    pan = c["scene"]["pan"]
+    off = np.array([round(abs(pan) * t) if pan >= 0 else round(abs(pan) * (16 - t)) for t in range(17)])
+    assert np.abs(G[:, 0, 2].numpy() * 96 / 2 - (off - off[8])).max() < 0.05
+
+
+def test_sam2_tiny_random_model(tmp_path):
+    tf = pytest.importorskip("transformers")
+    S = 64
+    cfg = tf.Sam2VideoConfig(
+        vision_config=dict(backbone_config=dict(
+            model_type="sam2_hiera_det_model", hidden_size=12, num_attention_heads=1, image_size=[S, S],
+            blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[12, 24, 48, 96], num_attention_heads_per_stage=[1] * 4,
+            window_size_per_stage=[4] * 4, global_attention_blocks=[3], window_positional_embedding_background_size=[4, 4]),
+            backbone_channel_list=[96, 48, 24, 12], backbone_feature_sizes=[[S // 4] * 2, [S // 8] * 2, [S // 16] * 2],
+            fpn_hidden_size=128),
+        prompt_encoder_config=dict(hidden_size=128, image_size=S, patch_size=16),
+        mask_decoder_config=dict(hidden_size=128, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+        image_size=S, memory_attention_hidden_size=128, memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=64, memory_attention_rope_feat_sizes=[S // 16] * 2,
+        memory_encoder_hidden_size=128, mask_downsampler_embed_dim=128, memory_fuser_embed_dim=128,
+        memory_fuser_intermediate_dim=64)      # memory channels stay 64: SAM 2 hard-codes them
+    tf.Sam2VideoModel(cfg).eval().save_pretrained(tmp_path / "sam2")
+    c = toy_clip(3, 9, 64, 96)
+    m = decompose.sam2_mask(c["video"], c["mask"], str(tmp_path / "sam2"))
+    assert m.shape == c["mask"].shape and m.dtype == bool
+
+
+def toy_folder(d, seeds, T=25, S=64, masks=False):
+    for s in seeds:
+        c = toy_clip(s, T, S, S)
+        write_video(d / "videos" / f"toy{s}.mp4", c["video"], 8)
+        if masks:
+            write_video(d / "masks" / f"toy{s}.mp4", np.repeat(c["mask"][..., None].astype(np.uint8) * 255, 3, -1), 8)
+    return d / "videos"
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, str(ROOT / "decompose.py"), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, **kw)
+
+
+FAST = ["--frames", "9", "--size", "64", "64", "--strides", "1", "2", "--threads", "1", "--dilate", "2", "--min-fg", "0"]
+
+
+def check_dataset(out, n):
+    recs = read_metadata(out)
+    ids = [r["id"] for r in recs]
+    assert len(ids) == len(set(ids)) == n, ids                          # every clip exactly once
+    rows = read_lists(out)                                              # raises if the lists misalign
+    assert len(rows) == sum(r["status"] == "ok" for r in recs)
+    assert all(os.path.exists(p) for r in rows for p in (r["video"], r["fg"], r["bg"], r["mask"]))
+    return recs
+
+
+def test_kill_then_resume(tmp_path):
+    videos = toy_folder(tmp_path, range(6))
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, str(ROOT / "decompose.py"), "--videos", videos, "--out", out, *FAST],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not (out / "metadata.jsonl").exists() or not (out / "metadata.jsonl").read_text().strip():
+        assert p.poll() is None and time.time() - t0 < 120, "no clip record appeared"
+        time.sleep(0.05)
+    p.kill()
+    p.wait()
+    first = len(read_metadata(out))
+    r = cli("--videos", videos, "--out", out, *FAST)
+    assert r.returncode == 0, r.stderr
+    n = sum(len(decompose.plan_clips(f"toy{s}", 25, 9, [1, 2], 4)) for s in range(6))
+    assert first < n
+    check_dataset(out, n)
+    assert "clips kept" in r.stdout
+
+
+def test_gt_masks_shards_and_merge(tmp_path):
+    videos = toy_folder(tmp_path, range(3), masks=True)
+    out = tmp_path / "out"
+    args = ["--videos", videos, "--out", out, "--segmenter", "gt", "--masks", tmp_path / "masks",
+            "--inpainter", "none", "--captioner", "file", "--captions", tmp_path / "caps.tsv", *FAST]
+    (tmp_path / "caps.tsv").write_text("".join(f"toy{s}\ta toy clip {s}\n" for s in range(3)))
+    for i in range(2):
+        r = cli(*args, "--shard", f"{i}/2")
+        assert r.returncode == 0, r.stderr
+    assert cli("--merge", "--out", out).returncode == 0
+    recs = check_dataset(out, sum(len(decompose.plan_clips(f"toy{s}", 25, 9, [1, 2], 4)) for s in range(3)))
+    assert {r["caption"] for r in recs if r["status"] == "ok"} <= {f"a toy clip {s}" for s in range(3)}
+    rec = next(r for r in recs if r["status"] == "ok")
+    c = toy_clip(int(rec["id"].split("_")[0][3:]), 25, 64, 64)
+    from data import read_mask
+    gt = c["mask"][rec["start"]::rec["stride"]][:9]
+    assert (read_mask(out / rec["masks"]) == gt).mean() > 0.99
+
+
+def test_bad_inputs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = cli("--videos", tmp_path / "empty", "--out", tmp_path / "o")
+    assert r.returncode != 0 and "empty" in r.stderr and "no videos" in r.stderr
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.mp4").write_bytes(b"not a video at all")
+    r = cli("--videos", bad, "--out", tmp_path / "o")
+    assert r.returncode != 0 and "broken.mp4" in r.stderr and "could be read" in r.stderr
+    r = cli("--videos", bad, "--out", tmp_path / "o", "--segmenter", "gt")
+    assert r.returncode != 0 and "--masks" in r.stderr
