@@ -430,7 +430,8 @@ class RAFT(nn.Module):
             raise ValueError(f"RAFT needs H and W divisible by 8, got {h}x{w}")
         f1, f2 = self.feature_encoder(torch.cat([img1, img2])).chunk(2)
         pyramid = corr_pyramid(f1, f2, self.config.corr_levels)
-        hidden, context = self.context_encoder(img1).split([self.config.hidden, self.config.context_layers[-1] - self.config.hidden], 1)
+        c = self.config
+        hidden, context = self.context_encoder(img1).split([c.hidden, c.context_layers[-1] - c.hidden], 1)
         hidden, context = torch.tanh(hidden), F.relu(context)
         ys, xs = torch.meshgrid(torch.arange(h // 8), torch.arange(w // 8), indexing="ij")
         coords0 = torch.stack([xs, ys]).float().to(img1.device)[None].expand(b, -1, -1, -1)
@@ -446,7 +447,8 @@ class RAFT(nn.Module):
     def flow(self, img1, img2):
         """uint8 (H, W, 3) frames (or float (B, 3, H, W) in [0, 1]) -> (B, 2, H, W); edges are
         replicated up to a multiple of 8 and cropped back (a no-op for 480x720)."""
-        a, b = [_to_unit(x) * 2 - 1 for x in (img1, img2)]
+        dev = self.mask_predictor.conv.weight.device
+        a, b = [_to_unit(x).to(dev) * 2 - 1 for x in (img1, img2)]
         h, w = a.shape[-2:]
         pad = (0, (-w) % 8, 0, (-h) % 8)
         a, b = F.pad(a, pad, mode="replicate"), F.pad(b, pad, mode="replicate")
@@ -631,12 +633,13 @@ class CLIPTokenizer:
         self.ranks = {m: i for i, m in enumerate(merges)}
         self.sot, self.eot = self.encoder["<|startoftext|>"], self.encoder["<|endoftext|>"]
         self.cache = {}
+        special = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|"
         try:
             import regex
-            self.pattern = regex.compile(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+", regex.IGNORECASE)
+            self.pattern = regex.compile(special + r"[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+", regex.IGNORECASE)
         except ImportError:  # stdlib approximation of \p{L} / \p{N}, exact for ASCII
             import re
-            self.pattern = re.compile(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+", re.IGNORECASE)
+            self.pattern = re.compile(special + r"[^\W\d_]+|\d|(?:[^\s\w]|_)+", re.IGNORECASE)
 
     def bpe(self, word):
         if word not in self.cache:

@@ -19,6 +19,11 @@ import metrics
 torch.set_num_threads(2)
 
 
+def _meta(cls, config):
+    with torch.device("meta"):
+        return cls(config)
+
+
 def _randomise(model, seed=0):
     """Every parameter and float buffer random (layer norms near 1), so no part can be wrong silently."""
     g = torch.Generator().manual_seed(seed)
@@ -86,7 +91,7 @@ def test_swin3d_loads_official_pth_strictly(tmp_path):
     x = torch.randn(2, 3, 7, 30, 26)  # odd sizes: padding, shrunk windows
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
-    n_params = sum(v.numel() for k, v in metrics.Swin3D(metrics.SWIN3D_PRESETS["swin3d_b"]).to("meta").state_dict().items()
+    n_params = sum(v.numel() for k, v in _meta(metrics.Swin3D, metrics.SWIN3D_PRESETS["swin3d_b"]).state_dict().items()
                    if not k.endswith("relative_position_index"))
     assert n_params == 88048984  # torchvision's num_params for swin3d_b
 
@@ -177,7 +182,7 @@ def test_raft_loads_official_pth_strictly(tmp_path):
         torch.testing.assert_close(out, model(a * 2 - 1, b * 2 - 1))
         torch.testing.assert_close(loaded.flow(a, b), out)
     assert out.shape == (1, 2, 32, 40)
-    full = metrics.RAFT(metrics.RAFT_PRESETS["raft_large"]).to("meta").state_dict()
+    full = _meta(metrics.RAFT, metrics.RAFT_PRESETS["raft_large"]).state_dict()
     assert sum(v.numel() for k, v in full.items() if "running" not in k and "num_batches" not in k) == 5257536
 
 
@@ -245,7 +250,7 @@ def test_viclip_loads_safetensors_and_pth_strictly(tmp_path):
             torch.testing.assert_close(loaded.encode_video(video), want_v)
             torch.testing.assert_close(loaded.encode_text(ids), want_t)
     assert want_v.norm(dim=-1).sub(1).abs().max() < 1e-5
-    full = metrics.ViCLIP(metrics.VICLIP_PRESETS["viclip_l14"]).to("meta")
+    full = _meta(metrics.ViCLIP, metrics.VICLIP_PRESETS["viclip_l14"])
     assert full.text_encoder.positional_embedding.shape == (32, 768)
     assert full.vision_encoder.positional_embedding.shape == (257, 1024)
 
@@ -338,6 +343,15 @@ def test_tokenizer_matches_transformers(bpe_files):
              "the!!", "x"]
     for t in texts:
         assert [ours.sot] + ours.encode(t) + [ours.eot] == ref(t)["input_ids"], t
+
+
+def test_tokenizer_without_regex_package_splits_the_same(bpe_files, monkeypatch):
+    full = metrics.CLIPTokenizer(bpe_files)
+    monkeypatch.setitem(__import__("sys").modules, "regex", None)  # import regex -> ImportError
+    plain = metrics.CLIPTokenizer(bpe_files)
+    assert plain.pattern.__class__.__module__ == "re"
+    for t in ["The dog's 123 toy!!", "über_cats x-_y", "a\tb  c", "it'll RUN"]:
+        assert plain.encode(t) == full.encode(t), t
 
 
 def test_tokenizer_pads_truncates_and_cleans(bpe_files):
