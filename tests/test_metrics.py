@@ -124,6 +124,15 @@ def test_swin3d_preprocess_follows_recipe():
     torch.testing.assert_close(y[0, 0, 0, 0], expect)
 
 
+def test_swin3d_preprocess_matches_torchvision_transforms():
+    video = pytest.importorskip("torchvision.models.video")
+    frames = (np.random.default_rng(0).random((12, 90, 122, 3)) * 255).astype(np.uint8)
+    ours = metrics.swin3d_preprocess(frames, num_frames=4, resize=64, crop=56)
+    tf = video.Swin3D_B_Weights.KINETICS400_V1.transforms(resize_size=(64,), crop_size=(56, 56))
+    ref = tf(torch.from_numpy(metrics.sample_frames(frames, 4)).permute(0, 3, 1, 2))[None]
+    torch.testing.assert_close(ours, ref)
+
+
 def test_sample_frames_as_stm_release():
     vid = np.arange(49)[:, None]
     assert metrics.sample_frames(vid, 32)[:, 0].tolist() == list(range(32))
