@@ -8,7 +8,8 @@ the children alternate (--rounds) and each model's best time and lowest peak are
     python tests/bench_dit.py --device cuda --dtype bf16 --preset stm-5b-i2v --layers 4 --frames 13 --size 60x90 --ac
 
 Peak memory: CUDA `max_memory_allocated` above what was allocated before the step; on CPU the
-rise of the process's peak resident set (ru_maxrss) over its resident size before the step.
+rise of the process's peak resident set (ru_maxrss) over its resident size before the first step
+(glibc told to mmap blocks >= 64 KiB, so freed tensors leave the resident set at once).
 """
 import argparse
 import dataclasses
@@ -123,10 +124,14 @@ def main():
     print(f"config: {args.preset}, D={cfg.num_attention_heads * cfg.attention_head_dim}, {cfg.num_layers} layers, "
           f"latent {cfg.in_channels}x{args.frames}x{H}x{W}, batch {args.batch}, {args.dtype} on {args.device}, "
           f"AC {'on' if args.ac else 'off'}, torch {torch.__version__} threads {torch.get_num_threads()}")
+    # glibc keeps freed small-heap memory mapped, so the peak RSS of two models with the same live
+    # memory can differ by ~10% with the allocation order; serving big blocks by mmap makes it exact
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     res = {}
     for _ in range(args.rounds):  # alternating, so a busy machine slows both alike
         for who in ("ours", "diffusers"):
-            out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", who], capture_output=True, text=True)
+            out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", who], capture_output=True,
+                                 text=True, env=env)
             if out.returncode:
                 sys.exit(f"{who} failed:\n{out.stderr}")
             r = json.loads(out.stdout.strip().splitlines()[-1])
