@@ -16,6 +16,8 @@ pixel frames in windows of 8 (the first window takes the remainder: 49 = 9 + 5*8
 in windows of 2 (13 = 3 + 5*2). GroupNorm statistics never cross a window; causal convolutions
 carry the last frames of one window into the next (the conv cache). `chunk_frames` only sets how
 many windows run per forward call (memory vs. speed); it never changes the result.
+One deliberate difference from diffusers: with an even number of latent frames (T = 5, 13, ...)
+diffusers decodes 4t frames (its first window does not keep frame 0 apart); we decode 4(t-1)+1.
 """
 import math
 from dataclasses import dataclass
@@ -65,6 +67,7 @@ PRESETS = {
 }
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+CONV_SPLIT_NUMEL = 2**30  # larger conv inputs are convolved in time slices (cuDNN's 32-bit indexing)
 
 # -----------------------------------------------------------------------------
 # time bookkeeping
@@ -119,10 +122,11 @@ class CausalConv3d(nn.Module):
         front = self.cache if self.cache is not None else x[:, :, :1].expand(-1, -1, k - 1, -1, -1)
         x = torch.cat([front, x], dim=2)                                # (B, Cin, T+k-1, H, W)
         self.cache = x[:, :, -(k - 1):].clone()  # a copy, so the padded chunk can be freed
-        if x.numel() < 2**30:
+        if x.numel() <= CONV_SPLIT_NUMEL:
             return self.conv(x)                                         # (B, Cout, T, H, W)
         # cuDNN cannot index tensors past 2**31 elements: convolve overlapping time slices (exact)
-        T, step = x.shape[2] - k + 1, max(1, (x.shape[2] - k + 1) * 2**30 // x.numel())
+        T, per_frame = x.shape[2] - k + 1, x.numel() // x.shape[2]
+        step = max(1, CONV_SPLIT_NUMEL // per_frame - (k - 1))          # output frames per slice
         return torch.cat([self.conv(x[:, :, t:t + step + k - 1]) for t in range(0, T, step)], dim=2)
 
 
@@ -337,7 +341,7 @@ class VAE(nn.Module):
         self._check_hw(x.shape[-2:], self.space, "x")
         x = x.to(self.encoder.conv_in.conv.weight.dtype)
         run = lambda t: self._run(self.encoder, t, 2 * self.time, chunk_frames, "chunk_frames")
-        h = self._tiled(run, x, tile, tile_size, tile_overlap, down=self.space) if tile or tile_size else run(x)
+        h = self._tiled(run, x, tile_size, tile_overlap, down=self.space) if tile or tile_size else run(x)
         mean, logvar = h.chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)  # the clamp diffusers' DiagonalGaussianDistribution applies
 
@@ -348,7 +352,7 @@ class VAE(nn.Module):
         self._check(z, "z", self.config.latent_channels, lambda t: t >= 1, "at least one frame")
         z = z.to(self.decoder.conv_in.conv.weight.dtype)
         run = lambda t: self._run(self.decoder, t, 2, chunk_frames, "chunk_frames")
-        return self._tiled(run, z, tile, tile_size, tile_overlap, up=self.space) if tile or tile_size else run(z)
+        return self._tiled(run, z, tile_size, tile_overlap, up=self.space) if tile or tile_size else run(z)
 
     def sample_latent(self, x, generator=None, **kw):
         """A posterior sample mean + std * eps for video x (unscaled; multiply by scaling_factor for the DiT)."""
@@ -382,10 +386,10 @@ class VAE(nn.Module):
             if isinstance(m, CausalConv3d):
                 m.cache = None
 
-    def _tiled(self, run, x, tile, tile_size, tile_overlap, down=1, up=1):
+    def _tiled(self, run, x, tile_size, tile_overlap, down=1, up=1):
         """Run `run` on overlapping spatial tiles of x and blend the results linearly across each overlap.
-        Tiles are laid out on the latent grid (so encoder tiles start on multiples of 8 pixels); the last
-        tile of a row or column is moved back to end at the border, so every tile has the full size."""
+        Tiles are laid out on the latent grid (so encoder tiles start on multiples of 8 pixels), all of
+        full size, spread evenly so neighbours overlap by at least `tile_overlap`."""
         f = self.space
         ts = tile_size or (self.config.sample_height // 2, self.config.sample_width // 2)
         ov = tile_overlap or (ts[0] // 6, ts[1] // 5)  # diffusers' default overlap factors
@@ -406,7 +410,7 @@ class VAE(nn.Module):
                 sl = (slice(y * up, y * up + part.shape[-2]), slice(x0 * up, x0 * up + part.shape[-1]))
                 out[..., sl[0], sl[1]] += part * w
                 wsum[sl] += w
-        return out / wsum
+        return out.div_(wsum)
 
     # --- input checks --------------------------------------------------------
 
@@ -426,11 +430,12 @@ class VAE(nn.Module):
 
 
 def _starts(n, size, overlap):
-    """Tile starts along one axis of length n: stride size-overlap, the last one flush with the end."""
+    """Starts of the fewest full-size tiles that cover an axis of length n with neighbours overlapping
+    by at least `overlap`, spread evenly (first flush with the start, last with the end)."""
     if n <= size:
         return [0]
-    s = list(range(0, n - size, size - overlap))
-    return s + [n - size]
+    k = math.ceil((n - overlap) / (size - overlap))
+    return [round(i * (n - size) / (k - 1)) for i in range(k)]
 
 
 def _ramp(starts, s, size, n):

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import vae  # noqa: E402
 import weights  # noqa: E402
 from vae import PRESETS, VAE, VAEConfig, WEIGHTS_NAME  # noqa: E402
 
@@ -127,6 +128,17 @@ def test_three_windows_with_two_per_call(pair):
     assert rel(ours.decode(post.mean, chunk_frames=4), want) < 1e-5
 
 
+def test_big_convs_split_in_time_exactly(pair, monkeypatch):
+    """The guard that convolves huge inputs in overlapping time slices (for cuDNN) changes nothing."""
+    _, ours = pair
+    x = torch.rand(1, 3, 17, 16, 16) * 2 - 1
+    mean = ours.encode(x, chunk_frames=None)[0]
+    video = ours.decode(mean, chunk_frames=None)
+    monkeypatch.setattr(vae, "CONV_SPLIT_NUMEL", 3000)
+    assert rel(ours.encode(x, chunk_frames=None)[0], mean) < 1e-6
+    assert rel(ours.decode(mean, chunk_frames=None), video) < 1e-6
+
+
 def test_save_pretrained_round_trip(pair, tmp_path):
     ref, ours = pair
     ours.save_pretrained(tmp_path)
@@ -149,8 +161,8 @@ def test_sample_latent(pair):
 
 def test_tiled_decode_close_to_untiled():
     """A 96x96 frame from 48x48-px tiles overlapping by 16 px (3x3 tiles), random weights.
-    Measured (toy, seed 0): max error 6.6%, mean error 3.2% of the untiled output (diffusers' own
-    tiling at the same geometry: 7.4% / 4.0%). Trained weights blend better than random ones."""
+    Measured (toy, seed 0): max error 7.8%, mean error 2.3% of the untiled output (diffusers' own
+    tiling at the same geometry: 10.2% / 3.1%). Bound asserted: max < 10%, mean < 5%."""
     torch.manual_seed(0)
     ours = randomize_(VAE(PRESETS["toy"]).eval())
     z = torch.randn(1, 16, 3, 24, 24)
@@ -165,8 +177,8 @@ def test_tiled_decode_close_to_untiled():
 
 
 def test_tiled_encode_runs_and_stays_close():
-    """Encoder tiles see less context than decoder tiles (measured: max 12%, mean 7.5% with 64-px tiles
-    and 16-px overlap on 96x96, random weights)."""
+    """64-px tiles overlapping by 16 px on 96x96, random weights. Measured: max 14.3%, mean 5.4%
+    (diffusers' tiled encode at the same geometry: 38.8% / 9.9%). Bound asserted: max < 20%, mean < 10%."""
     torch.manual_seed(0)
     ours = randomize_(VAE(PRESETS["toy"]).eval())
     x = torch.rand(1, 3, 9, 96, 96) * 2 - 1
