@@ -8,7 +8,7 @@ Parameter names equal the diffusers checkpoint keys, so `<base>/vae` loads with 
     mean, logvar = m.encode(x)                 # x (B, 3, T, H, W) in [-1, 1], T = 4k+1, H, W multiples of 8
     z = m.sample_latent(x) * m.config.scaling_factor        # what the DiT sees (mean + std * eps, scaled)
     video = m.decode(z / m.config.scaling_factor)            # (B, 3, T, H, W), roughly in [-1, 1]
-    m.decode(z, tile=True)                     # 49x480x720 on one GPU: 240x360 px tiles blended at the seams
+    m.decode(z / m.config.scaling_factor, tile=True)  # spatial tiles (240x360 px) blended at the seams, for 49x480x720
     toy = V.VAE(V.PRESETS["toy"])              # CPU: 9x64x64 -> 3x16x16 latent (x4 space, x4 time)
 
 Time is processed in windows, exactly as the model was run in training (and as diffusers runs it):
@@ -16,6 +16,7 @@ pixel frames in windows of 8 (the first window takes the remainder: 49 = 9 + 5*8
 in windows of 2 (13 = 3 + 5*2). GroupNorm statistics never cross a window; causal convolutions
 carry the last frames of one window into the next (the conv cache). `chunk_frames` only sets how
 many windows run per forward call (memory vs. speed); it never changes the result.
+encode/decode run without autograd (the VAE is frozen throughout stm).
 One deliberate difference from diffusers: with an even number of latent frames (T = 5, 13, ...)
 diffusers decodes 4t frames (its first window does not keep frame 0 apart); we decode 4(t-1)+1.
 """
