@@ -172,7 +172,8 @@ class PatchEmbed(nn.Module):
         else:                       # 1.5: 2x2x2 space-time patches, flattened (C, pt, p, p)
             self.proj = nn.Linear(c.in_channels * c.patch_size_t * p * p, D)
         self.text_proj = nn.Linear(c.text_embed_dim, D)
-        if c.use_learned_positional_embeddings:  # persistent: it is part of the 5B-I2V checkpoint
+        # a persistent buffer, as in diffusers: part of the 5B-I2V checkpoint, but never trained further
+        if c.use_learned_positional_embeddings:
             T = (c.sample_frames - 1) // c.temporal_compression_ratio + 1
             n = T * (c.sample_height // p) * (c.sample_width // p)
             self.register_buffer("pos_embedding", torch.empty(1, c.max_text_seq_length + n, D))
