@@ -305,8 +305,9 @@ class LayeredClips(torch.utils.data.Dataset):
     """Items {video, fg, bg: (3,T,H,W) in [-1,1], mask: (1,T,H,W) in {0,1}, caption, index}.
     With `frames/size` each clip is resampled (stride) and cover-cropped to that shape."""
 
-    def __init__(self, root, frames=None, size=None, stride=1, layers=True):
+    def __init__(self, root, frames=None, size=None, stride=1, layers=True, skip=()):
         self.items, self.frames, self.size, self.stride = read_lists(root), frames, size, stride
+        self.skip = set(skip)                                  # e.g. {"video", "bg"} when their latents are cached
         if layers:
             for key in ("fg", "bg", "mask"):
                 if self.items and self.items[0][key] is None:
@@ -325,14 +326,16 @@ class LayeredClips(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         it = self.items[i]
-        out = {"video": to_tensor(self._fit(read_video(it["video"])[0], it["video"])),
-               "caption": it["caption"], "index": i}
+        out = {"caption": it["caption"], "index": i}
+        if "video" not in self.skip:
+            out["video"] = to_tensor(self._fit(read_video(it["video"])[0], it["video"]))
         if self.layers:
-            fg, bg, mask = read_video(it["fg"])[0], read_video(it["bg"])[0], read_mask(it["mask"])
+            fg, mask = read_video(it["fg"])[0], read_mask(it["mask"])
             check_aligned(fg, mask, it["fg"], it["mask"])
             fg = fg * mask[..., None]                     # lossy codecs bleed colour past the edge
             out["fg"] = to_tensor(self._fit(fg, it["fg"]))
-            out["bg"] = to_tensor(self._fit(bg, it["bg"]))
+            if "bg" not in self.skip:
+                out["bg"] = to_tensor(self._fit(read_video(it["bg"])[0], it["bg"]))
             out["mask"] = torch.from_numpy(self._fit(mask, it["mask"], mask=True)).float()[None]
         return out
 

@@ -114,8 +114,8 @@ def compose(model, vae, texts, fg, bg, mask, prompts, a, device, dtype):
 def main(a):
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    tfolder, base = composer_folders(a.ckpt, a.model)
     try:
+        tfolder, base = composer_folders(a.ckpt, a.model)
         model = DiT.from_pretrained(tfolder, subfolder="", dtype=dtype, device=device).eval()
         vae = VAE.from_pretrained(base, dtype=dtype, device=device)
         tok = Tokenizer.from_pretrained(base, max_length=model.config.max_text_seq_length)

@@ -163,6 +163,7 @@ def main(a):
     ds = data.LayeredClips(a.data, frames=a.frames, size=(H, W), stride=a.stride)
     if len(ds) == 0:
         raise SystemExit(f"--data {a.data}: the dataset is empty")
+    ds_full = ds                                                            # validation needs every layer
 
     # --- frozen VAE and text encoder ------------------------------------------------------------
     vae = VAE.from_pretrained(a.model, dtype=cdtype, device=device).requires_grad_(False)
@@ -188,6 +189,7 @@ def main(a):
                                     cache, f"{i:07d}.safetensors")
         barrier()
         t5.to("cpu")                                                        # every caption is cached now
+        ds = data.LayeredClips(a.data, frames=a.frames, size=(H, W), stride=a.stride, skip=("video", "bg"))
 
     # --- the composer ---------------------------------------------------------------------------
     torch.manual_seed(a.seed)                                               # same init on every rank
@@ -242,8 +244,8 @@ def main(a):
     sched = diffusion.Schedule()
     augment = Augment(flip_p=0, crop_p=0, jitter_p=0) if a.no_augment else Augment()
 
-    def load(idx):
-        items = list(pool.map(ds.__getitem__, idx))
+    def load(idx, dset=None):
+        items = list(pool.map((dset or ds).__getitem__, idx))
         return {k: (torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items])
                 for k in items[0]}
 
@@ -281,7 +283,7 @@ def main(a):
     def validate(step):
         """Compose held-out pairs (fg of clip i, bg of clip i+1) and write fg | bg | result videos."""
         idx = [0, 1] if len(ds) > 1 else [0]
-        b = load(idx)
+        b = load(idx, ds_full)
         fg = vae_sample(b["fg"], gen(a.seed, "val")) * lmask(b["mask"]).to(device, cdtype)
         bg = vae_sample(b["bg"].roll(1, 0), gen(a.seed, "val"))
         text = texts(b["caption"])

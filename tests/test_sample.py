@@ -1,0 +1,75 @@
+"""sample.py end to end on a tiny random composer: files, sizes, length, determinism, bad inputs."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import data
+from dit import DiT, PRESETS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def composer(tiny_base, tmp_path_factory):
+    """A train.py-style output folder: transformer/ + args.json naming the base model."""
+    out = tmp_path_factory.mktemp("composer")
+    torch.manual_seed(0)
+    m = DiT(PRESETS["toy"])
+    for p in m.parameters():                    # random everywhere, so the output depends on every input
+        p.data.normal_(0, 0.05)
+    m.save_pretrained(out / "transformer")
+    (out / "args.json").write_text(json.dumps({"model": str(tiny_base)}))
+    return out
+
+
+def sample(args):
+    r = subprocess.run([sys.executable, str(ROOT / "sample.py")] + args, capture_output=True, text=True, timeout=300)
+    return r
+
+
+def test_end_to_end_size_length_determinism(composer, tmp_path):
+    c = data.toy_clip(5, T=17, H=80, W=96)          # other size and length: resampled with a notice
+    data.write_video(tmp_path / "fg.mp4", c["fg"], fps=10)
+    data.write_video(tmp_path / "bg.mp4", data.toy_clip(6)["bg"], fps=10)
+    args = ["--ckpt", str(composer), "--fg", str(tmp_path / "fg.mp4"), "--bg", str(tmp_path / "bg.mp4"),
+            "--prompt", "a red boat", "--steps", "3", "--guidance", "3"]
+    r1 = sample(args + ["--out", str(tmp_path / "a.mp4"), "--grid"])
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    assert "resampled to 9 frames of 64x64" in r1.stdout
+    v, fps = data.read_video(tmp_path / "a.mp4")
+    assert v.shape == (9, 64, 64, 3) and fps == 10
+    assert data.read_video(tmp_path / "a_grid.mp4")[0].shape == (9, 64, 192, 3)
+    assert data.read_video(tmp_path / "a_grid.gif")[0].shape == (9, 64, 192, 3)
+    assert sample(args + ["--out", str(tmp_path / "b.mp4")]).returncode == 0
+    assert np.array_equal(data.read_video(tmp_path / "b.mp4")[0], v)              # same seed, same video
+    assert sample(args + ["--out", str(tmp_path / "c.mp4"), "--seed", "1", "--sampler", "dpm"]).returncode == 0
+    assert not np.array_equal(data.read_video(tmp_path / "c.mp4")[0], v)
+
+
+def test_triplet_batch(composer, tmp_path):
+    data.write_triplets(tmp_path / "tri", 3)
+    r = sample(["--ckpt", str(composer), "--triplets", str(tmp_path / "tri" / "triplets.jsonl"), "--steps", "2",
+                "--batch", "2", "--out", str(tmp_path / "res")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(l) for l in (tmp_path / "res" / "results.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in recs] == ["t0000", "t0001", "t0002"]
+    assert all(data.read_video(r["result"])[0].shape == (9, 64, 64, 3) for r in recs)
+
+
+def test_bad_inputs(composer, tmp_path):
+    r = sample(["--ckpt", str(composer), "--fg", str(tmp_path / "missing.mp4"), "--bg", str(tmp_path / "missing.mp4")])
+    assert r.returncode != 0 and "missing.mp4: no such video file" in r.stderr
+    (tmp_path / "junk.mp4").write_bytes(b"junk" * 100)
+    r = sample(["--ckpt", str(composer), "--fg", str(tmp_path / "junk.mp4"), "--bg", str(tmp_path / "junk.mp4")])
+    assert r.returncode != 0 and "junk.mp4: not a readable video" in r.stderr
+    r = sample(["--ckpt", str(tmp_path / "nothing-here"), "--fg", "a", "--bg", "b"])
+    assert r.returncode != 0 and "nothing-here" in r.stderr and "Traceback" not in r.stderr
+    black = np.zeros((9, 64, 64, 3), np.uint8)
+    data.write_video(tmp_path / "black.mp4", black)
+    r = sample(["--ckpt", str(composer), "--fg", str(tmp_path / "black.mp4"), "--bg", str(tmp_path / "black.mp4")])
+    assert r.returncode != 0 and "mask is empty" in r.stderr
