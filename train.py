@@ -69,6 +69,7 @@ ap.add_argument("--text-drop", type=float, default=0.1, help="probability of an 
 ap.add_argument("--fg-noise", type=float, default=-1.0, help="fg pixel noise: sigma = exp(N(this, 0.5)) (StM: -1.0); -inf: none")
 ap.add_argument("--bg-noise", type=float, default=-3.0, help="bg pixel noise: sigma = exp(N(this, 0.5)) (StM: -3.0); -inf: none")
 ap.add_argument("--cache-latents", action="store_true", help="encode video/bg latents and prompts once (in --out/cache) so steps run the VAE only on the augmented fg")
+ap.add_argument("--cache-dir", default=None, help="where the caches live (default: --out/cache); share it between runs on the same data and base model")
 ap.add_argument("--bf16", action="store_true", help="bf16 compute (FSDP2 mixed precision: bf16 params, fp32 reduce); fp32 otherwise")
 ap.add_argument("--ac", action="store_true", help="activation checkpointing per transformer block")
 ap.add_argument("--workers", type=int, default=2, help="threads per rank that decode clips (PyAV releases the GIL)")
@@ -171,11 +172,15 @@ def main(a):
     lmask = lambda m: diffusion.latent_mask(m, vae.time, vae.space)       # pixel mask -> latent grid
     max_len = (PRESETS[a.preset] if a.preset else weights.read_config(weights.resolve(a.model, "transformer"), DiTConfig)).max_text_seq_length
     tok, t5 = Tokenizer.from_pretrained(a.model, max_length=max_len), T5Encoder.from_pretrained(a.model, dtype=cdtype, device=device)
-    texts = EmbeddingCache(out / "cache" / "text", tok, t5.requires_grad_(False), device=device, dtype=cdtype)
+    cache_root = Path(a.cache_dir) if a.cache_dir else out / "cache"
+    texts = EmbeddingCache(cache_root / "text", tok, t5.requires_grad_(False), device=device, dtype=cdtype)
     empty = texts([""])                                                     # (1, L, D) for dropped prompts
 
     # --- optional latent cache: the original clip and the bg, encoded once (mean and logvar) ---
-    cache = out / "cache" / f"latents_{a.frames}x{H}x{W}_s{a.stride}"
+    key = hashlib.sha256(str(Path(a.data).resolve()).encode())              # which data, which VAE:
+    for p in vae.parameters():                                              # another never reads stale latents
+        key.update(p.detach().float().cpu().numpy().tobytes()[:256])
+    cache = cache_root / f"latents_{a.frames}x{H}x{W}_s{a.stride}_{key.hexdigest()[:12]}"
     if a.cache_latents:
         cache.mkdir(parents=True, exist_ok=True)
         mine = [i for i in range(len(ds)) if i % world == rank and not (cache / f"{i:07d}.safetensors").exists()]
@@ -354,6 +359,7 @@ def main(a):
                 rec["mfu"] = flops / dt / (989e12 * world)                         # of H100 bf16 dense peak
             bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}")
             if master:
+                tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
         if step % a.ckpt_every == 0 or step == a.steps or step == a.stop_at:
