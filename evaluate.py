@@ -1,0 +1,359 @@
+"""
+Evaluate compositions: the paper's metrics (Table 1-2), weight-free fallbacks, exact toy-world metrics.
+
+    python evaluate.py --results results/toy                           # weight-free + toy metrics -> results/toy/eval/
+    python evaluate.py --results results/real --viclip OpenGVLab/ViCLIP-L-14-hf \\
+        --swin swin3d_b_1k-24f7c7c6.pth --raft raft_large_C_T_SKHT_V2-ff5fadd5.pth   # M1-M4 as in the StM release
+    python evaluate.py --compare results/full results/no-aug results/no-aug/eval --out cmp   # runs side by side
+
+--results is a folder with results.jsonl as sample.py --triplets writes it: one line per composite with
+`fg` (subject on black, or any video with `mask`), `bg`, `prompt`, `result` (the generated video) and,
+for toy triplets, `expect` (what a correct composite satisfies). Relative paths are relative to the folder.
+Inputs are resampled to the generated video's frames and size (data.fit_video).
+
+Every generated video is re-segmented into fg / bg layers (video x mask on black) by the same weight-free
+segmenter as the Split stage (decompose.motion_mask), then, as in the StM release (evaluation/metrics):
+  M1 fg / bg identity  cos(ViCLIP(gen fg), ViCLIP(input fg)); cos(ViCLIP(gen bg), ViCLIP(input bg with the gen fg
+                       region blacked out))                                              (--viclip)
+  M2 action            KL(p(input fg) || p(gen fg)), Kinetics-400 softmax of Swin3D-B      (--swin)
+  M3 bg motion         flow MSE between input bg and gen bg layer, pairs every 4th frame, outside the gen fg mask
+                       RAFT-large with --raft, else the classical Lucas-Kanade flow (labelled weight-free)
+  M4 text              cos(ViCLIP(gen video), ViCLIP(prompt))                             (--viclip)
+Weight-free measures, always computed: bg PSNR / SSIM of gen vs input bg outside both masks (each dilated),
+fg colour-histogram intersection (8^3 RGB bins over the fg pixels of all frames, input vs re-segmented gen).
+
+Toy metrics (records with `expect`): the toy world renders the bg exactly, so here the generated subject is
+found as |gen - input bg| > --toy-threshold (max over RGB, 0-255) minus cast-shadow-like pixels (uniform
+darkening), largest space-time component. Then:
+  shape IoU      mean over frames of IoU(input sprite mask, gen subject mask shifted onto the input's centroid)
+  colour err     RGB distance of the subject's mean colour to the exact expected one, rgb x target tint x shading
+  track err      RMS over frames of (gen centroid track - its mean) - (expected track - its mean), pixels
+  bg PSNR        gen vs input bg outside the subject (dilated 1) and its expected shadow
+  affordance     share of frames whose subject centroid row lies in allowed_rows (missing subject = fail)
+  copy-paste     share of frames whose subject centroid is within --cp-radius of the input fg's centroid
+  tint match     1 if the subject's colour is closer to rgb x target tint than to rgb x source tint
+  shadow ok      darkening of the bg in the expected shadow ellipse > 0.2 where a shadow is expected, < 0.2 else
+"""
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import data
+import metrics
+from decompose import components, dilate, motion_mask
+
+# (key, column label, arrow): the order of the summary table
+COLUMNS = [
+    ("m1_fg", "M1 fg identity (ViCLIP)", "↑"), ("m1_bg", "M1 bg identity (ViCLIP)", "↑"),
+    ("m2_action_kl", "M2 action KL (Swin3D)", "↓"), ("m3_flow_mse", "M3 bg flow MSE (RAFT)", "↓"),
+    ("m4_text", "M4 text (ViCLIP)", "↑"),
+    ("wf_m3_flow_mse", "M3 bg flow MSE (classical, weight-free)", "↓"),
+    ("wf_bg_psnr", "bg PSNR (weight-free)", "↑"), ("wf_bg_ssim", "bg SSIM (weight-free)", "↑"),
+    ("wf_fg_hist", "fg colour-hist (weight-free)", "↑"),
+    ("toy_shape_iou", "toy shape IoU", "↑"), ("toy_colour_err", "toy colour err", "↓"),
+    ("toy_track_err", "toy track err (px)", "↓"), ("toy_bg_psnr", "toy bg PSNR", "↑"),
+    ("toy_affordance", "toy affordance", "↑"), ("toy_copy_paste", "toy copy-paste", "↓"),
+    ("toy_tint_match", "toy tint match", "↑"), ("toy_shadow_ok", "toy shadow ok", "↑"),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def _path(p, base):
+    p = Path(p)
+    return p if p.is_absolute() else base / p
+
+
+def load_record(rec, base, max_frames=0, max_side=0):
+    """-> gen, input fg layer, input bg uint8 (T,H,W,3), input mask bool (T,H,W), geometry (s, left, top)
+    mapping input pixel coordinates to the generated video's (x_gen = x_in * s - left)."""
+    gen = data.read_video(_path(rec["result"], base))[0]
+    T, H, W = gen.shape[:3]
+    if max_side and max(H, W) > max_side:
+        k = max_side / max(H, W)
+        H, W = max(2, round(H * k / 2) * 2), max(2, round(W * k / 2) * 2)
+    T = min(T, max_frames) if max_frames else T
+    gen = data.fit_video(gen, T, H, W, name="result")
+    fg_raw = data.read_video(_path(rec["fg"], base))[0]
+    if rec.get("mask"):
+        mask = data.fit_video(data.read_mask(_path(rec["mask"], base)), T, H, W, mask=True, name="mask")
+    else:
+        mask = data.fit_video(fg_raw.max(-1) > 16, T, H, W, mask=True, name="fg")  # non-black = subject
+    fg = data.fit_video(fg_raw, T, H, W, name="fg") * mask[..., None]
+    bg = data.fit_video(data.read_video(_path(rec["bg"], base))[0], T, H, W, name="bg")
+    h, w = fg_raw.shape[1:3]
+    s = max(H / h, W / w)
+    return gen, fg, bg, mask, (s, (round(w * s) - W) // 2, (round(h * s) - H) // 2)
+
+
+def centroids(mask):
+    """bool (T,H,W) -> float (T,2) (x, y) per frame; nan where the frame is empty."""
+    m = torch.as_tensor(np.asarray(mask)).float()
+    n = m.sum((1, 2))
+    ys, xs = torch.arange(m.shape[1]).float(), torch.arange(m.shape[2]).float()
+    c = torch.stack([(m.sum(1) * xs).sum(1), (m.sum(2) * ys).sum(1)], 1) / n[:, None]
+    return torch.where(n[:, None] > 0, c, torch.tensor(float("nan"))).numpy()
+
+
+def colour_hist(frames, mask, bins=8):
+    px = torch.as_tensor(np.asarray(frames))[torch.as_tensor(np.asarray(mask))].long() * bins // 256
+    h = torch.bincount(px[:, 0] * bins * bins + px[:, 1] * bins + px[:, 2], minlength=bins ** 3).float()
+    return h / h.sum().clamp(min=1)
+
+
+def _nanmean(v):
+    v = [x for x in v if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(np.mean(v)) if v else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# toy-world metrics
+
+
+def sprite_model(kind, size, rgb, tints, step=0.25):
+    """Exact facts of a rendered sprite of this kind and size: the centroid of its mask relative to
+    the sprite centre, and its mean colour under each tint (data.render_toy's shading, clipped)."""
+    r = np.arange(-size, size, step, dtype=np.float32)
+    dy, dx = np.meshgrid(r, r, indexing="ij")
+    m = data._sprite_mask(kind, dx, dy, size)
+    shade = np.clip(1.15 - 0.5 * dy[m] / size, 0.7, 1.2)[:, None]
+    cols = [np.clip(np.float32(rgb) * np.float32(t) * shade, 0, 255).mean(0) for t in tints]
+    return np.array([dx[m].mean(), dy[m].mean()]), cols
+
+
+def toy_subject(gen, bg, threshold):
+    """The generated subject: pixels far from the input bg that are not a uniform darkening (shadow)."""
+    g, b = (torch.as_tensor(np.asarray(v)).float() for v in (gen, bg))
+    ratio = (g + 1) / (b + 1)
+    shadow = (ratio.amax(-1) < 0.85) & (ratio.amin(-1) > 0.35) & (ratio.amax(-1) - ratio.amin(-1) < 0.15)
+    m = ((g - b).abs().amax(-1) > threshold) & ~shadow
+    lab = components(m)
+    if lab.max() > 0:
+        ids, counts = lab[lab > 0].unique(return_counts=True)
+        m = lab == ids[counts.argmax()]
+    return m.numpy()
+
+
+def toy_metrics(gen, fg, bg, mask, expect, geom, threshold=40.0, cp_radius=None):
+    s, left, top = geom
+    T, H, W = gen.shape[:3]
+    size = expect["size"] * s
+    cp_radius = cp_radius if cp_radius is not None else max(2.0, 0.05 * min(H, W))
+    subj = toy_subject(gen, bg, threshold)
+    c_gen, c_in = centroids(subj), centroids(mask)
+    found = ~np.isnan(c_gen[:, 0])
+    offset, (col_target, col_source) = sprite_model(expect["kind"], size, expect["rgb"],
+                                                    [expect["tint"], expect["source_tint"]])
+    out = {"toy_found": float(found.mean())}
+    # shape: IoU with the gen mask moved so that its centroid sits on the input's
+    ious = []
+    for t in np.flatnonzero(found & ~np.isnan(c_in[:, 0])):   # the best of the 3x3 whole-pixel shifts around it
+        dx, dy = np.round(c_in[t] - c_gen[t]).astype(int)
+        moved = [np.roll(subj[t], (dy + i, dx + j), (0, 1)) for i in (-1, 0, 1) for j in (-1, 0, 1)]
+        ious.append(max((m & mask[t]).sum() / max(1, (m | mask[t]).sum()) for m in moved))
+    out["toy_shape_iou"] = float(np.mean(ious)) if ious else 0.0
+    # colour and tint harmony
+    if subj.any():  # core pixels: the half most unlike the bg (edges are smeared by the codec's 4:2:0 chroma)
+        diff = np.abs(gen.astype(np.float32) - bg).max(-1)
+        mean = gen[subj & (diff >= np.median(diff[subj]))].astype(np.float64).mean(0)
+        d_t, d_s = float(np.linalg.norm(mean - col_target)), float(np.linalg.norm(mean - col_source))
+        out.update(toy_colour_err=d_t, toy_colour_err_source=d_s, toy_subject_rgb=[round(float(v), 1) for v in mean])
+        # undecidable where the two tints give nearly the same colour (e.g. a black or saturated sprite)
+        out["toy_tint_match"] = None if np.linalg.norm(col_target - col_source) < 20 else float(d_t < d_s)
+    else:
+        out.update(toy_colour_err=float("nan"), toy_tint_match=0.0)
+    # motion up to placement
+    track = np.asarray(expect["track"], np.float64)[np.linspace(0, len(expect["track"]) - 1, T).round().astype(int)] * s
+    if found.sum() >= 1:
+        a, b = c_gen[found] - c_gen[found].mean(0), track[found] - track[found].mean(0)
+        out["toy_track_err"] = float(np.sqrt(((a - b) ** 2).sum(1).mean()))
+    else:
+        out["toy_track_err"] = float("nan")
+    # affordance and the copy-paste shortcut (frames without a subject count as failures)
+    y0, y1 = [v * s - top for v in expect["allowed_rows"]]
+    out["toy_affordance"] = float(np.mean(found & (c_gen[:, 1] >= y0) & (c_gen[:, 1] < y1)))
+    near = np.linalg.norm(np.nan_to_num(c_gen - c_in, nan=1e9), axis=1) <= cp_radius
+    out["toy_copy_paste"] = float(np.mean(found & near))
+    # shadow: darkening of the bg where data.render_toy would cast it (an ellipse below the sprite, the sprite
+    # excluded), placed by the subject's centroid
+    gy, gx = np.mgrid[0:H, 0:W].astype(np.float32)
+    ell = np.zeros((T, H, W), bool)
+    for t in np.flatnonzero(found):
+        xc, yc = c_gen[t] - offset
+        ell[t] = ((((gx - xc - 0.15 * size) / (0.55 * size)) ** 2 + ((gy - yc - 0.32 * size) / (0.12 * size)) ** 2 < 1)
+                  & ~data._sprite_mask(expect["kind"], gx - xc, gy - yc, size))
+    lum = lambda v: (v.astype(np.float64) * [0.299, 0.587, 0.114]).sum(-1)
+    dark = float(1 - lum(gen)[ell].mean() / max(1e-6, lum(bg)[ell].mean())) if ell.any() else float("nan")
+    out["toy_shadow_darkening"] = dark
+    out["toy_shadow_ok"] = float(dark > 0.2) if expect["shadow"] else float(not dark > 0.2)
+    keep = ~dilate(torch.as_tensor(subj), 1).numpy() & ~(ell if expect["shadow"] else False)
+    out["toy_bg_psnr"] = metrics.masked_psnr(gen, bg, keep)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the networks
+
+
+def _config(spec, presets, cls):
+    """A preset name or a JSON file of config fields."""
+    if spec in presets:
+        return presets[spec]
+    p = Path(spec)
+    if p.is_file():
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(p.read_text()).items()})
+    raise SystemExit(f"{spec}: neither a preset ({', '.join(presets)}) nor a JSON config file")
+
+
+class Networks:
+    def __init__(self, a, device):
+        self.device, self.viclip, self.swin, self.raft = device, None, None, None
+        if a.viclip:
+            self.viclip = metrics.load_viclip(a.viclip, _config(a.viclip_config, metrics.VICLIP_PRESETS, metrics.ViCLIPConfig)).to(device)
+            bpe = a.bpe or (Path(a.viclip).parent if Path(a.viclip).is_file() else a.viclip)
+            self.tok = metrics.load_clip_tokenizer(bpe)
+        if a.swin:
+            self.swin = metrics.load_swin3d(a.swin, _config(a.swin_config, metrics.SWIN3D_PRESETS, metrics.Swin3DConfig)).to(device)
+        if a.raft:
+            self.raft = metrics.load_raft(a.raft, _config(a.raft_config, metrics.RAFT_PRESETS, metrics.RAFTConfig)).to(device)
+
+    @torch.no_grad()
+    def video(self, frames):
+        c = self.viclip.config
+        return self.viclip.encode_video(metrics.viclip_preprocess(frames, c.num_frames, c.image_size).to(self.device))
+
+    @torch.no_grad()
+    def action(self, frames):
+        return self.swin(metrics.swin3d_preprocess(frames).to(self.device))
+
+    def __call__(self, gen, fg, bg, gen_mask, prompt):
+        gen_fg, gen_bg = gen * gen_mask[..., None], gen * ~gen_mask[..., None]
+        out = {}
+        if self.viclip is not None:
+            out["m1_fg"] = metrics.cosine(self.video(gen_fg), self.video(fg))
+            out["m1_bg"] = metrics.cosine(self.video(gen_bg), self.video(bg * ~gen_mask[..., None]))
+            if prompt:
+                with torch.no_grad():
+                    ids = self.tok([prompt], self.viclip.config.context_length).to(self.device)
+                    out["m4_text"] = metrics.cosine(self.video(gen), self.viclip.encode_text(ids))
+        if self.swin is not None:
+            out["m2_action_kl"] = metrics.action_kl(self.action(fg), self.action(gen_fg))
+        if self.raft is not None:
+            out["m3_flow_mse"] = metrics.background_flow_mse(bg, gen_bg, gen_mask, flow_fn=lambda x, y: self.raft.flow(x, y).cpu())
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# one record, a whole run
+
+
+def evaluate_record(rec, base, nets, a):
+    gen, fg, bg, mask, geom = load_record(rec, base, a.max_frames, a.max_side)
+    gen_mask = motion_mask(gen)                                   # the same segmenter for every video
+    out = {"id": rec.get("id"), "result": str(_path(rec["result"], base)), "frames": len(gen),
+           "size": list(gen.shape[1:3]), "gen_fg_ratio": float(gen_mask.mean())}
+    out.update(nets(gen, fg, bg, gen_mask, rec.get("prompt", "")))
+    r = max(1, round(min(gen.shape[1:3]) / 100))
+    outside = ~dilate(torch.as_tensor(mask | gen_mask), r).numpy()
+    out["wf_bg_psnr"] = metrics.masked_psnr(gen, bg, outside)
+    out["wf_bg_ssim"] = metrics.masked_ssim(gen, bg, outside)
+    if mask.any() and gen_mask.any():
+        out["wf_fg_hist"] = float(torch.minimum(colour_hist(fg, mask), colour_hist(gen, gen_mask)).sum())
+    else:
+        out["wf_fg_hist"] = 0.0
+    if nets.raft is None:
+        out["wf_m3_flow_mse"] = metrics.background_flow_mse(bg, gen * ~gen_mask[..., None], gen_mask)
+    if rec.get("expect"):
+        out.update(toy_metrics(gen, fg, bg, mask, rec["expect"], geom, a.toy_threshold, a.cp_radius))
+    return out
+
+
+def summarise(rows):
+    """Mean of every numeric metric over the records (nan / None skipped)."""
+    keys = [k for k, _, _ in COLUMNS if any(k in r for r in rows)]
+    return {"n": len(rows), **{k: _nanmean([r.get(k) for r in rows]) for k in keys}}
+
+
+def table(runs):
+    """runs: {name: summary} -> markdown table shaped like the paper's Table 2 (rows = runs)."""
+    cols = [(k, lab, arr) for k, lab, arr in COLUMNS if any(k in s for s in runs.values())]
+    lines = ["| run | n | " + " | ".join(f"{lab} {arr}" for _, lab, arr in cols) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in cols) + " |"]
+    for name, s in runs.items():
+        cell = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+        lines.append(f"| {name} | {s['n']} | " + " | ".join(cell(s.get(k)) for k, _, _ in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def load_run(path):
+    """An eval folder (metrics.jsonl) or a results folder (its eval/metrics.jsonl) -> (name, summary)."""
+    p = Path(path)
+    for f in (p / "metrics.jsonl", p / "eval" / "metrics.jsonl", p):
+        if f.is_file():
+            rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+            name = f.parent.parent.name if f.parent.name == "eval" else f.parent.name
+            return name, summarise(rows)
+    raise SystemExit(f"{path}: no metrics.jsonl (run python evaluate.py --results {path} first)")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", help="folder holding results.jsonl (sample.py --triplets ... --out DIR)")
+    ap.add_argument("--compare", nargs="+", metavar="RUN", help="eval or results folders: print their summaries side by side")
+    ap.add_argument("--out", help="report folder (default RESULTS/eval); with --compare, where compare.md goes")
+    ap.add_argument("--name", help="row name of this run in summary.md (default: the results folder's name)")
+    ap.add_argument("--viclip", help="ViCLIP weights (.safetensors / .pth, a folder, or a hub id such as OpenGVLab/ViCLIP-L-14-hf) for M1, M4")
+    ap.add_argument("--viclip-config", default="viclip_l14", help="ViCLIP preset name or JSON file of ViCLIPConfig fields")
+    ap.add_argument("--bpe", help="CLIP BPE merges (bpe_simple_vocab_16e6.txt.gz); default: beside --viclip")
+    ap.add_argument("--swin", help="torchvision swin3d_b state dict (swin3d_b_1k-24f7c7c6.pth) or URL, for M2")
+    ap.add_argument("--swin-config", default="swin3d_b", help="Swin3D preset name or JSON file of Swin3DConfig fields")
+    ap.add_argument("--raft", help="torchvision raft_large state dict (raft_large_C_T_SKHT_V2-ff5fadd5.pth) or URL, for M3")
+    ap.add_argument("--raft-config", default="raft_large", help="RAFT preset name or JSON file of RAFTConfig fields")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device for the networks")
+    ap.add_argument("--max-frames", type=int, default=0, help="resample each generated video to at most this many frames (0 = all)")
+    ap.add_argument("--max-side", type=int, default=0, help="downscale so that the longer side is at most this (0 = native)")
+    ap.add_argument("--toy-threshold", type=float, default=40.0, help="toy subject = |gen - input bg| above this (0-255)")
+    ap.add_argument("--cp-radius", type=float, default=None, help="copy-paste radius in pixels (default 5%% of the shorter side, at least 2)")
+    ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N records (0 = all)")
+    a = ap.parse_args(argv)
+    if a.compare:
+        runs = dict(load_run(r) for r in a.compare)
+        text = table(runs)
+        print(text, end="")
+        if a.out:
+            Path(a.out).mkdir(parents=True, exist_ok=True)
+            (Path(a.out) / "compare.md").write_text(text)
+        return runs
+    if not a.results:
+        ap.error("give --results DIR (or --compare RUN ...)")
+    base = Path(a.results)
+    src = base / "results.jsonl"
+    if not src.is_file():
+        raise SystemExit(f"{src}: not found (write it with sample.py --triplets FILE --out {base})")
+    recs = [json.loads(l) for l in src.read_text().splitlines() if l.strip()][:a.limit or None]
+    nets = Networks(a, a.device)
+    missing = [n for n, m in (("ViCLIP (M1, M4)", nets.viclip), ("Swin3D (M2)", nets.swin), ("RAFT (M3)", nets.raft)) if m is None]
+    if missing:
+        print(f"no weights for {', '.join(missing)}: those metrics are skipped; weight-free measures "
+              f"(bg PSNR/SSIM, fg colour histogram{', classical-flow M3' if nets.raft is None else ''}) are reported")
+    rows = [evaluate_record(r, base, nets, a) for r in tqdm(recs, desc=f"evaluate {base}")]
+    out = Path(a.out or base / "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = summarise(rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    note = f"\nNo weights for {', '.join(missing)}: \"weight-free\" columns are the fallbacks.\n" if missing else ""
+    (out / "summary.md").write_text(f"# {a.results}\n\n" + table({a.name or base.resolve().name: summary}) + note)
+    print(table({a.name or base.resolve().name: summary}), end="")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
