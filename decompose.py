@@ -31,6 +31,7 @@ clip list and writes its own folder <out>/shard-I-of-N, so shards never share a 
 NFS; `--merge` joins them into <out> without copying videos.
 """
 import argparse
+import inspect
 import json
 import os
 import shlex
@@ -346,21 +347,42 @@ def read_captions(path):
 
 def vlm_caption(frames, model_path, n=8, prompt="Describe the video in detail", max_new_tokens=256):
     """Caption a clip with a video-capable VLM through transformers (optional): `n` frames at segment
-    centres, each introduced as "Frame-i: <image>" as in the StM release's InternVL prompt."""
-    try:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-    except ImportError:
-        raise SystemExit("--captioner vlm needs transformers (pip install transformers)") from None
-    model, proc = _cached(("vlm", model_path), lambda: (AutoModelForImageTextToText.from_pretrained(model_path).eval(),
-                                                       AutoProcessor.from_pretrained(model_path)))
+    centres, each introduced as "Frame-i: <image>" as in the StM release's InternVL prompt (greedy)."""
+    model, proc = _cached(("vlm", model_path), lambda: _load_vlm(model_path))
     idx = ((np.arange(n) + 0.5) * len(frames) / n).astype(int)
     content = [c for i in range(n) for c in ({"type": "text", "text": f"Frame-{i + 1}: "}, {"type": "image"})]
     content.append({"type": "text", "text": "\n" + prompt})
     text = proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-    inputs = proc(text=[text], images=[[frames[i] for i in idx]], return_tensors="pt")
+    inputs = proc(text=[text], images=[[np.asarray(frames[i]) for i in idx]], return_tensors="pt")
     with torch.no_grad():
         ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return " ".join(proc.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].split())
+
+
+def _load_vlm(path):
+    """-> (model, processor). Without torchvision, transformers 5 cannot build a video processor, and
+    so no processor that holds one (InternVL, Qwen2-VL, LLaVA-OneVision, SmolVLM): the frames go in as
+    images, so such a processor is assembled from its tokenizer and (PIL) image processor instead."""
+    try:
+        import transformers as tf
+    except ImportError:
+        raise SystemExit("--captioner vlm needs transformers (pip install transformers)") from None
+    model = tf.AutoModelForImageTextToText.from_pretrained(path).eval()
+    try:
+        return model, tf.AutoProcessor.from_pretrained(path)
+    except (ImportError, ValueError, TypeError, AttributeError):
+        if tf.utils.is_torchvision_available():
+            raise
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+    cls = PROCESSOR_MAPPING[type(model.config)]
+    cls = type(cls.__name__, (cls,), {"check_argument_for_proper_class": lambda self, name, arg: None})
+    tok = tf.AutoTokenizer.from_pretrained(path)
+    cfg = Path(path) / "processor_config.json"
+    kw = {k: v for k, v in (json.loads(cfg.read_text()) if cfg.exists() else {}).items()
+          if k in inspect.signature(cls.__init__).parameters and k not in ("image_processor", "tokenizer")}
+    kw.update(video_processor=None) if "video_processor" in cls.get_attributes() else None
+    return model, cls(image_processor=tf.AutoImageProcessor.from_pretrained(path), tokenizer=tok,
+                      chat_template=kw.pop("chat_template", None) or tok.chat_template, **kw)
 
 
 _CACHE = {}
