@@ -31,6 +31,7 @@ clip list and writes its own folder <out>/shard-I-of-N, so shards never share a 
 NFS; `--merge` joins them into <out> without copying videos.
 """
 import argparse
+import functools
 import inspect
 import json
 import os
@@ -52,9 +53,7 @@ from tqdm import tqdm
 from data import (IMAGE_EXTS, VIDEO_EXTS, LayeredWriter, fit_video, read_mask, read_metadata, read_video,
                   resize_video, video_paths, write_video)
 
-# ---------------------------------------------------------------------------------------------
-# Global (camera) motion: one affine map per frame, in grid_sample's normalized coordinates
-# ---------------------------------------------------------------------------------------------
+# ---- Global (camera) motion: one affine map per frame, in grid_sample's normalized coordinates ---
 # Coordinates are normalized to [-1, 1] (align_corners=False), so a warp found on a small copy
 # holds at any resolution. G[t] (3x3) maps frame-t coordinates to those of the reference (middle)
 # frame; every frame is then a window onto one "mosaic" of the static scene.
@@ -182,9 +181,7 @@ def unmosaic(canvas, box, G, H, W, chunk=8):
     return torch.cat(out)
 
 
-# ---------------------------------------------------------------------------------------------
-# Masks: morphology, connected components, the weight-free motion segmenter
-# ---------------------------------------------------------------------------------------------
+# ---- Masks: morphology, connected components, the weight-free motion segmenter ---------------
 
 
 def dilate(m, r):
@@ -263,6 +260,12 @@ def motion_mask(video, G=None, side=256, min_diff=20.0):
     return m.numpy()
 
 
+@functools.lru_cache
+def _load(cls, path):
+    """Models are loaded once per process (each worker holds its own copy)."""
+    return cls.from_pretrained(path).eval()
+
+
 def sam2_mask(video, prompt, model_path):
     """SAM 2 video propagation (transformers' Sam2VideoModel, optional): the box of `prompt` (bool
     (T,H,W)) on the frame where it is largest, propagated forward and backward -> bool (T,H,W).
@@ -272,7 +275,7 @@ def sam2_mask(video, prompt, model_path):
         from transformers import Sam2VideoInferenceSession, Sam2VideoModel, Sam2VideoProcessor
     except ImportError:
         raise SystemExit("--segmenter sam2 needs transformers>=4.56 (pip install transformers)") from None
-    model = _cached(("sam2", model_path), lambda: Sam2VideoModel.from_pretrained(model_path).eval())
+    model = _load(Sam2VideoModel, model_path)
     S, (T, H, W) = model.config.image_size, prompt.shape
     t = int(prompt.reshape(T, -1).sum(1).argmax())
     ys, xs = np.nonzero(prompt[t])
@@ -296,9 +299,7 @@ def sam2_mask(video, prompt, model_path):
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Inpainters and captioners
-# ---------------------------------------------------------------------------------------------
+# ---- Inpainters and captioners ---------------------------------------------------------------
 
 
 def inpaint_temporal(video, hole, G=None):
@@ -348,7 +349,7 @@ def read_captions(path):
 def vlm_caption(frames, model_path, n=8, prompt="Describe the video in detail", max_new_tokens=256):
     """Caption a clip with a video-capable VLM through transformers (optional): `n` frames at segment
     centres, each introduced as "Frame-i: <image>" as in the StM release's InternVL prompt (greedy)."""
-    model, proc = _cached(("vlm", model_path), lambda: _load_vlm(model_path))
+    model, proc = _load_vlm(model_path)
     idx = ((np.arange(n) + 0.5) * len(frames) / n).astype(int)
     content = [c for i in range(n) for c in ({"type": "text", "text": f"Frame-{i + 1}: "}, {"type": "image"})]
     content.append({"type": "text", "text": "\n" + prompt})
@@ -359,6 +360,7 @@ def vlm_caption(frames, model_path, n=8, prompt="Describe the video in detail", 
     return " ".join(proc.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].split())
 
 
+@functools.lru_cache
 def _load_vlm(path):
     """-> (model, processor). Without torchvision, transformers 5 cannot build a video processor, and
     so no processor that holds one (InternVL, Qwen2-VL, LLaVA-OneVision, SmolVLM): the frames go in as
@@ -367,7 +369,7 @@ def _load_vlm(path):
         import transformers as tf
     except ImportError:
         raise SystemExit("--captioner vlm needs transformers (pip install transformers)") from None
-    model = tf.AutoModelForImageTextToText.from_pretrained(path).eval()
+    model = _load(tf.AutoModelForImageTextToText, path)
     try:
         return model, tf.AutoProcessor.from_pretrained(path)
     except (ImportError, ValueError, TypeError, AttributeError):
@@ -385,19 +387,7 @@ def _load_vlm(path):
                       chat_template=kw.pop("chat_template", None) or tok.chat_template, **kw)
 
 
-_CACHE = {}
-
-
-def _cached(key, make):
-    """Models are loaded once per process (each worker holds its own copy)."""
-    if key not in _CACHE:
-        _CACHE[key] = make()
-    return _CACHE[key]
-
-
-# ---------------------------------------------------------------------------------------------
-# Clips: the plan (deterministic), reading only the frames a clip needs, one clip end to end
-# ---------------------------------------------------------------------------------------------
+# ---- Clips: the plan (deterministic), reading only the frames a clip needs, one clip end to end ---
 
 
 def source_keys(paths):
@@ -434,7 +424,7 @@ def read_frames(path, idx):
     p, want = Path(path), {int(i): k for k, i in enumerate(idx)}
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
-        return np.stack([_decode_image(files[i]) for i in idx])
+        return np.stack([read_frames(files[i], [0])[0] for i in idx])
     out = [None] * len(idx)
     with av.open(str(p)) as c:
         for i, f in enumerate(c.decode(video=0)):
@@ -445,11 +435,6 @@ def read_frames(path, idx):
     if any(o is None for o in out):
         raise ValueError(f"{p}: ended before frame {max(want)}")
     return np.stack(out)
-
-
-def _decode_image(f):
-    with av.open(str(f)) as c:
-        return next(c.decode(video=0)).to_ndarray(format="rgb24")
 
 
 def plan_clips(key, n, T, strides, max_clips, seed=42):
@@ -540,9 +525,7 @@ def process_clip(job):
         return dict(base, status="error", error=str(e))
 
 
-# ---------------------------------------------------------------------------------------------
-# The run: plan, shard, process (workers), summary; merging shard folders
-# ---------------------------------------------------------------------------------------------
+# ---- The run: plan, shard, process (workers), summary; merging shard folders -----------------
 
 
 def summary(root):
@@ -613,9 +596,9 @@ def main(argv=None):
             return
         if not a.videos:
             ap.error("--videos is required (unless --merge)")
-        for flag, need, val in (("--masks", "gt", a.masks), ("--inpaint-cmd", "cmd", a.inpaint_cmd),
-                                ("--captions", "file", a.captions)):
-            if (a.segmenter if flag == "--masks" else a.inpainter if flag == "--inpaint-cmd" else a.captioner) == need and not val:
+        for flag, got, need, val in (("--masks", a.segmenter, "gt", a.masks), ("--inpaint-cmd", a.inpainter, "cmd", a.inpaint_cmd),
+                                     ("--captions", a.captioner, "file", a.captions)):
+            if got == need and not val:
                 ap.error(f"{flag} is required with '{need}'")
         if (a.frames - 1) % 4 or a.size[0] % 16 or a.size[1] % 16:
             print(f"warning: CogVideoX wants 4k+1 frames and sizes divisible by 16, got {a.frames} {a.size}", file=sys.stderr)

@@ -133,7 +133,7 @@ def test_vlm_captioner_tiny_random_model(tmp_path):
     video = toy_clip(2, 9, 64, 64)["video"]
     caps = []
     for _ in range(2):                                       # reload each time: loading and greedy decoding are deterministic
-        decompose._CACHE.clear()
+        decompose._load.cache_clear(), decompose._load_vlm.cache_clear()
         caps.append(decompose.vlm_caption(video, str(vlm), n=4, max_new_tokens=12))
     assert isinstance(caps[0], str) and caps[0].strip() and caps[0] == caps[1], caps
     videos = toy_folder(tmp_path, [2])
