@@ -120,6 +120,7 @@ def write_video(path, frames, fps=8, crf=18):
                 for f in frames:
                     c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
                 c.mux(s.encode())
+        os.chmod(tmp, 0o644)                      # mkstemp makes 0600; outputs are for everyone to read
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
