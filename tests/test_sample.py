@@ -73,3 +73,14 @@ def test_bad_inputs(composer, tmp_path):
     data.write_video(tmp_path / "black.mp4", black)
     r = sample(["--ckpt", str(composer), "--fg", str(tmp_path / "black.mp4"), "--bg", str(tmp_path / "black.mp4")])
     assert r.returncode != 0 and "mask is empty" in r.stderr
+
+
+def test_bundled_default_runs(tmp_path):
+    """The quick start: no --ckpt, no inputs -> the shipped toy composer on the shipped examples."""
+    r = sample(["--steps", "2", "--grid", "--out", str(tmp_path)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(recs) == 3
+    for rec in recs:
+        assert data.read_video(rec["result"])[0].shape == (9, 64, 64, 3)
+        assert data.read_video(rec["result"].replace(".mp4", "_grid.gif"))[0].shape == (9, 64, 192, 3)
