@@ -50,7 +50,7 @@ def _decode(path, fmt):
             if not c.streams.video:
                 raise ValueError(f"{path}: has no video stream")
             s = c.streams.video[0]
-            fps = float(s.average_rate or s.guessed_rate or 0) or 8.0
+            fps = float(s.average_rate or s.guessed_rate or 0) or 24.0   # unknown rate: 24, as for frame folders
             out, indexed = [], False
             for f in c.decode(s):
                 if fmt == "pal8" and f.format.name == "pal8":

@@ -174,7 +174,7 @@ def main(a):
     tok, t5 = Tokenizer.from_pretrained(a.model, max_length=max_len), T5Encoder.from_pretrained(a.model, dtype=cdtype, device=device)
     cache_root = Path(a.cache_dir) if a.cache_dir else out / "cache"
     texts = EmbeddingCache(cache_root / "text", tok, t5.requires_grad_(False), device=device, dtype=cdtype)
-    empty = texts([""])                                                     # (1, L, D) for dropped prompts
+    texts([""])                                                             # cache the empty prompt (text dropout) while T5 is here
 
     # --- optional latent cache: the original clip and the bg, encoded once (mean and logvar) ---
     key = hashlib.sha256(str(Path(a.data).resolve()).encode())              # which data, which VAE:
