@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from weights import atomic_write_text
+
 VIDEO_EXTS = (".mp4", ".mov", ".webm", ".gif", ".mkv", ".avi")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
@@ -295,10 +297,7 @@ class LayeredWriter:
                 "videos.txt": [r["videos"] for r in recs], "fg.txt": [r["fg"] for r in recs],
                 "bg.txt": [r["bg"] for r in recs], "masks.txt": [r["masks"] for r in recs]}
         for name, lines in cols.items():
-            fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                f.write("".join(line + "\n" for line in lines))
-            os.replace(tmp, self.root / name)
+            atomic_write_text(self.root / name, "".join(line + "\n" for line in lines))
         return len(recs)
 
 
@@ -498,11 +497,7 @@ def write_triplets(out, n, T=9, H=64, W=64, seed=10_000, fps=8):
                                  "shadow": a["sprite"]["kind"] != "bird",
                                  "track": [[float(x), float(y)] for x, y in zip(xs, ys)],
                                  "source_rows": a["scene"]["bands"][KINDS[a["sprite"]["kind"]]]}})
-    text = "".join(json.dumps(l) + "\n" for l in lines)
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, out / "triplets.jsonl")
+    atomic_write_text(out / "triplets.jsonl", "".join(json.dumps(l) + "\n" for l in lines))
     return lines
 
 

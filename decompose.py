@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from weights import atomic_write_text
 from data import (IMAGE_EXTS, VIDEO_EXTS, LayeredWriter, fit_video, read_mask, read_metadata, read_video,
                   resize_video, video_paths, write_video)
 
@@ -550,10 +551,7 @@ def merge(out):
     for d in shards:
         for r in read_metadata(d):
             recs.append({**r, **{k: f"{d.name}/{r[k]}" for k in ("videos", "fg", "bg", "masks") if k in r}})
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in recs))
-    os.replace(tmp, out / "metadata.jsonl")
+    atomic_write_text(out / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in recs))
     LayeredWriter(out).finalize()
     return len(shards)
 

@@ -265,8 +265,8 @@ def main(a):
             if a.cache_latents:
                 c = [weights.read_state_dict(cache, f"{i:07d}.safetensors") for i in idx]
                 pick = lambda k: torch.stack([x[k] for x in c]).to(device, cdtype)
-                eps = lambda m: torch.randn(m.shape, generator=g).to(m)
-                x0 = (pick("video_mean") + (0.5 * pick("video_logvar")).exp() * eps(pick("video_mean"))) * scale
+                mean = pick("video_mean")
+                x0 = (mean + (0.5 * pick("video_logvar")).exp() * torch.randn(mean.shape, generator=g).to(mean)) * scale
                 bg = pick("bg_mean") * scale
                 if a.bg_noise != float("-inf"):                             # pixel noise, approximated in latent space
                     bg = noisy(bg, a.bg_noise, g)
@@ -281,8 +281,7 @@ def main(a):
         return x0, fg, bg, text, lmask(b["mask"]).to(device), g
 
     def vae_sample(x, g):
-        mean, logvar = vae.encode(x.to(device, cdtype))
-        return (mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=g).to(mean)) * scale
+        return vae.sample_latent(x.to(device, cdtype), generator=g) * scale
 
     @torch.no_grad()
     def validate(step):

@@ -358,7 +358,9 @@ class VAE(nn.Module):
     def sample_latent(self, x, generator=None, **kw):
         """A posterior sample mean + std * eps for video x (unscaled; multiply by scaling_factor for the DiT)."""
         mean, logvar = self.encode(x, **kw)
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        # drawn where the generator lives (a CPU generator also serves a GPU model), then moved
+        dev = generator.device if generator is not None else mean.device
+        eps = torch.randn(mean.shape, generator=generator, device=dev).to(mean)
         return mean + (0.5 * logvar).exp() * eps
 
     # --- time chunks and spatial tiles --------------------------------------
