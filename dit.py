@@ -82,6 +82,7 @@ PRESETS: dict[str, DiTConfig] = {
                      sample_height=16, sample_width=16, sample_frames=9, patch_size=2,
                      use_rotary_positional_embeddings=True, use_learned_positional_embeddings=True),
 }
+PRESETS["toy-l"] = dataclasses.replace(PRESETS["toy"], num_attention_heads=6, num_layers=6)  # 4.6M: the shipped toy composer
 
 # -----------------------------------------------------------------------------
 # Sinusoids: timestep embedding, sin-cos position table, 3D RoPE

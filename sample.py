@@ -35,7 +35,7 @@ ap.add_argument("--fg", help="foreground video (subject on black), or any video 
 ap.add_argument("--mask", help="mask video or PNG folder for --fg (white/nonzero = subject)")
 ap.add_argument("--bg", help="background video")
 ap.add_argument("--prompt", default="", help="text prompt describing the composed video")
-ap.add_argument("--triplets", help="jsonl of {fg, bg, prompt[, mask, id]} (paths relative to the file): compose them all")
+ap.add_argument("--triplets", help="jsonl of {fg, bg, prompt[, mask, id, reference]} (paths relative to the file): compose them all")
 ap.add_argument("--ckpt", default=str(ROOT / "assets" / "toy-composer"), help="composer: train.py output folder, a folder with transformer/, or a hub id")
 ap.add_argument("--model", default=None, help="base model for VAE/T5/tokenizer (default: the one the composer was trained from, else assets/toy-base)")
 ap.add_argument("--out", default="out", help="output folder (or .mp4 file for a single composition)")
@@ -46,7 +46,8 @@ ap.add_argument("--dynamic-cfg", action="store_true", help="CogVideoX's dynamic 
 ap.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same video)")
 ap.add_argument("--frames", type=int, default=None, help="frames to generate (default: the composer's, 4k+1)")
 ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="frame size (default: the composer's)")
-ap.add_argument("--grid", action="store_true", help="also write fg | bg | result side by side as mp4 and gif")
+ap.add_argument("--grid", action="store_true", help="also write fg | bg | result side by side as mp4 and gif; with several "
+                "compositions also <out>/grid.{mp4,gif}: the first 8 stacked, plus the triplet's `reference` column if it has one")
 ap.add_argument("--batch", type=int, default=4, help="compositions per forward pass (triplet mode)")
 ap.add_argument("--fps", type=float, default=None, help="output frame rate (default: the background's)")
 ap.add_argument("--tile", action="store_true", help="tiled VAE decode (automatic above 256x256)")
@@ -138,7 +139,7 @@ def main(a):
             raise SystemExit(f"{path}: no such triplets file")
         jobs = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
         for j in jobs:
-            for k in ("fg", "bg", "mask"):
+            for k in ("fg", "bg", "mask", "reference"):
                 if j.get(k):
                     j[k] = str((path.parent / j[k]).resolve())
         out_dir, single = Path(a.out), False
@@ -148,7 +149,7 @@ def main(a):
         jobs = [{"id": "result", "fg": a.fg, "bg": a.bg, "mask": a.mask, "prompt": a.prompt}]
         single = a.out.endswith((".mp4", ".gif"))
         out_dir = Path(a.out).parent if single else Path(a.out)
-    records = []
+    records, rows = [], []
     t0 = time.time()
     for i in range(0, len(jobs), a.batch):
         chunk = jobs[i:i + a.batch]
@@ -163,8 +164,15 @@ def main(a):
                 grid = data.to_uint8(torch.cat([f, b, v], -1))
                 data.write_video(name.with_name(name.stem + "_grid.mp4"), grid, fps)
                 data.write_video(name.with_name(name.stem + "_grid.gif"), grid, fps)
+                if len(rows) < 8:                              # with a known-correct composite (toy triplets), if given
+                    ref = [data.fit_video(data.read_video(j["reference"])[0], T, H, W)] if j.get("reference") else []
+                    rows.append(np.concatenate([grid] + ref, 2))
             records.append({**j, "result": str(name.resolve())})
             print(f"wrote {name}")
+    if a.grid and len(rows) > 1:
+        rows = [np.pad(r, ((0, 0), (0, 2), (0, max(x.shape[2] for x in rows) - r.shape[2]), (0, 0))) for r in rows]
+        for ext in ("mp4", "gif"):                             # 2-px black line between rows
+            data.write_video(out_dir / f"grid.{ext}", np.concatenate(rows, 1)[:, :-2], a.fps or ins[0][3])
     if not single:
         weights.atomic_write_text(out_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     print(f"{len(records)} composition(s) in {time.time() - t0:.1f}s ({a.steps} {a.sampler} steps, guidance {a.guidance}, seed {a.seed})")

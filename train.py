@@ -5,6 +5,9 @@ latents (48 channels) and learns to rebuild the original clip from its split lay
 Toy world, CPU (the default base model is the toy one shipped in assets/toy-base):
     python data.py toy --out data/toy --clips 2048
     python train.py --data data/toy --out runs/toy
+    python train.py --data data/toy --preset toy-l --cache-latents --cache-dir runs/cache --steps 2800 --warmup 100 \
+        --lr 1e-3 --fg-noise -2.0 --flip-p 0 --crop-scale 0.8 1.25 --threads 2 --workers 1 --out runs/toy-composer-l
+                                                        # the shipped assets/toy-composer (27 min + 4 min of cache)
     torchrun --nproc_per_node=2 train.py --data data/toy --out runs/toy2     # 2 processes, gloo
 Real scale, one node of 8 GPUs (multi-node: add --nnodes=N --rdzv-backend=c10d --rdzv-endpoint=HOST:29500):
     torchrun --nproc_per_node=8 train.py --model THUDM/CogVideoX-5b-I2V --data data/stm \\
@@ -65,6 +68,8 @@ ap.add_argument("--clip", type=float, default=1.0, help="gradient norm clip (0: 
 ap.add_argument("--alpha", type=float, default=0.5, help="identity loss: weight of the fg region (Eq. 4)")
 ap.add_argument("--plain-loss", action="store_true", help="ablation: CogVideoX's plain loss instead of the identity loss")
 ap.add_argument("--no-augment", action="store_true", help="ablation: no transformation-aware augmentation of the fg")
+ap.add_argument("--flip-p", type=float, default=0.7, help="augmentation: probability of a horizontal flip of the fg (paper: 0.7)")
+ap.add_argument("--crop-scale", type=float, nargs=2, default=(0.5, 2.0), metavar=("LO", "HI"), help="augmentation: zoom range of the fg re-framing (paper: 0.5 2.0)")
 ap.add_argument("--text-drop", type=float, default=0.1, help="probability of an empty prompt (for classifier-free guidance)")
 ap.add_argument("--fg-noise", type=float, default=-1.0, help="fg pixel noise: sigma = exp(N(this, 0.5)) (StM: -1.0); -inf: none")
 ap.add_argument("--bg-noise", type=float, default=-3.0, help="bg pixel noise: sigma = exp(N(this, 0.5)) (StM: -3.0); -inf: none")
@@ -247,7 +252,7 @@ def main(a):
         barrier()
 
     sched = diffusion.Schedule()
-    augment = Augment(flip_p=0, crop_p=0, jitter_p=0) if a.no_augment else Augment()
+    augment = Augment(flip_p=0, crop_p=0, jitter_p=0) if a.no_augment else Augment(flip_p=a.flip_p, crop_scale=tuple(a.crop_scale))
 
     def load(idx, dset=None):
         items = list(pool.map((dset or ds).__getitem__, idx))

@@ -84,3 +84,6 @@ def test_bundled_default_runs(tmp_path):
     for rec in recs:
         assert data.read_video(rec["result"])[0].shape == (9, 64, 64, 3)
         assert data.read_video(rec["result"].replace(".mp4", "_grid.gif"))[0].shape == (9, 64, 192, 3)
+    # the stacked overview: 3 rows of fg | bg | result | reference, 2-px separators
+    assert data.read_video(tmp_path / "grid.gif")[0].shape == (9, 3 * 64 + 2 * 2, 4 * 64, 3)
+    assert data.read_video(tmp_path / "grid.mp4")[0].shape == (9, 3 * 64 + 2 * 2, 4 * 64, 3)

@@ -52,7 +52,11 @@ def test_build_tiny(tmp_path):
 def test_shipped_base():
     vae, x = check_folder(SHIPPED)
     assert sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file()) < 5e6
+    x, m = toy.clips([123], 9, 64, 64, masks=True)
     with torch.no_grad():
         y = vae.decode(vae.encode(x)[0])
-    # an untrained VAE scores ~12 dB; the shipped one scored 21.8 dB mean on 32 held-out clips (see toy.py log)
+    # an untrained VAE scores ~12 dB; the shipped one scores 21.8 dB on this clip (24.2 dB mean on 32 held-out clips)
     assert toy.psnr(y, x) > 19
+    # ... and 21.7 dB on the sprite's pixels: without toy.py's --sprite-weight a VAE of this size scored 8.0 here
+    # (the sprite blurred into the background), and a composer cannot draw what its VAE cannot
+    assert toy.psnr(y, x, m) > 18
