@@ -35,6 +35,8 @@ darkening), largest space-time component. Then:
   track err      RMS over frames of (gen centroid track - its mean) - (expected track - its mean), pixels
   bg PSNR        gen vs input bg outside the subject (dilated 1) and its expected shadow
   affordance     share of frames whose subject centroid row lies in allowed_rows (missing subject = fail)
+  aff. (moved)   the same, over the records whose input fg lies outside allowed_rows (most frames), so the
+                 subject has to move; the others count as None. Copying the fg scores 0 here
   copy-paste     share of frames whose subject centroid is within --cp-radius of the input fg's centroid
   tint match     1 if the subject's colour is closer to rgb x target tint than to rgb x source tint; null where
                  the two differ by < 20 (black or saturated sprites), so those records do not count
@@ -63,7 +65,8 @@ COLUMNS = [
     ("wf_fg_hist", "fg colour-hist (weight-free)", "↑"),
     ("toy_shape_iou", "toy shape IoU", "↑"), ("toy_colour_err", "toy colour err", "↓"),
     ("toy_track_err", "toy track err (px)", "↓"), ("toy_bg_psnr", "toy bg PSNR", "↑"),
-    ("toy_affordance", "toy affordance", "↑"), ("toy_copy_paste", "toy copy-paste", "↓"),
+    ("toy_affordance", "toy affordance", "↑"),
+    ("toy_affordance_moved", "toy affordance (moved)", "↑"), ("toy_copy_paste", "toy copy-paste", "↓"),
     ("toy_tint_match", "toy tint match", "↑"), ("toy_shadow_ok", "toy shadow ok", "↑"),
 ]
 
@@ -185,6 +188,9 @@ def toy_metrics(gen, fg, bg, mask, expect, geom, threshold=40.0, cp_radius=None)
     # affordance and the copy-paste shortcut (frames without a subject count as failures)
     y0, y1 = [v * s - top for v in expect["allowed_rows"]]
     out["toy_affordance"] = float(np.mean(found & (c_gen[:, 1] >= y0) & (c_gen[:, 1] < y1)))
+    # the same, only where the input fg sits outside its band (copying it cannot be right): None elsewhere
+    in_band = np.nanmean((c_in[:, 1] >= y0) & (c_in[:, 1] < y1)) if not np.isnan(c_in[:, 1]).all() else 1.0
+    out["toy_affordance_moved"] = out["toy_affordance"] if in_band < 0.5 else None
     near = np.linalg.norm(np.nan_to_num(c_gen - c_in, nan=1e9), axis=1) <= cp_radius
     out["toy_copy_paste"] = float(np.mean(found & near))
     # shadow: darkening of the bg where data.render_toy would cast it (an ellipse below the sprite, the sprite

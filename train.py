@@ -69,6 +69,7 @@ ap.add_argument("--alpha", type=float, default=0.5, help="identity loss: weight 
 ap.add_argument("--plain-loss", action="store_true", help="ablation: CogVideoX's plain loss instead of the identity loss")
 ap.add_argument("--no-augment", action="store_true", help="ablation: no transformation-aware augmentation of the fg")
 ap.add_argument("--flip-p", type=float, default=0.7, help="augmentation: probability of a horizontal flip of the fg (paper: 0.7)")
+ap.add_argument("--crop-p", type=float, default=0.7, help="augmentation: probability of re-framing the fg (paper: 0.7)")
 ap.add_argument("--crop-scale", type=float, nargs=2, default=(0.5, 2.0), metavar=("LO", "HI"), help="augmentation: zoom range of the fg re-framing (paper: 0.5 2.0)")
 ap.add_argument("--text-drop", type=float, default=0.1, help="probability of an empty prompt (for classifier-free guidance)")
 ap.add_argument("--fg-noise", type=float, default=-1.0, help="fg pixel noise: sigma = exp(N(this, 0.5)) (StM: -1.0); -inf: none")
@@ -252,7 +253,7 @@ def main(a):
         barrier()
 
     sched = diffusion.Schedule()
-    augment = Augment(flip_p=0, crop_p=0, jitter_p=0) if a.no_augment else Augment(flip_p=a.flip_p, crop_scale=tuple(a.crop_scale))
+    augment = Augment(flip_p=0, crop_p=0, jitter_p=0) if a.no_augment else Augment(flip_p=a.flip_p, crop_p=a.crop_p, crop_scale=tuple(a.crop_scale))
 
     def load(idx, dset=None):
         items = list(pool.map((dset or ds).__getitem__, idx))

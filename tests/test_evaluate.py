@@ -69,6 +69,9 @@ def test_copy_paste_composite_is_caught(toy_runs):
         if np.mean((y >= y0) & (y < y1)) < 0.5:                            # the source place is off the target band
             off_band += 1
             assert r["toy_affordance"] < 0.5 <= p["toy_affordance"], r["id"]
+            assert r["toy_affordance_moved"] < 0.5 <= p["toy_affordance_moved"], r["id"]
+        else:                                                              # in band: not part of the moved score
+            assert r["toy_affordance_moved"] is None and p["toy_affordance_moved"] is None, r["id"]
     assert off_band >= 1
     mean = lambda k, run: np.nanmean([np.nan if x.get(k) is None else x[k] for x in rows[run]])
     assert mean("toy_shadow_ok", "copy") < mean("toy_shadow_ok", "perfect")
