@@ -47,7 +47,8 @@ ap.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same
 ap.add_argument("--frames", type=int, default=None, help="frames to generate (default: the composer's, 4k+1)")
 ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="frame size (default: the composer's)")
 ap.add_argument("--grid", action="store_true", help="also write fg | bg | result side by side as mp4 and gif; with several "
-                "compositions also <out>/grid.{mp4,gif}: the first 8 stacked, plus the triplet's `reference` column if it has one")
+                "compositions also <out>/grid.{mp4,gif}: the first 8 stacked, plus, where the triplet has a `reference` (a correct "
+                "composite), that video and the same through the VAE")
 ap.add_argument("--batch", type=int, default=4, help="compositions per forward pass (triplet mode)")
 ap.add_argument("--fps", type=float, default=None, help="output frame rate (default: the background's)")
 ap.add_argument("--tile", action="store_true", help="tiled VAE decode (automatic above 256x256)")
@@ -112,6 +113,16 @@ def compose(model, vae, texts, fg, bg, mask, prompts, a, device, dtype):
     return vae.decode((z / s).to(dtype), tile=a.tile).float().clamp(-1, 1).cpu()
 
 
+def reference_columns(path, vae, T, H, W, a, device, dtype):
+    """A known-correct composite, as is and through this VAE (encode + decode): the second is the sharpest any
+    composer decoded by this VAE can draw, so the grid shows how much of a blur is the composer's."""
+    if not path:
+        return []
+    ref = data.fit_video(data.read_video(path)[0], T, H, W)                    # uint8 (T, H, W, 3)
+    x = data.to_tensor(ref)[None].to(device, dtype)                            # (1, 3, T, H, W)
+    return [ref, data.to_uint8(vae.decode(vae.encode(x, tile=a.tile)[0], tile=a.tile)[0])]
+
+
 def main(a):
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -165,8 +176,7 @@ def main(a):
                 data.write_video(name.with_name(name.stem + "_grid.mp4"), grid, fps)
                 data.write_video(name.with_name(name.stem + "_grid.gif"), grid, fps)
                 if len(rows) < 8:                              # with a known-correct composite (toy triplets), if given
-                    ref = [data.fit_video(data.read_video(j["reference"])[0], T, H, W)] if j.get("reference") else []
-                    rows.append(np.concatenate([grid] + ref, 2))
+                    rows.append(np.concatenate([grid] + reference_columns(j.get("reference"), vae, T, H, W, a, device, dtype), 2))
             records.append({**j, "result": str(name.resolve())})
             print(f"wrote {name}")
     if a.grid and len(rows) > 1:

@@ -74,6 +74,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=20, help="linear warm-up steps")
     p.add_argument("--sprite-weight", type=float, default=20.0, help="extra loss weight on sprite pixels: sprites cover ~3%% of a frame "
                    "but are all the composer is about; unweighted, the VAE spends itself on background texture and blurs them away")
+    p.add_argument("--vae-channels", type=int, nargs=3, default=list(V.PRESETS["toy"].block_out_channels), metavar="C",
+                   help="VAE widths at full, 1/2 and 1/4 resolution (the toy preset: 8 16 32)")
     p.add_argument("--kl", type=float, default=1e-6, help="KL weight (per latent element, vs per-pixel L1 + MSE)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, noise and the training clips")
     p.add_argument("--frames", type=int, default=9, help="frames per clip (4k+1)")
@@ -101,7 +103,7 @@ def main(argv=None):
     t5.save_pretrained(tmp / "text_encoder")
 
     # VAE: train encoder + decoder directly (VAE.encode/decode run without grad), on the windows they use
-    vae = V.VAE(V.PRESETS["toy"]).train()
+    vae = V.VAE(dataclasses.replace(V.PRESETS["toy"], block_out_channels=tuple(args.vae_channels))).train()
     enc_fr, dec_fr = windows(T, 2 * vae.time), windows((T - 1) // vae.time + 1, 2)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=1e-4)
     # the cosine runs on progress = steps or time used, whichever is further along: on a busy shared CPU the

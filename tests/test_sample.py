@@ -84,6 +84,10 @@ def test_bundled_default_runs(tmp_path):
     for rec in recs:
         assert data.read_video(rec["result"])[0].shape == (9, 64, 64, 3)
         assert data.read_video(rec["result"].replace(".mp4", "_grid.gif"))[0].shape == (9, 64, 192, 3)
-    # the stacked overview: 3 rows of fg | bg | result | reference, 2-px separators
-    assert data.read_video(tmp_path / "grid.gif")[0].shape == (9, 3 * 64 + 2 * 2, 4 * 64, 3)
-    assert data.read_video(tmp_path / "grid.mp4")[0].shape == (9, 3 * 64 + 2 * 2, 4 * 64, 3)
+    # the stacked overview: 3 rows of fg | bg | result | reference | reference through the VAE, 2-px separators
+    assert data.read_video(tmp_path / "grid.gif")[0].shape == (9, 3 * 64 + 2 * 2, 5 * 64, 3)
+    g = data.read_video(tmp_path / "grid.mp4")[0].astype(np.float64)
+    assert g.shape == (9, 3 * 64 + 2 * 2, 5 * 64, 3)
+    ref, via_vae = g[:, :64, 3 * 64:4 * 64], g[:, :64, 4 * 64:]
+    psnr = 10 * np.log10(255 ** 2 / ((ref - via_vae) ** 2).mean())
+    assert 18 < psnr < 40, psnr                                   # the same scene, re-rendered by the toy VAE (~24 dB)

@@ -44,8 +44,11 @@ def test_build_tiny(tmp_path):
     assert math.isfinite(r["psnr"]) and r["scaling_factor"] > 0
     check_folder(out)
     assert not [p for p in tmp_path.iterdir() if p.name != "base"]  # the temp build folder was renamed, not left
-    toy.main(["--out", str(out), "--vae-steps", "1", "--batch", "1", "--scale-clips", "2", "--eval-clips", "1"])
-    assert (out / "vae" / "config.json").exists() and len(list(tmp_path.iterdir())) == 1  # replaced in place
+    toy.main(["--out", str(out), "--vae-steps", "1", "--batch", "1", "--scale-clips", "2", "--eval-clips", "1",
+              "--vae-channels", "8", "16", "16"])
+    assert len(list(tmp_path.iterdir())) == 1                                          # replaced in place
+    assert json.loads((out / "vae" / "config.json").read_text())["block_out_channels"] == [8, 16, 16]
+    assert V.VAE.from_pretrained(out).encoder.conv_out.conv.weight.shape[1] == 16       # the widths took effect
 
 
 @pytest.mark.skipif(not (SHIPPED / "model_index.json").exists(), reason="assets/toy-base not built")
