@@ -4,6 +4,8 @@ and train.py / sample.py code paths run on the CPU toy world (data.toy_clip).
 
     python toy.py --out assets/toy-base --batch 4 --vae-steps 2000 --minutes 24 --threads 2   # the shipped folder (20 min)
     python toy.py --out /tmp/tb --vae-steps 2      # a smoke build in seconds
+    python toy.py --out /tmp/sharp --init assets/toy-base --lr 5e-4 --vae-steps 20000 --minutes 600 --threads 2
+                                                   # train the shipped VAE on; killed? same command + --resume
 
 <out>/tokenizer/spiece.model       SentencePiece trained on every toy caption (colour x kind x verb x tint) + a few words
 <out>/text_encoder/                toy T5 (text.PRESETS["toy"]), random init with a fixed seed, never trained: a
@@ -76,6 +78,9 @@ def main(argv=None):
                    "but are all the composer is about; unweighted, the VAE spends itself on background texture and blurs them away")
     p.add_argument("--vae-channels", type=int, nargs=3, default=list(V.PRESETS["toy"].block_out_channels), metavar="C",
                    help="VAE widths at full, 1/2 and 1/4 resolution (the toy preset: 8 16 32)")
+    p.add_argument("--init", default=None, help="start the VAE from this base folder's vae/ (to train it longer) instead of random weights")
+    p.add_argument("--ckpt-every", type=int, default=200, help="VAE steps between resumable checkpoints (<out>.ckpt.pt, removed when done)")
+    p.add_argument("--resume", action="store_true", help="continue the VAE training from <out>.ckpt.pt where a killed run left it")
     p.add_argument("--kl", type=float, default=1e-6, help="KL weight (per latent element, vs per-pixel L1 + MSE)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, noise and the training clips")
     p.add_argument("--frames", type=int, default=9, help="frames per clip (4k+1)")
@@ -87,11 +92,20 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    t0, (H, W), T = time.time(), args.size, args.frames
+    t0 = time.time()
     out = Path(args.out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))  # beside --out, so the rename is atomic
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is a shared asset
+    try:
+        return build(args, tmp, out, t0)
+    except BaseException:                                                   # killed or failed: no temp folder left
+        shutil.rmtree(tmp, ignore_errors=True)                             # (the VAE checkpoint stays for --resume)
+        raise
+
+
+def build(args, tmp, out, t0):
+    (H, W), T = args.size, args.frames
 
     # tokenizer: every caption the toy world can say, so no toy prompt ever hits <unk>
     captions = [data.toy_caption({"colour": c, "kind": k}, {"tint_name": t})
@@ -103,17 +117,41 @@ def main(argv=None):
     t5.save_pretrained(tmp / "text_encoder")
 
     # VAE: train encoder + decoder directly (VAE.encode/decode run without grad), on the windows they use
-    vae = V.VAE(dataclasses.replace(V.PRESETS["toy"], block_out_channels=tuple(args.vae_channels))).train()
+    if args.init:
+        vae = V.VAE.from_pretrained(args.init).float().train()
+    else:
+        vae = V.VAE(dataclasses.replace(V.PRESETS["toy"], block_out_channels=tuple(args.vae_channels))).train()
     enc_fr, dec_fr = windows(T, 2 * vae.time), windows((T - 1) // vae.time + 1, 2)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=1e-4)
+    # resumable: weights, optimizer, step, time used and the noise RNG, so a resumed run continues exactly
+    ckpt, start, used = out.with_name(out.name + ".ckpt.pt"), 0, 0.0
+    if args.resume:
+        if not ckpt.exists():
+            raise SystemExit(f"--resume: no checkpoint {ckpt} (it is written every --ckpt-every steps and removed when a build completes)")
+        st = torch.load(ckpt, weights_only=False)
+        if st["config"] != dataclasses.asdict(vae.config):
+            raise SystemExit(f"--resume: {ckpt} holds a VAE with another config; pass the same --vae-channels / --init as the killed run")
+        vae.load_state_dict(st["vae"])
+        opt.load_state_dict(st["opt"])
+        start, used = st["step"], st["seconds"]
+        torch.set_rng_state(st["rng"])
+        print(f"resuming the VAE at step {start} ({used / 60:.1f} min used)")
+
+    def save_ckpt(step):
+        tmp_ckpt = ckpt.with_name(ckpt.name + ".tmp")
+        torch.save({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step, "seconds": time.time() - t_train,
+                    "rng": torch.get_rng_state(), "config": dataclasses.asdict(vae.config)}, tmp_ckpt)
+        tmp_ckpt.replace(ckpt)                                              # atomic: a kill mid-save keeps the last one
     # the cosine runs on progress = steps or time used, whichever is further along: on a busy shared CPU the
     # build still ends in --minutes, with a fully decayed learning rate
     progress = lambda s: max(s / args.vae_steps, (time.time() - t_train) / (60 * args.minutes))
     lr_at = lambda s: args.lr * min(1, (s + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress(s), 1))))
-    bar, t_train = tqdm(range(args.vae_steps), desc="vae", dynamic_ncols=True), time.time()
+    bar, t_train = tqdm(range(start, args.vae_steps), desc="vae", dynamic_ncols=True), time.time() - used
     for step in bar:
         if progress(step) >= 1:
             break
+        if step > start and step % args.ckpt_every == 0:
+            save_ckpt(step)
         seeds = range(TRAIN_SEED0 + args.seed * 10**7 + step * args.batch, TRAIN_SEED0 + args.seed * 10**7 + (step + 1) * args.batch)
         x, m = clips(seeds, T, H, W, masks=True)                            # fresh clips every step: no overfitting
         vae._reset_caches()  # causal-conv caches must not carry over from the previous clip
@@ -159,6 +197,7 @@ def main(argv=None):
         out.rename(old)
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+    ckpt.unlink(missing_ok=True)                                            # the build is complete
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 1e6:.2f} MB) in {time.time() - t0:.0f} s: spiece vocab {tok.sp.get_piece_size()}, "
           f"VAE held-out PSNR {sum(scores) / len(scores):.2f} dB on {len(scores)} clips (min {min(scores):.2f}), "

@@ -63,3 +63,47 @@ def test_shipped_base():
     # ... and 21.7 dB on the sprite's pixels: without toy.py's --sprite-weight a VAE of this size scored 8.0 here
     # (the sprite blurred into the background), and a composer cannot draw what its VAE cannot
     assert toy.psnr(y, x, m) > 18
+
+
+def test_vae_training_resumes_exactly(tmp_path, monkeypatch):
+    """A build killed mid-way and rerun with --resume ends with the same VAE as one straight run."""
+    from safetensors.torch import load_file
+    common = ["--vae-steps", "4", "--ckpt-every", "2", "--batch", "1", "--scale-clips", "2", "--eval-clips", "1",
+              "--minutes", "1000", "--vae-channels", "8", "8", "16"]
+    toy.main(["--out", str(tmp_path / "straight")] + common)
+    calls, clips = [0], toy.clips
+
+    def dying(*args, **kw):                       # the 3rd training batch = step 2, just after its checkpoint
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return clips(*args, **kw)
+    monkeypatch.setattr(toy, "clips", dying)
+    with pytest.raises(KeyboardInterrupt):
+        toy.main(["--out", str(tmp_path / "killed")] + common)
+    monkeypatch.setattr(toy, "clips", clips)
+    ckpt = tmp_path / "killed.ckpt.pt"
+    assert ckpt.exists() and not (tmp_path / "killed").exists()     # nothing half-written at --out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["killed.ckpt.pt", "straight"]   # no temp folder left
+    # a resume with other widths is refused with a message, not a shape error from deep inside torch
+    with pytest.raises(SystemExit, match="another config"):
+        toy.main(["--out", str(tmp_path / "killed"), "--resume"] + common[:-3] + ["8", "16", "16"])
+    toy.main(["--out", str(tmp_path / "killed"), "--resume"] + common)
+    assert not ckpt.exists()                                        # removed once the build completed
+    a = load_file(tmp_path / "straight" / "vae" / V.WEIGHTS_NAME)
+    b = load_file(tmp_path / "killed" / "vae" / V.WEIGHTS_NAME)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit, match="no checkpoint"):                # a completed build leaves none
+        toy.main(["--out", str(tmp_path / "w"), "--resume"] + common)
+
+
+def test_init_continues_a_base(tmp_path):
+    """--init starts from a base folder's VAE weights (to train the shipped VAE longer)."""
+    toy.main(["--out", str(tmp_path / "a"), "--vae-steps", "1", "--batch", "1", "--scale-clips", "2", "--eval-clips", "1",
+              "--vae-channels", "8", "8", "16"])
+    a = V.VAE.from_pretrained(tmp_path / "a")
+    toy.main(["--out", str(tmp_path / "b"), "--init", str(tmp_path / "a"), "--vae-steps", "0", "--scale-clips", "2",
+              "--eval-clips", "1"])
+    b = V.VAE.from_pretrained(tmp_path / "b")
+    assert b.config.block_out_channels == (8, 8, 16)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
