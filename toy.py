@@ -2,10 +2,12 @@
 Build the toy base model: a folder laid out like `THUDM/CogVideoX-5b-I2V`, so the very same loaders
 and train.py / sample.py code paths run on the CPU toy world (data.toy_clip).
 
-    python toy.py --out assets/toy-base --batch 4 --vae-steps 2000 --minutes 24 --threads 2   # the shipped folder (20 min)
+    python toy.py --out runs/toy-base-v2 --batch 4 --vae-steps 2000 --minutes 24 --threads 2   # a toy base (20 min)
+    python toy.py --out assets/toy-base --init runs/toy-base-v2 --lr 5e-4 --warmup 50 --batch 4 \
+        --vae-steps 100000 --minutes 45 --threads 2                 # its VAE trained on: the shipped folder (+45 min)
     python toy.py --out /tmp/tb --vae-steps 2      # a smoke build in seconds
-    python toy.py --out /tmp/sharp --init assets/toy-base --lr 5e-4 --vae-steps 20000 --minutes 600 --threads 2
-                                                   # train the shipped VAE on; killed? same command + --resume
+    python toy.py --out /tmp/sharp --init assets/toy-base --lr 3e-4 --vae-steps 40000 --minutes 600 --threads 2
+                                                   # sharper still; killed? the same command + --resume
 
 <out>/tokenizer/spiece.model       SentencePiece trained on every toy caption (colour x kind x verb x tint) + a few words
 <out>/text_encoder/                toy T5 (text.PRESETS["toy"]), random init with a fixed seed, never trained: a
