@@ -187,9 +187,12 @@ def toy_metrics(gen, fg, bg, mask, expect, geom, threshold=40.0, cp_radius=None)
         out["toy_track_err"] = float("nan")
     # affordance and the copy-paste shortcut (frames without a subject count as failures)
     y0, y1 = [v * s - top for v in expect["allowed_rows"]]
-    out["toy_affordance"] = float(np.mean(found & (c_gen[:, 1] >= y0) & (c_gen[:, 1] < y1)))
-    # the same, only where the input fg sits outside its band (copying it cannot be right): None elsewhere
-    in_band = np.nanmean((c_in[:, 1] >= y0) & (c_in[:, 1] < y1)) if not np.isnan(c_in[:, 1]).all() else 1.0
+    in_rows = lambda y: (y >= y0) & (y < y1)                                # NaN (no subject) -> False
+    out["toy_affordance"] = float(np.mean(found & in_rows(c_gen[:, 1])))
+    # the same, only where the input fg sits outside its band (copying it cannot be right): None elsewhere;
+    # judged on the frames where the input fg is present
+    y_in = c_in[~np.isnan(c_in[:, 1]), 1]
+    in_band = np.mean(in_rows(y_in)) if len(y_in) else 1.0
     out["toy_affordance_moved"] = out["toy_affordance"] if in_band < 0.5 else None
     near = np.linalg.norm(np.nan_to_num(c_gen - c_in, nan=1e9), axis=1) <= cp_radius
     out["toy_copy_paste"] = float(np.mean(found & near))
