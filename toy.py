@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
@@ -62,6 +63,10 @@ def clips(seeds, T, H, W, masks=False):
     return (x, torch.stack([torch.from_numpy(c["mask"]).float()[None] for c in cs])) if masks else x
 
 
+def dilate(m, r):  # masks (B, 1, T, H, W): grow each frame's mask by r pixels (a square neighbourhood)
+    return m if r <= 0 else F.max_pool3d(m, (1, 2 * r + 1, 2 * r + 1), stride=1, padding=(0, r, r))
+
+
 def psnr(a, b, where=None):  # videos in [-1, 1]: peak-to-peak 2; `where` (B, 1, T, H, W) restricts it to those pixels
     se = (a.clamp(-1, 1) - b) ** 2
     mse = se.mean() if where is None else (se * where).sum() / (3 * where.sum()).clamp(min=1)
@@ -78,6 +83,9 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=20, help="linear warm-up steps")
     p.add_argument("--sprite-weight", type=float, default=20.0, help="extra loss weight on sprite pixels: sprites cover ~3%% of a frame "
                    "but are all the composer is about; unweighted, the VAE spends itself on background texture and blurs them away")
+    p.add_argument("--sprite-margin", type=int, default=3, help="the sprite weight also covers this many pixels around each sprite: "
+                   "weighted inside only, spilling sprite colour outwards is 20x cheaper than missing it, and the VAE learns to "
+                   "dilate (a bird's chevron becomes a dome)")
     p.add_argument("--vae-channels", type=int, nargs=3, default=list(V.PRESETS["toy"].block_out_channels), metavar="C",
                    help="VAE widths at full, 1/2 and 1/4 resolution (the toy preset: 8 16 32)")
     p.add_argument("--init", default=None, help="start the VAE from this base folder's vae/ (to train it longer) instead of random weights")
@@ -163,7 +171,7 @@ def build(args, tmp, out, t0):
         vae._reset_caches()
         y = vae.decoder(z, dec_fr)                                          # (B, 3, T, H, W)
         kl = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).mean()
-        w = 1 + args.sprite_weight * m                                      # (B, 1, T, H, W) per-pixel weight
+        w = 1 + args.sprite_weight * dilate(m, args.sprite_margin)          # (B, 1, T, H, W) per-pixel weight
         loss = (w * ((y - x).abs() + (y - x) ** 2)).mean() / w.mean() + args.kl * kl
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
@@ -180,12 +188,14 @@ def build(args, tmp, out, t0):
         means = [vae.encode(clips(range(s, min(s + 16, SCALE_SEED0 + args.scale_clips)), T, H, W))[0]
                  for s in range(SCALE_SEED0, SCALE_SEED0 + args.scale_clips, 16)]
         vae.config.scaling_factor = float(1 / torch.cat(means).std())
-        scores, sprite = [], []
+        scores, sprite, near = [], [], []
         for s in range(HELDOUT_SEED0, HELDOUT_SEED0 + args.eval_clips, 8):
             x, m = clips(range(s, min(s + 8, HELDOUT_SEED0 + args.eval_clips)), T, H, W, masks=True)
             y = vae.decode(vae.encode(x)[0])                                # decode the mean
             scores += [psnr(yi[None], xi[None]) for yi, xi in zip(y, x)]
             sprite += [psnr(yi[None], xi[None], mi[None]) for yi, xi, mi in zip(y, x, m)]
+            # each sprite and 3 px around it: scored inside only, a VAE that dilates sprites would look good
+            near += [psnr(yi[None], xi[None], di[None]) for yi, xi, di in zip(y, x, dilate(m, 3))]
     vae.save_pretrained(tmp / "vae")
 
     (tmp / "scheduler").mkdir()
@@ -204,8 +214,9 @@ def build(args, tmp, out, t0):
     print(f"wrote {out} ({size / 1e6:.2f} MB) in {time.time() - t0:.0f} s: spiece vocab {tok.sp.get_piece_size()}, "
           f"VAE held-out PSNR {sum(scores) / len(scores):.2f} dB on {len(scores)} clips (min {min(scores):.2f}), "
           f"on the sprites {sum(sprite) / len(sprite):.2f} dB (min {min(sprite):.2f}), "
+          f"on them + 3 px around {sum(near) / len(near):.2f} dB, "
           f"scaling_factor {vae.config.scaling_factor:.4f}")
-    return {"psnr": sum(scores) / len(scores), "sprite_psnr": sum(sprite) / len(sprite), "scaling_factor": vae.config.scaling_factor, "seconds": time.time() - t0}
+    return {"psnr": sum(scores) / len(scores), "sprite_psnr": sum(sprite) / len(sprite), "near_psnr": sum(near) / len(near), "scaling_factor": vae.config.scaling_factor, "seconds": time.time() - t0}
 
 
 if __name__ == "__main__":

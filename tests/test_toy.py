@@ -107,3 +107,18 @@ def test_init_continues_a_base(tmp_path):
     b = V.VAE.from_pretrained(tmp_path / "b")
     assert b.config.block_out_channels == (8, 8, 16)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_sprite_weight_covers_a_margin():
+    """The VAE loss weights the sprite and --sprite-margin pixels around it, frame by frame: weighted inside only,
+    colour spilled outwards is cheap and the VAE learns to dilate sprites (a base trained that way scored 30.3 dB
+    on sprite pixels but 15.4 dB on them + 3 px around: a bird's chevron came back as a dome)."""
+    m = torch.zeros(1, 1, 3, 16, 16)
+    m[0, 0, 1, 8, 5] = 1
+    d = toy.dilate(m, 2)
+    assert torch.equal(toy.dilate(m, 0), m)
+    assert d[0, 0, 1].sum() == 25 and d[0, 0, 1, 6:11, 3:8].sum() == 25       # a 5 x 5 square around the pixel
+    assert d[0, 0, 0].sum() == d[0, 0, 2].sum() == 0                           # ... in its own frame only
+    edge = torch.zeros(1, 1, 1, 4, 4)
+    edge[..., 0, 0] = 1
+    assert toy.dilate(edge, 1).sum() == 4                                      # clipped at the frame border
