@@ -2,20 +2,22 @@
 Build the toy base model: a folder laid out like `THUDM/CogVideoX-5b-I2V`, so the very same loaders
 and train.py / sample.py code paths run on the CPU toy world (data.toy_clip).
 
-    python toy.py --out runs/toy-base-v2 --batch 4 --vae-steps 2000 --minutes 24 --threads 2   # a toy base (20 min)
-    python toy.py --out assets/toy-base --init runs/toy-base-v2 --lr 5e-4 --warmup 50 --batch 4 \
-        --vae-steps 100000 --minutes 45 --threads 2                 # its VAE trained on: the shipped folder (+45 min)
-    python toy.py --out /tmp/tb --vae-steps 2      # a smoke build in seconds
-    python toy.py --out /tmp/sharp --init assets/toy-base --lr 3e-4 --vae-steps 40000 --minutes 600 --threads 2
-                                                   # sharper still; killed? the same command + --resume
+The shipped assets/toy-base, in three runs (140 min on a 2-core CPU; killed? the same command + --resume):
+
+    python toy.py --out runs/toy-base-v2 --sprite-margin 0 --batch 4 --vae-steps 2000 --minutes 24 --threads 2
+    python toy.py --out runs/toy-base-v3 --init runs/toy-base-v2 --sprite-margin 0 --lr 5e-4 --warmup 50 \
+        --batch 4 --vae-steps 100000 --minutes 45 --threads 2             # trained on (+45 min)
+    python toy.py --out assets/toy-base --init runs/toy-base-v3 --lr 3e-4 --warmup 50 --batch 4 \
+        --vae-steps 40000 --minutes 75 --threads 2                        # + the 3-px sprite margin (+75 min)
+    python toy.py --out /tmp/tb --vae-steps 2                             # a smoke build in seconds
 
 <out>/tokenizer/spiece.model       SentencePiece trained on every toy caption (colour x kind x verb x tint) + a few words
 <out>/text_encoder/                toy T5 (text.PRESETS["toy"]), random init with a fixed seed, never trained: a
                                    random T5 still maps different captions to different embeddings, which is all the
                                    toy composer needs (it learns what those embeddings mean)
-<out>/vae/                         toy VAE (vae.PRESETS["toy"]) trained here on fresh toy clips, sprite pixels weighted
-                                   (--sprite-weight); its scaling_factor = 1 / std of the latent means, so scaled
-                                   latents have unit variance (as CogVideoX's 0.7)
+<out>/vae/                         toy VAE (vae.PRESETS["toy"]) trained here on fresh toy clips, sprite pixels and 3 px
+                                   around them weighted (--sprite-weight, --sprite-margin); its scaling_factor = 1 / std
+                                   of the latent means, so scaled latents have unit variance (as CogVideoX's 0.7)
 <out>/scheduler/scheduler_config.json   CogVideoX-5B's DDIM scheduler config
 <out>/model_index.json             the component names, as diffusers writes them
 There is no transformer/: train.py builds the composer from a toy preset (dit.PRESETS["toy"] or ["toy-l"]).

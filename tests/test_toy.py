@@ -58,11 +58,14 @@ def test_shipped_base():
     x, m = toy.clips([123], 9, 64, 64, masks=True)
     with torch.no_grad():
         y = vae.decode(vae.encode(x)[0])
-    # an untrained VAE scores ~12 dB; the shipped one scores 23.7 dB on this clip (25.9 dB mean on 32 held-out clips)
-    assert toy.psnr(y, x) > 21
-    # ... and 25.4 dB on the sprite's pixels: without toy.py's --sprite-weight a VAE of this size scored 8.0 here
+    # an untrained VAE scores ~12 dB; the shipped one scores 28.2 dB on this clip (29.9 dB mean on 32 held-out clips)
+    assert toy.psnr(y, x) > 26
+    # ... 19.3 dB on the sprite and 3 px around it (toy.py --sprite-margin): a base weighted on the sprite pixels
+    # only learned to dilate them (12.5 dB here; the bird's chevron came back as a dome) ...
+    assert toy.psnr(y, x, toy.dilate(m, 3)) > 17
+    # ... and 17.3 dB on the sprite's pixels alone: without --sprite-weight a VAE of this size scored 8.0 here
     # (the sprite blurred into the background), and a composer cannot draw what its VAE cannot
-    assert toy.psnr(y, x, m) > 22
+    assert toy.psnr(y, x, m) > 15
 
 
 def test_vae_training_resumes_exactly(tmp_path, monkeypatch):
