@@ -32,13 +32,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
 import text
 import vae as V
 import weights
+from decompose import dilate  # each frame's mask grown by a square: the sprite loss margin
 
 SCHEDULER = {"_class_name": "CogVideoXDDIMScheduler", "_diffusers_version": "0.31.0",
              "num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
@@ -63,10 +63,6 @@ def clips(seeds, T, H, W, masks=False):
     cs = [data.toy_clip(s, T, H, W) for s in seeds]
     x = torch.stack([data.to_tensor(c["video"]) for c in cs])
     return (x, torch.stack([torch.from_numpy(c["mask"]).float()[None] for c in cs])) if masks else x
-
-
-def dilate(m, r):  # masks (B, 1, T, H, W): grow each frame's mask by r pixels (a square neighbourhood)
-    return m if r <= 0 else F.max_pool3d(m, (1, 2 * r + 1, 2 * r + 1), stride=1, padding=(0, r, r))
 
 
 def psnr(a, b, where=None):  # videos in [-1, 1]: peak-to-peak 2; `where` (B, 1, T, H, W) restricts it to those pixels
