@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from data import LUMA
+
 
 @dataclass
 class Augment:
@@ -73,7 +75,7 @@ class Augment:
             return fg
         x = (fg + 1) / 2                                          # [0, 1]
         m = mask.bool().expand_as(x)
-        gray = lambda y: (0.299 * y[0] + 0.587 * y[1] + 0.114 * y[2])[None]
+        gray = lambda y: (LUMA[0] * y[0] + LUMA[1] * y[1] + LUMA[2] * y[2])[None]
         ops = {
             "brightness": lambda y, f: y * f,
             "contrast": lambda y, f: (y - gray(y)[m[:1]].mean()) * f + gray(y)[m[:1]].mean(),
@@ -109,7 +111,7 @@ def _window_share(mask, top, left, h, w):
 def _hue_rotate(x, turns):
     """Rotate hue by `turns` of a full circle about the grey axis (YIQ rotation; luma kept)."""
     a = 2 * math.pi * turns
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    to_yiq = torch.tensor([LUMA, [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])     # Y = luma
     rot = torch.tensor([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
     M = torch.linalg.inv(to_yiq) @ rot @ to_yiq
     return torch.einsum("ij,jthw->ithw", M.to(x), x)

@@ -1,9 +1,10 @@
 """
-Video I/O, the layered-clip dataset, and the toy world.
+Video I/O, the image / video helpers the stages share, and the layered-clip dataset.
 
-    python data.py toy --out data/toy --clips 512                 # a layered toy training set
-    python data.py triplets --out data/toy-test --n 32           # cross-combination test triplets
     python data.py show data/toy                                  # count and check a dataset
+    python data.py toy ... / python data.py triplets ...          # aliases of `python toy.py data|triplets ...`
+
+The toy world (its rendering, datasets and test triplets) lives in toy.py.
 
 Conventions (DESIGN.md): at the I/O edge a video is uint8 (T, H, W, 3) and a mask bool (T, H, W);
 a dataset item is float (C, T, H, W) in [-1, 1] and a mask (1, T, H, W) in {0, 1}.
@@ -15,10 +16,11 @@ rewritten from it (atomically) by `LayeredWriter.finalize`, so a killed writer n
 them misaligned.
 """
 import argparse
+import csv
 import glob
 import json
-import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,12 +28,43 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from weights import atomic_write_text
 
+class BadInput(Exception):
+    """An input the user named (a file, a flag's value, a line of a list) that cannot be used. Every CLI reports
+    it the same way, as one line `<script>: error: <message>` and exit code 2 (argparse's code for usage errors),
+    through `run_cli`. The message names the input, says what is wrong and what would work."""
+
+
+def run_cli(main, parser):
+    """`main(parser.parse_args())`, with a BadInput turned into its one line and exit code 2 (no traceback)."""
+    args = parser.parse_args()
+    try:
+        return main(args)
+    except BadInput as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+
+def check_out_dir(path, flag="--out"):
+    """Before any compute: `path` must be (or can become) a writable folder. Creates nothing, so a run refused
+    later leaves no trace; raises BadInput naming `flag` otherwise."""
+    p = Path(path).absolute()
+    if p.exists() and not p.is_dir():
+        raise BadInput(f"{flag} {path}: is a file, not a folder; name a folder (it is created if missing)")
+    q = p
+    while not q.exists():                          # the nearest existing ancestor is where mkdir will write
+        q = q.parent
+    if not q.is_dir() or not os.access(q, os.W_OK | os.X_OK):
+        raise BadInput(f"{flag} {path}: {q} is not a writable folder; name a folder you can write to")
+
+
 VIDEO_EXTS = (".mp4", ".mov", ".webm", ".gif", ".mkv", ".avi")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+# A source with no frame rate of its own (a folder of frames, a container that does not say) is taken
+# as 24 fps: DAVIS' rate and film's. 8 fps is only the rate the toy world is *written* at (write_video).
+DEFAULT_FPS = 24.0
+LUMA = (0.299, 0.587, 0.114)      # ITU-R BT.601 luma weights of R, G, B: every "gray" / "brightness" in stm
 
 # ---------------------------------------------------------------------------------------------
 # Video I/O
@@ -45,14 +78,19 @@ def _image_files(folder):
     return files
 
 
+def _stream(c, path):
+    """The first video stream of an open container, and its frame rate (DEFAULT_FPS when unknown)."""
+    if not c.streams.video:
+        raise ValueError(f"{path}: has no video stream")
+    s = c.streams.video[0]
+    return s, float(s.average_rate or s.guessed_rate or 0) or DEFAULT_FPS
+
+
 def _decode(path, fmt):
     """All frames of a video or image file, each as fmt ('rgb24', 'gray' or 'pal8' -> indices)."""
     try:
         with av.open(str(path)) as c:
-            if not c.streams.video:
-                raise ValueError(f"{path}: has no video stream")
-            s = c.streams.video[0]
-            fps = float(s.average_rate or s.guessed_rate or 0) or 24.0   # unknown rate: 24, as for frame folders
+            s, fps = _stream(c, path)
             out, indexed = [], False
             for f in c.decode(s):
                 if fmt == "pal8" and f.format.name == "pal8":
@@ -69,13 +107,13 @@ def _decode(path, fmt):
 
 def read_video(path, fps=None):
     """mp4/mov/webm/gif file, or a folder of JPEG/PNG frames (DAVIS layout) -> (uint8 (T,H,W,3), fps).
-    A folder has no frame rate of its own: `fps` (default 24, DAVIS' rate) is returned."""
+    A folder has no frame rate of its own: `fps` (default DEFAULT_FPS, DAVIS' rate) is returned."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such video file or frame folder")
     if path.is_dir():
         frames = [_decode(p, "rgb24")[0][0] for p in _image_files(path)]
-        fps = fps or 24.0
+        fps = fps or DEFAULT_FPS
     else:
         frames, fps, _ = _decode(path, "rgb24")
     if len({f.shape for f in frames}) != 1:
@@ -98,6 +136,40 @@ def read_mask(path, obj_id=None):
     if palette or obj_id is not None:       # indexed ids: 0 = background, 255 = "void" border in DAVIS
         return (m == obj_id) if obj_id is not None else ((m > 0) & (m != 255))
     return m > 127
+
+
+def probe(path):
+    """-> (frame count, fps) of a video file or frame folder, without decoding pixels where the container knows."""
+    p = Path(path)
+    if p.is_dir():
+        return len([f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS]), DEFAULT_FPS
+    try:
+        with av.open(str(p)) as c:
+            s, fps = _stream(c, p)
+            n = s.frames or sum(1 for pk in c.demux(s) if pk.size)
+    except (av.error.FFmpegError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p}: not a readable video ({e})") from None
+    if n == 0:
+        raise ValueError(f"{p}: no frames (empty or truncated file)")
+    return n, fps
+
+
+def read_frames(path, idx):
+    """uint8 (len(idx),H,W,3): only the frames `idx` (sorted), decoding no further than the last."""
+    p, want = Path(path), {int(i): k for k, i in enumerate(idx)}
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+        return np.stack([read_frames(files[i], [0])[0] for i in idx])
+    out = [None] * len(idx)
+    with av.open(str(p)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if i in want:
+                out[want[i]] = f.to_ndarray(format="rgb24")
+            if i >= max(want):
+                break
+    if any(o is None for o in out):
+        raise ValueError(f"{p}: ended before frame {max(want)}")
+    return np.stack(out)
 
 
 def write_video(path, frames, fps=8, crf=18):
@@ -213,6 +285,27 @@ def to_uint8(x):
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
 
 
+def mask_to_rgb(mask):
+    """bool (T,H,W) -> uint8 (T,H,W,3), white = subject: how a mask is stored as a video."""
+    return np.repeat(np.asarray(mask)[..., None].astype(np.uint8) * 255, 3, -1)
+
+
+def dilate(m, r):
+    """bool or {0,1} float tensor (..., H, W), each frame grown by a (2r+1)^2 square -> bool (r <= 0: m as is)."""
+    if r <= 0:
+        return m
+    x = m.float().reshape(-1, 1, *m.shape[-2:])
+    return (F.max_pool2d(x, 2 * r + 1, 1, r) > 0).reshape(m.shape)
+
+
+def check_shape(frames, H, W, what="clip"):
+    """CogVideoX's grid: 4k+1 frames (the VAE keeps frame 0 apart, then compresses time 4x) and sides that are
+    multiples of 16 (VAE x8, then 2x2 patches). -> None if (frames, H, W) fits, else a one-line message."""
+    if frames < 1 or H < 16 or W < 16 or (frames - 1) % 4 or H % 16 or W % 16:
+        return f"{what}: need 4k+1 frames and sizes that are multiples of 16, got {frames} frames of {H}x{W}"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # The layered-clip dataset
 # ---------------------------------------------------------------------------------------------
@@ -240,9 +333,32 @@ def read_lists(root):
     n = len(cols["video"])
     for key, lines in cols.items():
         if len(lines) != n:
-            raise ValueError(f"{root}: {LISTS[key]} has {len(lines)} lines but videos.txt has {n}; the lists must align")
-    return [{k: (cols[k][i] if k == "caption" else str(root / cols[k][i].strip())) if k in cols else None
-             for k in LISTS} for i in range(n)]
+            raise ValueError(f"{root}: {LISTS[key]} has {len(lines)} lines but videos.txt has {n}; "
+                             "the lists must align")
+    items = [{k: (cols[k][i] if k == "caption" else str(root / cols[k][i].strip())) if k in cols else None
+              for k in LISTS} for i in range(n)]
+    for it, split in zip(items, release_splits(root, n)):
+        it["split"] = split
+        if it["bg"]:    # the release's loader prefers the inpainted clean plate beside the holed bg
+            inpainted = Path(it["bg"]).parent.parent / "bg-inpainted" / Path(it["bg"]).name
+            it["bg"] = str(inpainted) if inpainted.exists() else it["bg"]
+    return items
+
+
+def release_splits(root, n):
+    """Per clip "train", "val" or "filtered" from the StM release's metadata.csv (rows aligned with the lists):
+    validation-only clips have is_training False (DAVIS); training uses the `main_train_foreground_volume` gate
+    (one subject, > 35 frames, fg ratio in [0.01, 0.45]) where the column exists. No metadata.csv: all "train"."""
+    p = Path(root) / "metadata.csv"
+    if not p.exists():
+        return ["train"] * n
+    with open(p, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if len(rows) != n:
+        raise ValueError(f"{p}: {len(rows)} rows but videos.txt has {n} lines; they must align")
+    yes = lambda r, k, default: str(r.get(k, default)).strip().lower() in ("true", "1", "yes")
+    return ["val" if not yes(r, "is_training", True) else
+            "train" if yes(r, "main_train_foreground_volume", True) else "filtered" for r in rows]
 
 
 def read_metadata(root):
@@ -270,7 +386,7 @@ class LayeredWriter:
         check_aligned(video, bg, f"{id} video", "bg")
         check_aligned(video, mask, f"{id} video", "mask")
         rel = {k: f"{k}/{id}.mp4" for k in ("videos", "fg", "bg", "masks")}
-        for k, arr in zip(rel, (video, fg, bg, np.repeat(mask[..., None].astype(np.uint8) * 255, 3, -1))):
+        for k, arr in zip(rel, (video, fg, bg, mask_to_rgb(mask))):
             write_video(self.root / rel[k], arr, fps, crf=crf)
         T, H, W = mask.shape
         self.record(id=id, source=source, frames=T, fps=fps, size=[H, W], fg_ratio=float(mask.mean()),
@@ -305,8 +421,11 @@ class LayeredClips(torch.utils.data.Dataset):
     """Items {video, fg, bg: (3,T,H,W) in [-1,1], mask: (1,T,H,W) in {0,1}, caption, index}.
     With `frames/size` each clip is resampled (stride) and cover-cropped to that shape."""
 
-    def __init__(self, root, frames=None, size=None, stride=1, layers=True, skip=()):
-        self.items, self.frames, self.size, self.stride = read_lists(root), frames, size, stride
+    def __init__(self, root, frames=None, size=None, stride=1, layers=True, skip=(), split="train"):
+        # split: "train" (the clips training may use), "val" (the release's validation-only clips) or "all"
+        items = read_lists(root)
+        self.items = [it for it in items if split == "all" or it["split"] == split]
+        self.frames, self.size, self.stride = frames, size, stride
         self.skip = set(skip)                                  # e.g. {"video", "bg"} when their latents are cached
         if layers:
             for key in ("fg", "bg", "mask"):
@@ -340,167 +459,6 @@ class LayeredClips(torch.utils.data.Dataset):
         return out
 
 
-# ---------------------------------------------------------------------------------------------
-# The toy world: sprites that belong to one band of a scene, under the scene's light
-# ---------------------------------------------------------------------------------------------
-# A scene is three horizontal bands (sky / water / land) whose boundaries vary per clip, with
-# texture, a camera pan and a global light tint. A sprite (bird, boat or car; one of several
-# colours) moves inside the band it belongs to, is lit by the scene tint and casts a shadow
-# (boats and cars). Because every layer is rendered separately, fg, bg and mask are exact, and
-# a cross-combination (sprite of clip A into scene B) has a known set of correct answers.
-
-KINDS = {"bird": "sky", "boat": "water", "car": "land"}
-VERBS = {"bird": "flying in the sky", "boat": "sailing on the water", "car": "driving along the shore"}
-COLOURS = {"red": (220, 40, 40), "yellow": (235, 210, 40), "white": (240, 240, 240),
-           "orange": (240, 130, 30), "purple": (150, 60, 200), "black": (35, 35, 35)}
-TINTS = {"at noon": (1.0, 1.0, 1.0), "at sunset": (1.2, 0.82, 0.6),
-         "at night": (0.5, 0.6, 0.95), "in green fog": (0.8, 1.05, 0.85)}
-BAND_RGB = {"sky": (120, 170, 235), "water": (30, 90, 150), "land": (90, 150, 60)}
-
-
-def toy_scene(rng, H, W):
-    """Random scene parameters (json-able)."""
-    sky = rng.uniform(0.25, 0.5)
-    water = sky + rng.uniform(0.2, 0.3)
-    tint = list(TINTS)[rng.integers(len(TINTS))]
-    return {"bands": {"sky": [0, round(sky * H)], "water": [round(sky * H), round(water * H)],
-                      "land": [round(water * H), H]},
-            "tint_name": tint, "tint": TINTS[tint], "pan": float(rng.uniform(-1.5, 1.5)),
-            "seed": int(rng.integers(1 << 31))}
-
-
-def toy_sprite(rng, scene, H, W, T, kind=None):
-    """Random sprite parameters placed in its band of `scene`: kind, colour, size, motion."""
-    kind = kind or list(KINDS)[rng.integers(3)]
-    colour = list(COLOURS)[rng.integers(len(COLOURS))]
-    size = float(rng.uniform(0.16, 0.22) * H)
-    vx = float(rng.uniform(0.8, 2.0) * rng.choice([-1, 1]))
-    sprite = {"kind": kind, "colour": colour, "rgb": COLOURS[colour], "size": size, "vx": vx,
-              "bob": {"bird": 1.5, "boat": 0.6, "car": 0.0}[kind], "phase": float(rng.uniform(0, 6.3))}
-    return place_sprite(rng, sprite, scene, H, W, T)
-
-
-def place_sprite(rng, sprite, scene, H, W, T):
-    """Anchor (x0, y0) so the whole trajectory stays in the frame and the sprite in its band."""
-    y0b, y1b = scene["bands"][KINDS[sprite["kind"]]]
-    s = sprite["size"]
-    lo, hi = y0b + 0.3 * s + 2, y1b - 0.3 * s - 2          # the sprite's centre row
-    travel = sprite["vx"] * (T - 1)
-    xlo, xhi = s / 2 + 1 + max(0, -travel), W - s / 2 - 1 - max(0, travel)
-    return {**sprite, "x0": float(rng.uniform(xlo, max(xlo, xhi))), "y0": float(rng.uniform(lo, max(lo, hi)))}
-
-
-def sprite_track(sprite, T):
-    """Centre (x, y) per frame, in screen pixels (the sprite keeps pace with the panning camera)."""
-    t = np.arange(T)
-    return sprite["x0"] + sprite["vx"] * t, sprite["y0"] + sprite["bob"] * np.sin(sprite["phase"] + 1.3 * t)
-
-
-def _sprite_mask(kind, dx, dy, s):
-    """Shape of a sprite of size s: dx, dy are offsets from its centre."""
-    if kind == "bird":     # a chevron: two wings
-        return (np.abs(dy + 0.25 * s - 0.5 * np.abs(dx)) < 0.13 * s) & (np.abs(dx) < 0.5 * s)
-    if kind == "boat":     # a hull wider on top, and a sail
-        hull = (dy > 0) & (dy < 0.3 * s) & (np.abs(dx) < 0.5 * s - dy * 0.8)
-        sail = (dy <= 0) & (dy > -0.5 * s) & (dx > -0.05 * s) & (dx < 0.05 * s + (dy + 0.5 * s) * 0.6)
-        return hull | sail
-    body = (np.abs(dx) < 0.5 * s) & (dy > -0.2 * s) & (dy < 0.15 * s)          # car
-    cabin = (np.abs(dx) < 0.25 * s) & (dy > -0.4 * s) & (dy <= -0.2 * s)
-    wheels = ((np.abs(dx) - 0.3 * s) ** 2 + (dy - 0.18 * s) ** 2) < (0.12 * s) ** 2
-    return body | cabin | wheels
-
-
-def render_toy(scene, sprite, T, H, W):
-    """-> video, fg, bg uint8 (T,H,W,3), mask bool (T,H,W), and the shadow mask."""
-    rng = np.random.default_rng(scene["seed"])
-    Wp = W + int(abs(scene["pan"]) * T) + 2                      # panorama the camera pans over
-    yy, xx = np.mgrid[0:H, 0:Wp].astype(np.float32)
-    pano = np.zeros((H, Wp, 3), np.float32)
-    for band, (y0, y1) in scene["bands"].items():
-        pano[y0:y1] = BAND_RGB[band]
-    b = scene["bands"]
-    noise = np.repeat(np.repeat(rng.normal(0, 1, (H // 4 + 1, Wp // 4 + 1)), 4, 0), 4, 1)[:H, :Wp]
-    sky, water, land = (yy < b["sky"][1]), (yy >= b["water"][0]) & (yy < b["water"][1]), yy >= b["land"][0]
-    pano[sky] += (20 * noise[sky] + 30 * yy[sky] / H)[:, None]                         # clouds, haze
-    pano[water] += (18 * np.sin(xx[water] * 0.7 + 3 * np.sin(yy[water] * 0.9)))[:, None]  # waves
-    pano[land] += (14 * noise[land] + 10 * rng.normal(0, 1, land.sum()))[:, None] * np.float32([1, 0.8, 0.5])
-    tint = np.float32(scene["tint"])
-    xs, ys = sprite_track(sprite, T)
-    s = sprite["size"]
-    video, bg, mask, shadow = [], [], np.zeros((T, H, W), bool), np.zeros((T, H, W), bool)
-    gy, gx = np.mgrid[0:H, 0:W].astype(np.float32)
-    shade = np.clip(1.15 - 0.5 * (gy - ys[:, None, None]) / s, 0.7, 1.2)     # lit from above
-    for t in range(T):
-        off = int(round(abs(scene["pan"]) * t)) if scene["pan"] >= 0 else int(round(abs(scene["pan"]) * (T - 1 - t)))
-        frame = pano[:, off:off + W] * tint
-        bg.append(frame)
-        mask[t] = _sprite_mask(sprite["kind"], gx - xs[t], gy - ys[t], s)
-        if sprite["kind"] != "bird":                                          # a shadow on the surface below
-            shadow[t] = (((gx - xs[t] - 0.15 * s) / (0.55 * s)) ** 2 + ((gy - ys[t] - 0.32 * s) / (0.12 * s)) ** 2 < 1) & ~mask[t]
-        f = frame * np.where(shadow[t], 0.5, 1.0)[..., None]
-        col = np.float32(sprite["rgb"]) * tint * shade[t][..., None]
-        video.append(np.where(mask[t][..., None], col, f))
-    u8 = lambda a: np.clip(np.stack(a), 0, 255).round().astype(np.uint8)
-    video, bg = u8(video), u8(bg)
-    return video, video * mask[..., None], bg, mask, shadow
-
-
-def toy_caption(sprite, scene):
-    art = "an" if sprite["colour"][0] in "aeiou" else "a"
-    return f"{art} {sprite['colour']} {sprite['kind']} {VERBS[sprite['kind']]} {scene['tint_name']}"
-
-
-def toy_clip(seed, T=9, H=64, W=64):
-    rng = np.random.default_rng(seed)
-    scene = toy_scene(rng, H, W)
-    sprite = toy_sprite(rng, scene, H, W, T)
-    video, fg, bg, mask, _ = render_toy(scene, sprite, T, H, W)
-    return {"video": video, "fg": fg, "bg": bg, "mask": mask, "caption": toy_caption(sprite, scene),
-            "scene": scene, "sprite": sprite}
-
-
-def write_toy(out, clips, T=9, H=64, W=64, seed=0, fps=8):
-    w = LayeredWriter(out)
-    for i in tqdm(range(clips), desc=f"toy world -> {out}"):
-        cid = f"toy{seed:03d}_{i:06d}"
-        if cid in w.done:
-            continue
-        c = toy_clip(seed * 1_000_003 + i, T, H, W)
-        w.add(cid, c["caption"], c["video"], c["fg"], c["bg"], c["mask"], fps=fps, source="toy",
-              scene=c["scene"], sprite=c["sprite"])
-    return w.finalize()
-
-
-def write_triplets(out, n, T=9, H=64, W=64, seed=10_000, fps=8):
-    """Cross-combination test triplets: the sprite (fg + mask) of clip A, the background of an
-    unrelated clip B, a prompt, and what a correct composite must satisfy (`expect`), plus one
-    correct composite for reference. Writes <out>/triplets.jsonl and <out>/<id>/*.mp4."""
-    out = Path(out)
-    lines = []
-    for i in tqdm(range(n), desc=f"toy triplets -> {out}"):
-        a, b = toy_clip(seed + 2 * i, T, H, W), toy_clip(seed + 2 * i + 1, T, H, W)
-        rng = np.random.default_rng(seed + 2 * i)
-        ref_sprite = place_sprite(rng, a["sprite"], b["scene"], H, W, T)
-        ref, _, _, ref_mask, ref_shadow = render_toy(b["scene"], ref_sprite, T, H, W)
-        d = out / f"t{i:04d}"
-        files = {"fg": a["fg"], "mask": np.repeat(a["mask"][..., None].astype(np.uint8) * 255, 3, -1),
-                 "bg": b["bg"], "reference": ref, "source": a["video"]}
-        for k, v in files.items():
-            write_video(d / f"{k}.mp4", v, fps)
-        xs, ys = sprite_track(a["sprite"], T)
-        lines.append({"id": d.name, "fg": f"{d.name}/fg.mp4", "mask": f"{d.name}/mask.mp4", "bg": f"{d.name}/bg.mp4",
-                      "prompt": toy_caption(a["sprite"], b["scene"]), "reference": f"{d.name}/reference.mp4",
-                      "expect": {"kind": a["sprite"]["kind"], "colour": a["sprite"]["colour"],
-                                 "rgb": a["sprite"]["rgb"], "size": a["sprite"]["size"],
-                                 "allowed_rows": b["scene"]["bands"][KINDS[a["sprite"]["kind"]]],
-                                 "tint": b["scene"]["tint"], "source_tint": a["scene"]["tint"],
-                                 "shadow": a["sprite"]["kind"] != "bird",
-                                 "track": [[float(x), float(y)] for x, y in zip(xs, ys)],
-                                 "source_rows": a["scene"]["bands"][KINDS[a["sprite"]["kind"]]]}})
-    atomic_write_text(out / "triplets.jsonl", "".join(json.dumps(l) + "\n" for l in lines))
-    return lines
-
-
 def video_paths(pattern):
     """A folder (its videos and frame folders), a glob, or one file -> sorted list of paths."""
     p = Path(pattern)
@@ -512,35 +470,48 @@ def video_paths(pattern):
         frames = [k for k in kids if k.is_dir() and any(f.suffix.lower() in IMAGE_EXTS for f in k.iterdir())]
         found = vids + frames
     else:
-        found = [Path(f) for f in sorted(glob.glob(pattern)) if Path(f).suffix.lower() in VIDEO_EXTS or Path(f).is_dir()]
+        found = [Path(f) for f in sorted(glob.glob(pattern))
+                 if Path(f).suffix.lower() in VIDEO_EXTS or Path(f).is_dir()]
     if not found:
         raise FileNotFoundError(f"{pattern}: no videos ({', '.join(VIDEO_EXTS)}) or frame folders found")
     return found
 
 
+# The toy world moved to toy.py; these names keep old callers (`data.toy_clip`, ...) working meanwhile.
+MOVED_TO_TOY = {"KINDS": "KINDS", "VERBS": "VERBS", "COLOURS": "COLOURS", "TINTS": "TINTS", "BAND_RGB": "BAND_RGB",
+                "toy_scene": "random_scene", "toy_sprite": "random_sprite", "place_sprite": "place_sprite",
+                "sprite_track": "sprite_track", "render_toy": "render", "toy_caption": "caption", "toy_clip": "clip",
+                "write_toy": "write_data", "write_triplets": "write_triplets"}
+
+
+def __getattr__(name):
+    if name in MOVED_TO_TOY:
+        import toy                                     # toy.py imports this module: import it only when asked
+        return getattr(toy, MOVED_TO_TOY[name])
+    raise AttributeError(f"module 'data' has no attribute {name!r}")
+
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+sub = parser.add_subparsers(dest="cmd", required=True)
+p = sub.add_parser("show", help="check a dataset folder and print a summary")
+p.add_argument("root", help="dataset folder")
+ALIASES = {"toy": "data", "triplets": "triplets"}    # python data.py toy ... = python toy.py data ...
+for old, new in ALIASES.items():
+    sub.add_parser(old, help=f"alias of `python toy.py {new}` (same flags)")
+
+
+def main(args):
+    ds = LayeredClips(args.root, layers=False)
+    recs = read_metadata(args.root)
+    x = ds[0]["video"] if len(ds) else None
+    print(f"{args.root}: {len(ds)} clips, {len(recs)} metadata records, "
+          f"first clip {tuple(x.shape) if x is not None else '-'}")
+    return len(ds)
+
+
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("toy", "triplets"):
-        p = sub.add_parser(name, help="write a toy layered dataset" if name == "toy" else "write toy test triplets")
-        p.add_argument("--out", required=True, help="output folder")
-        p.add_argument("--clips" if name == "toy" else "--n", type=int, default=512 if name == "toy" else 32,
-                       help="how many clips / triplets")
-        p.add_argument("--frames", type=int, default=9, help="frames per clip (4k+1)")
-        p.add_argument("--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"), help="frame size")
-        p.add_argument("--seed", type=int, default=0 if name == "toy" else 10_000, help="random seed (clips are a pure function of it)")
-        p.add_argument("--fps", type=int, default=8, help="frame rate of the written videos")
-    p = sub.add_parser("show", help="check a dataset folder and print a summary")
-    p.add_argument("root", help="dataset folder")
-    a = ap.parse_args()
-    if a.cmd == "toy":
-        n = write_toy(a.out, a.clips, a.frames, *a.size, seed=a.seed, fps=a.fps)
-        print(f"wrote {n} clips to {a.out}")
-    elif a.cmd == "triplets":
-        write_triplets(a.out, a.n, a.frames, *a.size, seed=a.seed, fps=a.fps)
-        print(f"wrote {a.n} triplets to {a.out}/triplets.jsonl")
+    if sys.argv[1:2] and sys.argv[1] in ALIASES:     # the old toy commands: hand every flag to toy.py as it is
+        import toy
+        toy.main(toy.parser.parse_args([ALIASES[sys.argv[1]], *sys.argv[2:]]))
     else:
-        ds = LayeredClips(a.root, layers=False)
-        recs = read_metadata(a.root)
-        x = ds[0]["video"] if len(ds) else None
-        print(f"{a.root}: {len(ds)} clips, {len(recs)} metadata records, first clip {tuple(x.shape) if x is not None else '-'}")
+        main(parser.parse_args())

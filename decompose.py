@@ -5,7 +5,7 @@ Split: any folder of videos -> a layered-clip training set (caption, mask, fg la
     python decompose.py --videos DAVIS/JPEGImages/480p --masks DAVIS/Annotations/480p --segmenter gt --out data/davis
     python decompose.py --videos clips --out data/mine --segmenter sam2 --sam2 facebook/sam2.1-hiera-tiny \\
         --captioner vlm --vlm OpenGVLab/InternVL3-1B-hf --inpainter cmd --inpaint-cmd "remover {video} {mask} {out}"
-    python decompose.py --videos clips --out data/mine --shard 3/8 --workers 4       # one of 8 nodes -> data/mine/shard-3-of-8
+    python decompose.py --videos clips --out data/mine --shard 3/8 --workers 4   # node 3 of 8 -> data/mine/shard-3-of-8
     python decompose.py --merge --out data/mine                                      # then join the shard folders
 
 Stages (paper Sec. 3.3, App. A; StM release settings where they apply):
@@ -32,27 +32,29 @@ NFS; `--merge` joins them into <out> without copying videos.
 """
 import argparse
 import functools
+import importlib.util
 import inspect
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import zlib
 from collections import Counter
+from dataclasses import dataclass, fields
 from multiprocessing import Pool
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from weights import atomic_write_text
-from data import (IMAGE_EXTS, VIDEO_EXTS, LayeredWriter, fit_video, read_mask, read_metadata, read_video,
-                  resize_video, video_paths, write_video)
+from data import (LUMA, VIDEO_EXTS, BadInput, LayeredWriter, check_out_dir, check_shape, dilate, fit_video, mask_to_rgb,
+                  probe, read_frames, read_mask, read_metadata, read_video, run_cli, video_paths, write_video)
 
 # ---- Global (camera) motion: one affine map per frame, in grid_sample's normalized coordinates ---
 # Coordinates are normalized to [-1, 1] (align_corners=False), so a warp found on a small copy
@@ -63,7 +65,7 @@ from data import (IMAGE_EXTS, VIDEO_EXTS, LayeredWriter, fit_video, read_mask, r
 def _small_gray(frames, side):
     """uint8 (T,H,W,3) -> float (T,1,h,w) luminance, longest side <= side."""
     x = torch.from_numpy(np.asarray(frames)).permute(0, 3, 1, 2).float()
-    x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    x = (x * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
     s = min(1.0, side / max(x.shape[-2:]))
     return F.interpolate(x, scale_factor=s, mode="area") if s < 1 else x
 
@@ -183,14 +185,7 @@ def unmosaic(canvas, box, G, H, W, chunk=8):
 
 
 # ---- Masks: morphology, connected components, the weight-free motion segmenter ---------------
-
-
-def dilate(m, r):
-    """bool (..., H, W) grown by a (2r+1)^2 square."""
-    if r <= 0:
-        return m
-    x = m.float().reshape(-1, 1, *m.shape[-2:])
-    return (F.max_pool2d(x, 2 * r + 1, 1, r) > 0).reshape(m.shape)
+# (dilate is data.dilate: the toy's loss margin and evaluate.py grow masks with it too)
 
 
 def erode(m, r):
@@ -221,6 +216,22 @@ def components(m):
         lab = nxt
 
 
+def largest_component(m):
+    """bool (T,H,W) -> only its largest space-time component (the most persistent subject); empty stays empty."""
+    lab = components(m)
+    if lab.max() > 0:
+        ids, counts = lab[lab > 0].unique(return_counts=True)
+        m = lab == ids[counts.argmax()]
+    return m
+
+
+def shadow_like(frames, bg, dim):
+    """Pixels that are a uniform darkening of `bg` (a cast shadow: darker, same hue); colour channels in `dim`."""
+    ratio = (frames + 1) / (bg + 1)
+    hi, lo = ratio.amax(dim), ratio.amin(dim)
+    return (hi < 0.85) & (lo > 0.35) & (hi - lo < 0.15)
+
+
 def otsu(x, bins=256):
     """Otsu threshold of a 1D tensor of values in [0, bins)."""
     h = torch.histc(x, bins, 0, bins).double()
@@ -246,16 +257,10 @@ def motion_mask(video, G=None, side=256, min_diff=20.0):
     canvas, box = mosaic(v, G)
     bg = unmosaic(push_pull(canvas), box, G, h, w)
     res = (v - bg).abs().amax(1)                                                   # (T, h, w)
-    ratio = (v + 1) / (bg + 1)
-    shadow = (ratio.amax(1) < 0.85) & (ratio.amin(1) > 0.35) & (ratio.amax(1) - ratio.amin(1) < 0.15)
-    m = (res > max(min_diff, otsu(res.flatten().clamp(0, 255)))) & ~shadow
+    m = (res > max(min_diff, otsu(res.flatten().clamp(0, 255)))) & ~shadow_like(v, bg, 1)
     r = max(1, round(min(h, w) / 100))
     m = erode(dilate(dilate(erode(m, r), r), 2 * r), 2 * r)                         # open, then close
-    m = fill_holes(m)
-    lab = components(m)
-    if lab.max() > 0:
-        ids, counts = lab[lab > 0].unique(return_counts=True)
-        m = lab == ids[counts.argmax()]
+    m = largest_component(fill_holes(m))
     if s < 1:
         m = F.interpolate(m.float()[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0] > 0.5
     return m.numpy()
@@ -284,7 +289,8 @@ def sam2_mask(video, prompt, model_path):
         return prompt
     x = torch.from_numpy(np.asarray(video)).permute(0, 3, 1, 2).float() / 255
     x = F.interpolate(x, size=(S, S), mode="bilinear", antialias=True, align_corners=False)
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])      # ImageNet's
+    x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
     proc = Sam2VideoProcessor.__new__(Sam2VideoProcessor)         # only its prompt-coordinate helpers
     proc.target_size, proc.point_pad_value = S, -10
     session = Sam2VideoInferenceSession(video=x, video_height=H, video_width=W, inference_device="cpu",
@@ -320,7 +326,7 @@ def inpaint_cmd(cmd, video, hole, fps):
     with tempfile.TemporaryDirectory() as d:
         paths = {k: os.path.join(d, f"{k}.mp4") for k in ("video", "mask", "out")}
         write_video(paths["video"], video, fps)
-        write_video(paths["mask"], np.repeat(hole[..., None].astype(np.uint8) * 255, 3, -1), fps)
+        write_video(paths["mask"], mask_to_rgb(hole), fps)
         r = subprocess.run([a.format(**paths) for a in shlex.split(cmd)], capture_output=True, text=True)
         if r.returncode != 0 or not os.path.exists(paths["out"]):
             raise RuntimeError(f"--inpaint-cmd failed (exit {r.returncode}): {cmd}\n{r.stderr[-2000:]}")
@@ -333,16 +339,24 @@ def inpaint_cmd(cmd, video, hole, fps):
 def read_captions(path):
     """jsonl ({"video"|"id": stem, "caption"|"text": ...}) or tsv (stem<TAB>caption) -> dict."""
     out = {}
-    for i, line in enumerate(Path(path).read_text().splitlines()):
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"--captions {path}: cannot be read ({type(e).__name__}); give a jsonl or tsv file") from None
+    for i, line in enumerate(lines):
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
-            r = json.loads(line)
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BadInput(f"--captions {path}:{i + 1}: not a JSON object ({e.msg}); "
+                               'expected {"video": stem, "caption": text}') from None
             key, cap = r.get("video", r.get("id")), r.get("caption", r.get("text"))
         else:
             key, _, cap = line.partition("\t")
-        if key is None or not cap:
-            raise ValueError(f"{path}:{i + 1}: expected a video stem and a caption")
+        if key is None or not isinstance(cap, str) or not cap.strip():
+            raise BadInput(f"--captions {path}:{i + 1}: expected a video stem and a caption")
         out[Path(str(key)).stem if str(key).endswith(VIDEO_EXTS) else str(key)] = cap.strip()
     return out
 
@@ -391,6 +405,24 @@ def _load_vlm(path):
 # ---- Clips: the plan (deterministic), reading only the frames a clip needs, one clip end to end ---
 
 
+def check_weights(path, flag, instead):
+    """Before any clip: the model a stage calls must be a local folder or a hub id whose weights can be had
+    (from the local cache, or downloaded now); otherwise one line that names the flag and the offline choice."""
+    p = Path(path)
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise BadInput(f"{flag} {path}: no config.json in this folder; pass a model folder, or use {instead}")
+        return
+    if importlib.util.find_spec("transformers") is None:
+        raise BadInput(f"{flag} needs transformers (pip install transformers), or use {instead}")
+    from huggingface_hub import snapshot_download
+    try:
+        snapshot_download(str(path))
+    except Exception as e:
+        raise BadInput(f"{flag} {path}: no local folder of that name and the hub is out of reach "
+                         f"({type(e).__name__}); pass a downloaded folder, or offline use {instead}") from None
+
+
 def source_keys(paths):
     """Names for sources: the stem, or as many parent folders as it takes to be unique."""
     for depth in range(1, 64):
@@ -399,43 +431,6 @@ def source_keys(paths):
         if len(set(keys)) == len(keys):
             return [k.replace(" ", "_") for k in keys]
     raise ValueError("duplicate video paths")
-
-
-def probe(path):
-    """-> (frame count, fps) without decoding pixels where the container knows."""
-    p = Path(path)
-    if p.is_dir():
-        return len([f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS]), 24.0
-    try:
-        with av.open(str(p)) as c:
-            if not c.streams.video:
-                raise ValueError(f"{p}: has no video stream")
-            s = c.streams.video[0]
-            fps = float(s.average_rate or s.guessed_rate or 0) or 24.0
-            n = s.frames or sum(1 for pk in c.demux(s) if pk.size)
-    except (av.error.FFmpegError, UnicodeDecodeError) as e:
-        raise ValueError(f"{p}: not a readable video ({e})") from None
-    if n == 0:
-        raise ValueError(f"{p}: no frames (empty or truncated file)")
-    return n, fps
-
-
-def read_frames(path, idx):
-    """uint8 (len(idx),H,W,3): only the frames `idx` (sorted), decoding no further than the last."""
-    p, want = Path(path), {int(i): k for k, i in enumerate(idx)}
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
-        return np.stack([read_frames(files[i], [0])[0] for i in idx])
-    out = [None] * len(idx)
-    with av.open(str(p)) as c:
-        for i, f in enumerate(c.decode(video=0)):
-            if i in want:
-                out[want[i]] = f.to_ndarray(format="rgb24")
-            if i >= max(want):
-                break
-    if any(o is None for o in out):
-        raise ValueError(f"{p}: ended before frame {max(want)}")
-    return np.stack(out)
 
 
 def plan_clips(key, n, T, strides, max_clips, seed=42):
@@ -477,50 +472,88 @@ class _Collect(LayeredWriter):
         self.recs.append(rec)
 
 
+@dataclass(frozen=True)
+class Settings:
+    """How every clip is split: the flags of the same names, plus caption_map (--captions, read), threads (torch
+    threads per worker, resolved) and out (where clips are written: the shard's own folder with --shard)."""
+    out: str
+    frames: int
+    size: tuple
+    static: float
+    segmenter: str
+    masks: str
+    sam2: str
+    min_fg: float
+    max_fg: float
+    captioner: str
+    captions: str
+    caption_map: dict
+    template: str
+    vlm: str
+    vlm_frames: int
+    inpainter: str
+    inpaint_cmd: str
+    dilate: int
+    fps: int
+    threads: int
+
+
+def clip_mask(video, G, st, src, key, n, start, stride):
+    """The subject mask of one clip: the given one (gt, resampled like the clip), or the segmenter's."""
+    T, (H, W) = st.frames, st.size
+    if st.segmenter == "gt":
+        m = read_mask(find_mask(st.masks, src, key))
+        if len(m) != n:
+            raise ValueError(f"mask for {src} has {len(m)} frames, the video {n}")
+        return fit_video(m, T, H, W, stride=stride, start=start, mask=True, name=f"mask of {src}")
+    mask = motion_mask(video, G)
+    return sam2_mask(video, mask, st.sam2) if st.segmenter == "sam2" else mask
+
+
+def clip_caption(video, st, cid, key, stem):
+    """The caption of one clip, from --captions (by clip id, source key or stem), the VLM or the template."""
+    if st.captioner == "file":
+        caption = st.caption_map.get(cid) or st.caption_map.get(key) or st.caption_map.get(stem)
+        if caption is None:
+            raise KeyError(f"--captions {st.captions}: no caption for {stem}")
+        return caption
+    if st.captioner == "vlm":
+        return vlm_caption(video, st.vlm, n=st.vlm_frames)
+    return st.template.format(stem=stem)
+
+
+def clip_bg(video, mask, G, st):
+    """The bg layer: the mask's hole, grown by st.dilate, filled by the chosen inpainter."""
+    hole = dilate(torch.from_numpy(mask), st.dilate).numpy()
+    if st.inpainter == "temporal":
+        return inpaint_temporal(video, hole, G)
+    if st.inpainter == "cmd":
+        return inpaint_cmd(st.inpaint_cmd, video, hole, st.fps)
+    return video * ~hole[..., None]
+
+
 def process_clip(job):
-    """One clip end to end -> its record (written files first, the record last)."""
-    a, cid, src, key, start, stride, n, fps = job
-    torch.set_num_threads(a.threads)
-    T, (H, W) = a.frames, a.size
+    """One clip end to end -> its record (written files first, the record last).
+    job = (Settings, clip id, source path, source key, start, stride, source frame count, source fps)."""
+    st, cid, src, key, start, stride, n, fps = job
+    torch.set_num_threads(st.threads)
+    T, (H, W) = st.frames, st.size
     base = dict(id=cid, source=str(src), start=start, stride=stride, source_fps=fps)
     try:
-        idx = start + stride * np.arange(T)
-        video = fit_video(read_frames(src, idx), T, H, W, name=str(src))
+        video = fit_video(read_frames(src, start + stride * np.arange(T)), T, H, W, name=str(src))
         motion = float(np.abs(np.diff(video.astype(np.int16), axis=0)).mean())
-        if motion < a.static:
+        if motion < st.static:
             return dict(base, status="static", motion=motion)
-        G = global_motion(video) if a.segmenter != "gt" or a.inpainter == "temporal" else None
-        if a.segmenter == "gt":
-            m = read_mask(find_mask(a.masks, src, key))
-            if len(m) != n:
-                raise ValueError(f"mask for {src} has {len(m)} frames, the video {n}")
-            mask = fit_video(m, T, H, W, stride=stride, start=start, mask=True, name=f"mask of {src}")
-        else:
-            mask = motion_mask(video, G)
-            if a.segmenter == "sam2":
-                mask = sam2_mask(video, mask, a.sam2)
+        G = global_motion(video) if st.segmenter != "gt" or st.inpainter == "temporal" else None
+        mask = clip_mask(video, G, st, src, key, n, start, stride)
         ratio = float(mask.mean())
-        if not a.min_fg <= ratio <= a.max_fg:
-            return dict(base, status="fg_small" if ratio < a.min_fg else "fg_large", fg_ratio=ratio)
-        stem = src.stem if src.is_file() else src.name
-        if a.captioner == "file":
-            caption = a.caption_map.get(cid) or a.caption_map.get(key) or a.caption_map.get(stem)
-            if caption is None:
-                raise KeyError(f"--captions {a.captions}: no caption for {stem}")
-        elif a.captioner == "vlm":
-            caption = vlm_caption(video, a.vlm, n=a.vlm_frames)
-        else:
-            caption = a.template.format(stem=stem)
-        hole = dilate(torch.from_numpy(mask), a.dilate).numpy()
-        if a.inpainter == "temporal":
-            bg = inpaint_temporal(video, hole, G)
-        elif a.inpainter == "cmd":
-            bg = inpaint_cmd(a.inpaint_cmd, video, hole, a.fps)
-        else:
-            bg = video * ~hole[..., None]
-        w = _Collect(a.out)
-        w.add(cid, caption, video, video * mask[..., None], bg, mask, fps=a.fps, source=str(src),
-              start=start, stride=stride, source_fps=fps, segmenter=a.segmenter, inpainter=a.inpainter)
+        if not st.min_fg <= ratio <= st.max_fg:
+            return dict(base, status="fg_small" if ratio < st.min_fg else "fg_large", fg_ratio=ratio)
+        caption = clip_caption(video, st, cid, key, src.stem if src.is_file() else src.name)
+        w = _Collect(st.out)
+        w.add(cid, caption, video, video * mask[..., None], clip_bg(video, mask, G, st), mask, fps=st.fps,
+              source=str(src), start=start, stride=stride, source_fps=fps, segmenter=st.segmenter,
+              inpainter=st.inpainter)
         return w.recs[0]
     except ValueError as e:                # a bad source clip is recorded; bad flags/files abort the run
         return dict(base, status="error", error=str(e))
@@ -543,104 +576,266 @@ def summary(root):
 
 
 def merge(out):
-    """Join <out>/shard-*/ into <out>: metadata.jsonl with paths relative to <out>, then the lists."""
-    out, recs = Path(out), []
+    """Join <out>/shard-*/ into <out> -> (shards, clips added). What <out>/metadata.jsonl already holds is kept and
+    each shard record whose id is not there yet is added (its paths made relative to <out>); the lists are then
+    rewritten from it. Lists that metadata.jsonl does not account for (another tool's dataset, hand-added lines)
+    are refused, as rewriting them would drop those clips."""
+    out = Path(out)
     shards = sorted(p for p in out.glob("shard-*") if (p / "metadata.jsonl").exists())
     if not shards:
-        raise FileNotFoundError(f"{out}: no shard-*/metadata.jsonl to merge")
+        raise BadInput(f"--out {out}: no shard-*/metadata.jsonl to merge; write them with decompose.py "
+                       f"--shard I/N --out {out}")
+    recs = read_metadata(out)
+    listed = (out / "videos.txt").read_text().splitlines() if (out / "videos.txt").exists() else []
+    unknown = set(filter(None, map(str.strip, listed))) - {r.get("videos") for r in recs}
+    if unknown:
+        raise BadInput(f"--out {out}: videos.txt lists {len(unknown)} clips that its metadata.jsonl does not hold "
+                       f"(e.g. {sorted(unknown)[0]}); merging would rewrite the lists without them: merge the "
+                       f"shards into a folder of their own (move them), or add those clips' records first")
+    flags = check_settings([out, *shards])
+    if flags is not None and not (out / "settings.json").exists():
+        atomic_write_text(out / "settings.json", json.dumps(flags, indent=1) + "\n")
+    seen, n_old = {r["id"] for r in recs}, len(recs)
     for d in shards:
         for r in read_metadata(d):
-            recs.append({**r, **{k: f"{d.name}/{r[k]}" for k in ("videos", "fg", "bg", "masks") if k in r}})
+            if r["id"] not in seen:
+                seen.add(r["id"])
+                recs.append({**r, **{k: f"{d.name}/{r[k]}" for k in ("videos", "fg", "bg", "masks") if k in r}})
     atomic_write_text(out / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in recs))
     LayeredWriter(out).finalize()
-    return len(shards)
+    return len(shards), len(recs) - n_old
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a_ = ap.add_argument
-    a_("--videos", help="folder of videos / frame folders, a glob (quote it), or one file")
-    a_("--out", required=True, help="output dataset folder (with --shard: <out>/shard-I-of-N)")
-    a_("--frames", type=int, default=49, help="frames per clip (4k+1; 49 for CogVideoX)")
-    a_("--size", type=int, nargs=2, default=[480, 720], metavar=("H", "W"), help="clip size (cover crop)")
-    a_("--strides", type=int, nargs="+", default=[1, 2, 3, 4], help="frame strides to draw from (App. A)")
-    a_("--max-clips", type=int, default=4, help="at most this many clips per source video")
-    a_("--static", type=float, default=1.5, help="skip clips whose mean |frame difference| (0-255) is below this")
-    a_("--fps", type=int, default=16, help="frame rate the clips are written at")
-    a_("--seed", type=int, default=42, help="seed of the stride draws")
-    a_("--segmenter", choices=["motion", "gt", "sam2"], default="motion", help="where masks come from")
-    a_("--masks", help="--segmenter gt: folder with <stem>/ PNG folders or <stem>.mp4 mask videos, "
-                       "or a template such as '{dir}/mask.mp4'")
-    a_("--sam2", default="facebook/sam2.1-hiera-tiny", help="--segmenter sam2: local folder or hub id")
-    a_("--min-fg", type=float, default=0.01, help="skip clips whose fg fills less of the video than this")
-    a_("--max-fg", type=float, default=0.45, help="skip clips whose fg fills more of the video than this")
-    a_("--inpainter", choices=["temporal", "none", "cmd"], default="temporal", help="how the bg hole is filled")
-    a_("--inpaint-cmd", help="--inpainter cmd: command with {video} {mask} {out} (mp4 paths)")
-    a_("--dilate", type=int, default=6, help="grow the mask by this many pixels before inpainting")
-    a_("--captioner", choices=["template", "file", "vlm"], default="template", help="where captions come from")
-    a_("--captions", help="--captioner file: jsonl ({video, caption}) or tsv (stem<TAB>caption)")
-    a_("--template", default="a video", help="--captioner template: the caption ({stem} = source name)")
-    a_("--vlm", default="OpenGVLab/InternVL3-1B-hf", help="--captioner vlm: local folder or hub id")
-    a_("--vlm-frames", type=int, default=8, help="--captioner vlm: frames shown to the model")
-    a_("--workers", type=int, default=1, help="processes working on clips in parallel")
-    a_("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
-    a_("--shard", default="0/1", help="I/N: process every N-th clip starting at I, into <out>/shard-I-of-N")
-    a_("--merge", action="store_true", help="join <out>/shard-*/ into <out> and exit")
-    a = ap.parse_args(argv)
+# The flags a folder's clips depend on: a rerun (resume) or a merge must not mix clips made with other values.
+# (Paths such as --masks or --captions may move between runs, and --workers / --threads change no clip.)
+SAME_FLAGS = ("frames", "size", "strides", "max_clips", "static", "fps", "seed", "segmenter", "min_fg", "max_fg",
+              "inpainter", "dilate", "captioner", "template")
+
+
+def check_settings(folders, want=None):
+    """The settings.json of every folder that has one (and `want`, this run's) must agree -> the agreed settings."""
+    have = []
+    for f in (Path(d) / "settings.json" for d in folders):
+        try:
+            have += [(f, json.loads(f.read_text()))] if f.is_file() else []
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BadInput(f"{f}: not JSON (decompose.py writes it); delete it to take this run's flags") from None
+    ref_name, ref = ("this run's flags", want) if want is not None else (have[0] if have else (None, None))
+    for name, got in have:
+        diff = [k for k in SAME_FLAGS if k in got and k in ref and got[k] != ref[k]]
+        if diff:
+            show = lambda s: " ".join(f"--{k.replace('_', '-')} {s[k]}" for k in diff)
+            raise BadInput(f"{name}: its clips were made with {show(got)}, {ref_name} say {show(ref)}; mixing "
+                           f"them would make a dataset of two kinds: use those flags (to resume) or another --out")
+    return ref
+
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+a_ = parser.add_argument
+a_("--videos", help="folder of videos / frame folders, a glob (quote it), or one file")
+a_("--out", required=True, help="output dataset folder (with --shard: <out>/shard-I-of-N)")
+a_("--frames", type=int, default=49, help="frames per clip (4k+1; 49 for CogVideoX)")
+a_("--size", type=int, nargs=2, default=[480, 720], metavar=("H", "W"), help="clip size (cover crop)")
+a_("--strides", type=int, nargs="+", default=[1, 2, 3, 4], help="frame strides to draw from (App. A)")
+a_("--max-clips", type=int, default=4, help="at most this many clips per source video")
+a_("--static", type=float, default=1.5, help="skip clips whose mean |frame difference| (0-255) is below this")
+a_("--fps", type=int, default=16, help="frame rate the clips are written at")
+a_("--seed", type=int, default=42, help="seed of the stride draws")
+a_("--segmenter", choices=["motion", "gt", "sam2"], default="motion", help="where masks come from")
+a_("--masks", help="--segmenter gt: folder with <stem>/ PNG folders or <stem>.mp4 mask videos, "
+                   "or a template such as '{dir}/mask.mp4'")
+a_("--sam2", default="facebook/sam2.1-hiera-tiny", help="--segmenter sam2: local folder or hub id")
+a_("--min-fg", type=float, default=0.01, help="skip clips whose fg fills less of the video than this")
+a_("--max-fg", type=float, default=0.45, help="skip clips whose fg fills more of the video than this")
+a_("--inpainter", choices=["temporal", "none", "cmd"], default="temporal", help="how the bg hole is filled")
+a_("--inpaint-cmd", help="--inpainter cmd: command with {video} {mask} {out} (mp4 paths)")
+a_("--dilate", type=int, default=6, help="grow the mask by this many pixels before inpainting")
+a_("--captioner", choices=["template", "file", "vlm"], default="template", help="where captions come from")
+a_("--captions", help="--captioner file: jsonl ({video, caption}) or tsv (stem<TAB>caption)")
+a_("--template", default="a video", help="--captioner template: the caption ({stem} = source name)")
+a_("--vlm", default="OpenGVLab/InternVL3-1B-hf", help="--captioner vlm: local folder or hub id")
+a_("--vlm-frames", type=int, default=8, help="--captioner vlm: frames shown to the model")
+a_("--workers", type=int, default=1, help="processes working on clips in parallel")
+a_("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
+a_("--shard", default="0/1", help="I/N: process every N-th clip starting at I, into <out>/shard-I-of-N")
+a_("--merge", action="store_true", help="join <out>/shard-*/ into <out> and exit")
+
+
+def parse_shard(spec):
+    """--shard I/N -> (I, N) with 0 <= I < N."""
     try:
-        if a.merge:
-            n = merge(a.out)
-            print(f"merged {n} shards\n{summary(a.out)}")
-            return
-        if not a.videos:
-            ap.error("--videos is required (unless --merge)")
-        for flag, got, need, val in (("--masks", a.segmenter, "gt", a.masks), ("--inpaint-cmd", a.inpainter, "cmd", a.inpaint_cmd),
-                                     ("--captions", a.captioner, "file", a.captions)):
-            if got == need and not val:
-                ap.error(f"{flag} is required with '{need}'")
-        if (a.frames - 1) % 4 or a.size[0] % 16 or a.size[1] % 16:
-            print(f"warning: CogVideoX wants 4k+1 frames and sizes divisible by 16, got {a.frames} {a.size}", file=sys.stderr)
-        i, n_shards = (int(x) for x in a.shard.split("/"))
-        a.caption_map = read_captions(a.captions) if a.captioner == "file" else {}
-        a.threads = a.threads or max(1, (os.cpu_count() or 1) // a.workers)
-        sources = video_paths(a.videos)
-    except (FileNotFoundError, ValueError, json.JSONDecodeError) as e:
-        sys.exit(f"decompose.py: error: {e}")
-    if n_shards > 1:
-        a.out = str(Path(a.out) / f"shard-{i}-of-{n_shards}")
-    writer = LayeredWriter(a.out)
-    jobs, bad = [], 0
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        i = n = -1
+    if not 0 <= i < n:
+        raise BadInput(f"--shard {spec}: expected I/N with 0 <= I < N (e.g. 0/4, 1/4, 2/4, 3/4 for 4 nodes)")
+    return i, n
+
+
+def check_flags(args):
+    """Flag values and combinations that cannot work end the run here, in one line, before any clip is read."""
+    if not args.videos:
+        raise BadInput("--videos is required (a folder of videos, a quoted glob or one file), unless --merge")
+    for flag, got, need, val in (("--masks", args.segmenter, "gt", args.masks),
+                                 ("--inpaint-cmd", args.inpainter, "cmd", args.inpaint_cmd),
+                                 ("--captions", args.captioner, "file", args.captions)):
+        if got == need and not val:
+            raise BadInput(f"{flag} is required with '{need}'")
+    a = args
+    for flag, val, ok, rule in (
+            ("--frames", a.frames, a.frames >= 2, "at least 2 (4k+1 for CogVideoX: 49)"),
+            ("--size", " ".join(map(str, a.size)), min(a.size) >= 16, "H W of at least 16 pixels each"),
+            ("--strides", " ".join(map(str, a.strides)), min(a.strides) >= 1, "strides of at least 1"),
+            ("--max-clips", a.max_clips, a.max_clips >= 1, "at least 1"),
+            ("--fps", a.fps, a.fps >= 1, "at least 1"),
+            ("--seed", a.seed, a.seed >= 0, "at least 0"),
+            ("--min-fg/--max-fg", f"{a.min_fg}/{a.max_fg}", 0 <= a.min_fg <= a.max_fg <= 1,
+             "0 <= min <= max <= 1 (shares of the frame)"),
+            ("--dilate", a.dilate, a.dilate >= 0, "at least 0 pixels"),
+            ("--vlm-frames", a.vlm_frames, a.vlm_frames >= 1, "at least 1"),
+            ("--workers", a.workers, a.workers >= 1, "at least 1"),
+            ("--threads", a.threads, a.threads >= 0, "at least 0 (0: cores / workers)")):
+        if not ok:
+            raise BadInput(f"{flag} {val}: must be {rule}")
+    parse_shard(args.shard)
+    check_out_dir(args.out)
+    if args.captioner == "template":
+        try:
+            args.template.format(stem="x")
+        except (KeyError, IndexError, ValueError) as e:
+            raise BadInput(f"--template {args.template!r}: cannot be filled in ({type(e).__name__}: {e}); "
+                           "{stem} is the only field (write {{ and }} for braces)") from None
+    if args.segmenter == "gt" and "{" not in args.masks and not Path(args.masks).is_dir():
+        raise BadInput(f"--masks {args.masks}: no such folder; give the folder of <stem>/ or <stem>.mp4 masks, "
+                       "or a template such as '{dir}/mask.mp4'")
+    if args.inpainter == "cmd":
+        check_inpaint_cmd(args.inpaint_cmd)
+    if args.captioner == "vlm":
+        check_weights(args.vlm, "--captioner vlm --vlm", "--captioner file --captions F (your own captions)")
+    if args.segmenter == "sam2":
+        check_weights(args.sam2, "--segmenter sam2 --sam2", "--segmenter motion, or --segmenter gt --masks DIR")
+    msg = check_shape(args.frames, *args.size, "CogVideoX")
+    if msg:
+        print(f"warning: {msg}", file=sys.stderr)
+
+
+def check_inpaint_cmd(cmd):
+    """--inpaint-cmd must split into words, fill in {video} {mask} {out} only, name {out}, and name a program
+    that exists; otherwise every clip would fail one by one."""
+    try:
+        words = [w.format(video="v.mp4", mask="m.mp4", out="o.mp4") for w in shlex.split(cmd)]
+    except (ValueError, KeyError, IndexError) as e:
+        raise BadInput(f"--inpaint-cmd {cmd!r}: cannot be used ({type(e).__name__}: {e}); "
+                       "write a command with {video} {mask} {out}") from None
+    if not words or "{out}" not in cmd:
+        raise BadInput(f"--inpaint-cmd {cmd!r}: must write its result to {{out}}, e.g. 'remover {{video}} {{mask}} "
+                       "{out}'")
+    if shutil.which(words[0]) is None:
+        raise BadInput(f"--inpaint-cmd {cmd!r}: no program {words[0]!r} on PATH; give its full path")
+
+
+def plan_jobs(sources, st, strides, max_clips, seed):
+    """Every clip of every readable source -> (process_clip jobs, unreadable sources as (path, key, error)).
+    Reads only the containers' headers."""
+    jobs, bad, longest = [], [], 0
     for src, key in zip(sources, source_keys(sources)):
         try:
             n, fps = probe(src)
         except ValueError as e:
-            print(f"skipping {e}", file=sys.stderr)
-            bad += 1
-            if key not in writer.done:
-                writer.record(id=key, source=str(src), status="unreadable", error=str(e))
+            bad.append((src, key, str(e)))
             continue
-        plan = plan_clips(key, n, a.frames, a.strides, a.max_clips, a.seed)
+        plan = plan_clips(key, n, st.frames, strides, max_clips, seed)
+        longest = max(longest, n)
         if not plan:
-            print(f"skipping {src}: {n} frames, too short for {a.frames} frames", file=sys.stderr)
+            print(f"skipping {src}: {n} frames, too short for {st.frames} frames", file=sys.stderr)
         for start, stride in plan:
-            jobs.append((a, f"{key}_{start:06d}_s{stride}", src, key, start, stride, n, fps))
-    if bad == len(sources):
-        sys.exit(f"decompose.py: error: none of the {len(sources)} videos in {a.videos} could be read")
-    todo = [j for k, j in enumerate(jobs) if k % n_shards == i and j[1] not in writer.done]
-    print(f"{len(sources)} videos, {len(jobs)} clips; shard {i}/{n_shards}: {len(todo)} to do -> {a.out}")
-    pool = Pool(a.workers) if a.workers > 1 and len(todo) > 1 else None
+            jobs.append((st, f"{key}_{start:06d}_s{stride}", src, key, start, stride, n, fps))
+    if len(bad) == len(sources):
+        raise BadInput(f"--videos: none of the {len(sources)} videos could be read (e.g. {bad[0][2]}); "
+                       "give mp4/mov/webm/gif/mkv/avi files or folders of JPEG/PNG frames")
+    if not jobs:
+        raise BadInput(f"--frames {st.frames}: longer than every readable video (the longest has {longest} "
+                       "frames); lower --frames")
+    return jobs, bad
+
+
+def check_sources(jobs, st):
+    """Before any clip: every clip's caption (--captioner file) and every source's mask (--segmenter gt) exist."""
+    missing = []
+    if st.captioner == "file":
+        for _, cid, src, key, *_ in jobs:
+            stem = src.stem if src.is_file() else src.name
+            if not any(k in st.caption_map for k in (cid, key, stem)):
+                missing.append(stem)
+        what = f"--captions {st.captions}: no caption for"
+    if st.segmenter == "gt" and not missing:
+        for src, key in dict.fromkeys((j[2], j[3]) for j in jobs):
+            try:
+                find_mask(st.masks, src, key)
+            except FileNotFoundError:
+                missing.append(str(src))
+        what = f"--masks {st.masks}: no mask folder or video for"
+    if missing:
+        missing = list(dict.fromkeys(missing))
+        raise BadInput(f"{what} {len(missing)} source(s): {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+                       "; add them, or leave those videos out of --videos")
+
+
+def run_jobs(todo, writer, workers):
+    """process_clip over `todo` (in `workers` processes); the main process alone appends the records, so a stop
+    here (an error, Ctrl-C) keeps every finished clip and a rerun of the same command resumes."""
+    pool = Pool(workers) if workers > 1 and len(todo) > 1 else None
+    n0 = len(writer.done)
     try:
         results = pool.imap_unordered(process_clip, todo) if pool else map(process_clip, todo)
         for rec in tqdm(results, total=len(todo), desc="decompose"):
             writer.record(**rec)
-    except (KeyError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"decompose.py: error: {e}")
+    except (KeyError, FileNotFoundError, RuntimeError, OSError) as e:
+        raise BadInput(f"{str(e).splitlines()[0]} (stopped; the {len(writer.done) - n0} clips finished in this run "
+                       f"are kept, rerun the same command to resume)") from None
+    except KeyboardInterrupt:
+        writer.finalize()
+        sys.exit(f"interrupted: the {len(writer.done) - n0} clips finished in this run are kept; "
+                 "rerun the same command to resume")
     finally:
         if pool:
             pool.terminate()
+
+
+def main(args):
+    if args.merge:
+        n, added = merge(args.out)
+        print(f"merged {n} shards ({added} new records)\n{summary(args.out)}")
+        return
+    check_flags(args)
+    i, n_shards = parse_shard(args.shard)
+    caption_map = read_captions(args.captions) if args.captioner == "file" else {}
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    try:
+        sources = video_paths(args.videos)
+    except FileNotFoundError as e:
+        raise BadInput(f"--videos {e}") from None
+    out = str(Path(args.out) / f"shard-{i}-of-{n_shards}") if n_shards > 1 else args.out
+    given = {f.name: getattr(args, f.name) for f in fields(Settings) if f.name not in ("out", "caption_map", "threads")}
+    st = Settings(**given, out=out, caption_map=caption_map, threads=threads)
+    flags = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in vars(args).items() if k in SAME_FLAGS}
+    check_settings([out], flags)
+    jobs, bad = plan_jobs(sources, st, args.strides, args.max_clips, args.seed)
+    check_sources([j for k, j in enumerate(jobs) if k % n_shards == i], st)
+    # every input checked: from here on the folder is written
+    writer = LayeredWriter(out)
+    if not (Path(out) / "settings.json").exists():
+        atomic_write_text(Path(out) / "settings.json", json.dumps(flags, indent=1) + "\n")
+    for src, key, err in bad:
+        print(f"skipping {err}", file=sys.stderr)
+        if key not in writer.done:
+            writer.record(id=key, source=str(src), status="unreadable", error=err)
+    todo = [j for k, j in enumerate(jobs) if k % n_shards == i and j[1] not in writer.done]
+    print(f"{len(sources)} videos, {len(jobs)} clips; shard {i}/{n_shards}: {len(todo)} to do -> {out}")
+    run_jobs(todo, writer, args.workers)
     writer.finalize()
-    print(summary(a.out))
+    print(summary(out))
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, parser)

@@ -14,7 +14,7 @@ widens `patch_embed.proj`; see `widen_patch_embed` for how the new channels are 
     python dit.py                                       # toy forward on CPU + preset sizes
     python -m pytest -q tests/test_dit.py               # parity with diffusers (CPU, no network)
     python tests/bench_dit.py                           # speed/memory vs diffusers
-    python -c "import dit, torch; m = dit.DiT.from_pretrained('THUDM/CogVideoX-5b-I2V', in_channels=48, dtype=torch.bfloat16)"
+    python -c "import dit, torch; m = dit.DiT.from_pretrained('THUDM/CogVideoX-5b-I2V', in_channels=48)"
 
 Training hooks: `model.set_activation_checkpointing(True)` recomputes each block in backward;
 for FSDP wrap every module of `model.transformer_blocks` (an nn.ModuleList), then the root.
@@ -63,7 +63,7 @@ class DiTConfig:
     temporal_interpolation_scale: float = 1.0   # sin-cos PE: temporal positions divided by this (2B)
     use_rotary_positional_embeddings: bool = False   # 3D RoPE in attention (5B family) instead of sin-cos PE (2B)
     use_learned_positional_embeddings: bool = False  # 5B-I2V 1.0 only: a PE table tied to sample size
-    patch_bias: bool = True                # bias of the 1.0 Conv2d patch projection (1.5: False; its Linear always has one)
+    patch_bias: bool = True                # bias of the 1.0 Conv2d patch projection (1.5: False; its Linear has one)
 
 
 _5B = dict(num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True)
@@ -82,7 +82,8 @@ PRESETS: dict[str, DiTConfig] = {
                      sample_height=16, sample_width=16, sample_frames=9, patch_size=2,
                      use_rotary_positional_embeddings=True, use_learned_positional_embeddings=True),
 }
-PRESETS["toy-l"] = dataclasses.replace(PRESETS["toy"], num_attention_heads=6, num_layers=6)  # 4.6M: the shipped toy composer
+# 4.6M: the shipped toy composer
+PRESETS["toy-l"] = dataclasses.replace(PRESETS["toy"], num_attention_heads=6, num_layers=6)
 
 # -----------------------------------------------------------------------------
 # Sinusoids: timestep embedding, sin-cos position table, 3D RoPE
@@ -199,10 +200,12 @@ class PatchEmbed(nn.Module):
         pixel_frames = (T - 1) * c.temporal_compression_ratio + 1
         if c.use_learned_positional_embeddings:
             if (H, W) != (c.sample_height, c.sample_width):
-                raise ValueError(f"the learned position embedding is tied to latent size {c.sample_height}x{c.sample_width}, "
+                raise ValueError(f"the learned position embedding is tied to latent size "
+                                 f"{c.sample_height}x{c.sample_width}, "
                                  f"got {H}x{W}; use that size or a config without use_learned_positional_embeddings")
             if text.shape[1] != c.max_text_seq_length:
-                raise ValueError(f"the learned position embedding needs {c.max_text_seq_length} text tokens, got {text.shape[1]}")
+                raise ValueError(f"the learned position embedding needs {c.max_text_seq_length} text tokens, "
+                                 f"got {text.shape[1]}")
         if c.use_learned_positional_embeddings and pixel_frames == c.sample_frames:
             pe = self.pos_embedding.to(v.dtype)                                   # (1, L + N, D)
             return text + pe[:, :text.shape[1]], v + pe[:, text.shape[1]:]
@@ -233,7 +236,8 @@ class LayerNormZero(nn.Module):
         self.norm = nn.LayerNorm(D, eps=c.norm_eps, elementwise_affine=c.norm_elementwise_affine)
 
     def forward(self, x, text, emb):
-        shift, scale, gate, t_shift, t_scale, t_gate = self.linear(F.silu(emb))[:, None].chunk(6, dim=-1)  # (B, 1, D) each
+        # (B, 1, D) each
+        shift, scale, gate, t_shift, t_scale, t_gate = self.linear(F.silu(emb))[:, None].chunk(6, dim=-1)
         x = self.norm(x) * (1 + scale) + shift                                    # (B, N, D)
         text = self.norm(text) * (1 + t_scale) + t_shift                          # (B, L, D)
         return x, text, gate, t_gate
@@ -254,7 +258,8 @@ class Attention(nn.Module):
 
     def forward(self, x, n_text, rope=None):
         split = lambda y: rearrange(y, "b n (h d) -> b h n d", h=self.heads)
-        q, k, v = self.norm_q(split(self.to_q(x))), self.norm_k(split(self.to_k(x))), split(self.to_v(x))  # (B, h, L+N, d)
+        q, k = self.norm_q(split(self.to_q(x))), self.norm_k(split(self.to_k(x)))       # (B, h, L+N, d)
+        v = split(self.to_v(x))
         if rope is not None:
             q = torch.cat([q[:, :, :n_text], apply_rope(q[:, :, n_text:], *rope)], dim=2)
             k = torch.cat([k[:, :, :n_text], apply_rope(k[:, :, n_text:], *rope)], dim=2)
@@ -324,7 +329,8 @@ class DiT(nn.Module):
         super().__init__()
         c = self.config = config
         if c.activation_fn != "gelu-approximate" or c.timestep_activation_fn != "silu":
-            raise ValueError("only activation_fn='gelu-approximate' and timestep_activation_fn='silu' exist in CogVideoX")
+            raise ValueError("only activation_fn='gelu-approximate' and timestep_activation_fn='silu' exist "
+                             "in CogVideoX")
         if c.use_learned_positional_embeddings and not c.use_rotary_positional_embeddings:
             raise ValueError("no CogVideoX model has a learned PE without RoPE")
         D = c.num_attention_heads * c.attention_head_dim
@@ -408,7 +414,8 @@ class DiT(nn.Module):
     # Loading and saving the diffusers format
 
     @classmethod
-    def from_pretrained(cls, path_or_hub_id, subfolder="transformer", dtype=None, device=None, config=None, **overrides):
+    def from_pretrained(cls, path_or_hub_id, subfolder="transformer", dtype=None, device=None, config=None,
+                        **overrides):
         """Load a diffusers `transformer/` folder (local, or downloaded from the hub).
         config: a DiTConfig to use instead of the folder's config.json; overrides: fields to change,
         e.g. in_channels=48 to widen a 32-channel I2V checkpoint into an StM composer."""
@@ -421,10 +428,12 @@ class DiT(nn.Module):
         model = weights.meta_model(cls, config)
         return weights.load_into(model, sd, folder, dtype=dtype, device=device)
 
-    def save_pretrained(self, folder, max_shard_bytes=None):
+    def save_pretrained(self, folder, max_shard_bytes=None, state_dict=None):
         """Write config.json + safetensors (sharded with an index if larger than max_shard_bytes),
-        loadable by `DiT.from_pretrained` and by diffusers' CogVideoXTransformer3DModel."""
-        weights.save_state_dict(self.state_dict(), folder, WEIGHTS_NAME, max_shard_bytes)
+        loadable by `DiT.from_pretrained` and by diffusers' CogVideoXTransformer3DModel.
+        state_dict: the tensors to write instead of this module's own (e.g. gathered from FSDP shards)."""
+        weights.save_state_dict(self.state_dict() if state_dict is None else state_dict, folder, WEIGHTS_NAME,
+                                max_shard_bytes)
         weights.write_config(folder, self.config, extra={"_class_name": "CogVideoXTransformer3DModel"})
 
 

@@ -10,6 +10,7 @@ Evaluate compositions: the paper's metrics (Table 1-2), weight-free fallbacks, e
 `fg` (subject on black, or any video with `mask`), `bg`, `prompt`, `result` (the generated video) and,
 for toy triplets, `expect` (what a correct composite satisfies). Relative paths are relative to the folder.
 Inputs are resampled to the generated video's frames and size (data.fit_video).
+Library use: evaluate_record(rec, base, Networks(...), ...) scores one record with explicit settings.
 
 Every generated video is re-segmented into fg / bg layers (video x mask on black) by the same weight-free
 segmenter as the Split stage (decompose.motion_mask), then, as in the StM release (evaluation/metrics):
@@ -27,7 +28,8 @@ real clips in ../shared/real, StM's outputs beat a copy-paste on M3 and lose on 
 
 Toy metrics (records with `expect`): the toy world renders the bg exactly, so here the generated subject is
 found as |gen - input bg| > --toy-threshold (max over RGB, 0-255) minus cast-shadow-like pixels (uniform
-darkening), largest space-time component. Then:
+darkening), largest space-time component. The expected sprite shape, colour and shadow come from toy.py's
+renderer itself (toy.sprite_model, toy.expected_shadow). Then:
   shape IoU      mean over frames of IoU(input sprite mask, gen subject mask moved onto the input's centroid;
                  best of the 3x3 whole-pixel shifts there). Sub-pixel rasterisation keeps a perfect one ~0.6-0.8
   colour err     RGB distance of the subject's mean colour (over its core: the half of its pixels most unlike
@@ -53,7 +55,8 @@ from tqdm import tqdm
 
 import data
 import metrics
-from decompose import components, dilate, motion_mask
+import toy
+from decompose import largest_component, motion_mask, shadow_like
 
 # (key, column label, arrow): the order of the summary table
 COLUMNS = [
@@ -126,66 +129,47 @@ def _nanmean(v):
 # toy-world metrics
 
 
-def sprite_model(kind, size, rgb, tints, step=0.25):
-    """Exact facts of a rendered sprite of this kind and size: the centroid of its mask relative to
-    the sprite centre, and its mean colour under each tint (data.render_toy's shading, clipped)."""
-    r = np.arange(-size, size, step, dtype=np.float32)
-    dy, dx = np.meshgrid(r, r, indexing="ij")
-    m = data._sprite_mask(kind, dx, dy, size)
-    shade = np.clip(1.15 - 0.5 * dy[m] / size, 0.7, 1.2)[:, None]
-    cols = [np.clip(np.float32(rgb) * np.float32(t) * shade, 0, 255).mean(0) for t in tints]
-    return np.array([dx[m].mean(), dy[m].mean()]), cols
-
-
 def toy_subject(gen, bg, threshold):
     """The generated subject: pixels far from the input bg that are not a uniform darkening (shadow)."""
     g, b = (torch.as_tensor(np.asarray(v)).float() for v in (gen, bg))
-    ratio = (g + 1) / (b + 1)
-    shadow = (ratio.amax(-1) < 0.85) & (ratio.amin(-1) > 0.35) & (ratio.amax(-1) - ratio.amin(-1) < 0.15)
-    m = ((g - b).abs().amax(-1) > threshold) & ~shadow
-    lab = components(m)
-    if lab.max() > 0:
-        ids, counts = lab[lab > 0].unique(return_counts=True)
-        m = lab == ids[counts.argmax()]
-    return m.numpy()
+    return largest_component(((g - b).abs().amax(-1) > threshold) & ~shadow_like(g, b, -1)).numpy()
 
 
-def toy_metrics(gen, fg, bg, mask, expect, geom, threshold=40.0, cp_radius=None):
-    s, left, top = geom
-    T, H, W = gen.shape[:3]
-    size = expect["size"] * s
-    cp_radius = cp_radius if cp_radius is not None else max(2.0, 0.05 * min(H, W))
-    subj = toy_subject(gen, bg, threshold)
-    c_gen, c_in = centroids(subj), centroids(mask)
-    found = ~np.isnan(c_gen[:, 0])
-    offset, (col_target, col_source) = sprite_model(expect["kind"], size, expect["rgb"],
-                                                    [expect["tint"], expect["source_tint"]])
-    out = {"toy_found": float(found.mean())}
-    # shape: IoU with the gen mask moved so that its centroid sits on the input's
+def shape_iou(subj, mask, c_gen, c_in):
+    """Mean over frames of IoU(input mask, gen subject moved so that its centroid sits on the input's; the best
+    of the 3x3 whole-pixel shifts around it); 0 when no frame holds both."""
     ious = []
-    for t in np.flatnonzero(found & ~np.isnan(c_in[:, 0])):   # the best of the 3x3 whole-pixel shifts around it
+    for t in np.flatnonzero(~np.isnan(c_gen[:, 0]) & ~np.isnan(c_in[:, 0])):
         dx, dy = np.round(c_in[t] - c_gen[t]).astype(int)
         moved = [np.roll(subj[t], (dy + i, dx + j), (0, 1)) for i in (-1, 0, 1) for j in (-1, 0, 1)]
         ious.append(max((m & mask[t]).sum() / max(1, (m | mask[t]).sum()) for m in moved))
-    out["toy_shape_iou"] = float(np.mean(ious)) if ious else 0.0
-    # colour and tint harmony
-    if subj.any():  # core pixels: the half most unlike the bg (edges are smeared by the codec's 4:2:0 chroma)
-        diff = np.abs(gen.astype(np.float32) - bg).max(-1)
-        mean = gen[subj & (diff >= np.median(diff[subj]))].astype(np.float64).mean(0)
-        d_t, d_s = float(np.linalg.norm(mean - col_target)), float(np.linalg.norm(mean - col_source))
-        out.update(toy_colour_err=d_t, toy_colour_err_source=d_s, toy_subject_rgb=[round(float(v), 1) for v in mean])
-        # undecidable where the two tints give nearly the same colour (e.g. a black or saturated sprite)
-        out["toy_tint_match"] = None if np.linalg.norm(col_target - col_source) < 20 else float(d_t < d_s)
-    else:
-        out.update(toy_colour_err=float("nan"), toy_tint_match=0.0)
-    # motion up to placement
-    track = np.asarray(expect["track"], np.float64)[np.linspace(0, len(expect["track"]) - 1, T).round().astype(int)] * s
+    return float(np.mean(ious)) if ious else 0.0
+
+
+def colour_scores(gen, bg, subj, col_target, col_source):
+    """The subject's mean colour vs the exact one under the target scene's light and under the source's."""
+    if not subj.any():
+        return {"toy_colour_err": float("nan"), "toy_tint_match": 0.0}
+    # core pixels: the half most unlike the bg (edges are smeared by the codec's 4:2:0 chroma)
+    diff = np.abs(gen.astype(np.float32) - bg).max(-1)
+    mean = gen[subj & (diff >= np.median(diff[subj]))].astype(np.float64).mean(0)
+    d_t, d_s = float(np.linalg.norm(mean - col_target)), float(np.linalg.norm(mean - col_source))
+    return {"toy_colour_err": d_t, "toy_colour_err_source": d_s, "toy_subject_rgb": [round(float(v), 1) for v in mean],
+            # undecidable where the two tints give nearly the same colour (e.g. a black or saturated sprite)
+            "toy_tint_match": None if np.linalg.norm(col_target - col_source) < 20 else float(d_t < d_s)}
+
+
+def placement_scores(c_gen, c_in, expect, geom, cp_radius):
+    """Motion up to placement, affordance and the copy-paste shortcut (frames without a subject count as failures)."""
+    s, _, top = geom
+    found, out = ~np.isnan(c_gen[:, 0]), {}
+    track = np.asarray(expect["track"], np.float64)
+    track = track[np.linspace(0, len(track) - 1, len(c_gen)).round().astype(int)] * s
     if found.sum() >= 1:
         a, b = c_gen[found] - c_gen[found].mean(0), track[found] - track[found].mean(0)
         out["toy_track_err"] = float(np.sqrt(((a - b) ** 2).sum(1).mean()))
     else:
         out["toy_track_err"] = float("nan")
-    # affordance and the copy-paste shortcut (frames without a subject count as failures)
     y0, y1 = [v * s - top for v in expect["allowed_rows"]]
     in_rows = lambda y: (y >= y0) & (y < y1)                                # NaN (no subject) -> False
     out["toy_affordance"] = float(np.mean(found & in_rows(c_gen[:, 1])))
@@ -196,19 +180,29 @@ def toy_metrics(gen, fg, bg, mask, expect, geom, threshold=40.0, cp_radius=None)
     out["toy_affordance_moved"] = out["toy_affordance"] if in_band < 0.5 else None
     near = np.linalg.norm(np.nan_to_num(c_gen - c_in, nan=1e9), axis=1) <= cp_radius
     out["toy_copy_paste"] = float(np.mean(found & near))
-    # shadow: darkening of the bg where data.render_toy would cast it (an ellipse below the sprite, the sprite
-    # excluded), placed by the subject's centroid
-    gy, gx = np.mgrid[0:H, 0:W].astype(np.float32)
-    ell = np.zeros((T, H, W), bool)
-    for t in np.flatnonzero(found):
-        xc, yc = c_gen[t] - offset
-        ell[t] = ((((gx - xc - 0.15 * size) / (0.55 * size)) ** 2 + ((gy - yc - 0.32 * size) / (0.12 * size)) ** 2 < 1)
-                  & ~data._sprite_mask(expect["kind"], gx - xc, gy - yc, size))
-    lum = lambda v: (v.astype(np.float64) * [0.299, 0.587, 0.114]).sum(-1)
+    return out
+
+
+def toy_metrics(gen, fg, bg, mask, expect, geom, threshold=40.0, cp_radius=None):
+    """The exact toy-world scores of one composite (see the module docstring); geom = (s, left, top) of load_record."""
+    s = geom[0]
+    T, H, W = gen.shape[:3]
+    size = expect["size"] * s
+    cp_radius = cp_radius if cp_radius is not None else max(2.0, 0.05 * min(H, W))
+    subj = toy_subject(gen, bg, threshold)
+    c_gen, c_in = centroids(subj), centroids(mask)
+    offset, (col_target, col_source) = toy.sprite_model(expect["kind"], size, expect["rgb"],
+                                                        [expect["tint"], expect["source_tint"]])
+    out = {"toy_found": float((~np.isnan(c_gen[:, 0])).mean()), "toy_shape_iou": shape_iou(subj, mask, c_gen, c_in)}
+    out.update(colour_scores(gen, bg, subj, col_target, col_source))
+    out.update(placement_scores(c_gen, c_in, expect, geom, cp_radius))
+    # shadow: darkening of the bg where toy.render would cast it, placed by the subject's centroid
+    ell = toy.expected_shadow(expect["kind"], c_gen - offset, size, H, W)
+    lum = lambda v: (v.astype(np.float64) * data.LUMA).sum(-1)
     dark = float(1 - lum(gen)[ell].mean() / max(1e-6, lum(bg)[ell].mean())) if ell.any() else float("nan")
     out["toy_shadow_darkening"] = dark
     out["toy_shadow_ok"] = float(dark > 0.2) if expect["shadow"] else float(not dark > 0.2)
-    keep = ~dilate(torch.as_tensor(subj), 1).numpy() & ~(ell if expect["shadow"] else False)
+    keep = ~data.dilate(torch.as_tensor(subj), 1).numpy() & ~(ell if expect["shadow"] else False)
     out["toy_bg_psnr"] = metrics.masked_psnr(gen, bg, keep)
     return out
 
@@ -228,18 +222,24 @@ def _config(spec, presets, cls):
 
 
 class Networks:
-    def __init__(self, a, device):
+    """The metric networks whose weights are given (the others stay None and their metrics are skipped).
+    viclip / swin / raft: a weight file, URL or hub id as the --viclip / --swin / --raft flags take them (viclip
+    also a folder holding model.safetensors); *_config: a preset name or a JSON file of config fields."""
+
+    def __init__(self, viclip=None, swin=None, raft=None, viclip_config="viclip_l14", swin_config="swin3d_b",
+                 raft_config="raft_large", bpe=None, device="cpu"):
         self.device, self.viclip, self.swin, self.raft = device, None, None, None
-        if a.viclip:
-            if Path(a.viclip).is_dir():
-                a.viclip = str(Path(a.viclip) / "model.safetensors")
-            self.viclip = metrics.load_viclip(a.viclip, _config(a.viclip_config, metrics.VICLIP_PRESETS, metrics.ViCLIPConfig)).to(device)
-            bpe = a.bpe or (Path(a.viclip).parent if Path(a.viclip).is_file() else a.viclip)
-            self.tok = metrics.load_clip_tokenizer(bpe)
-        if a.swin:
-            self.swin = metrics.load_swin3d(a.swin, _config(a.swin_config, metrics.SWIN3D_PRESETS, metrics.Swin3DConfig)).to(device)
-        if a.raft:
-            self.raft = metrics.load_raft(a.raft, _config(a.raft_config, metrics.RAFT_PRESETS, metrics.RAFTConfig)).to(device)
+        if viclip:
+            cfg = _config(viclip_config, metrics.VICLIP_PRESETS, metrics.ViCLIPConfig)
+            self.viclip = metrics.load_viclip(viclip, cfg).to(device)
+            p = Path(viclip)                                           # the BPE merges default to beside the weights
+            self.tok = metrics.load_clip_tokenizer(bpe or (p if p.is_dir() else p.parent if p.is_file() else viclip))
+        if swin:
+            cfg = _config(swin_config, metrics.SWIN3D_PRESETS, metrics.Swin3DConfig)
+            self.swin = metrics.load_swin3d(swin, cfg).to(device)
+        if raft:
+            cfg = _config(raft_config, metrics.RAFT_PRESETS, metrics.RAFTConfig)
+            self.raft = metrics.load_raft(raft, cfg).to(device)
 
     @torch.no_grad()
     def video(self, frames):
@@ -263,7 +263,8 @@ class Networks:
         if self.swin is not None:
             out["m2_action_kl"] = metrics.action_kl(self.action(fg), self.action(gen_fg))
         if self.raft is not None:
-            out["m3_flow_mse"] = metrics.background_flow_mse(bg, gen_bg, gen_mask, flow_fn=lambda x, y: self.raft.flow(x, y).cpu())
+            flow = lambda x, y: self.raft.flow(x, y).cpu()
+            out["m3_flow_mse"] = metrics.background_flow_mse(bg, gen_bg, gen_mask, flow_fn=flow)
         return out
 
 
@@ -271,14 +272,16 @@ class Networks:
 # one record, a whole run
 
 
-def evaluate_record(rec, base, nets, a):
-    gen, fg, bg, mask, geom = load_record(rec, base, a.max_frames, a.max_side)
-    gen_mask = motion_mask(gen)                                   # the same segmenter for every video
+def evaluate_record(rec, base, nets, max_frames=0, max_side=0, toy_threshold=40.0, cp_radius=None):
+    """One results.jsonl record (paths relative to `base`) -> its metrics; nets: a Networks.
+    max_frames / max_side / toy_threshold / cp_radius: as the flags of the same names."""
+    gen, fg, bg, mask, geom = load_record(rec, base, max_frames, max_side)
+    gen_mask = motion_mask(gen)                                   # the Split stage's segmenter, for every video
     out = {"id": rec.get("id"), "result": str(_path(rec["result"], base)), "frames": len(gen),
            "size": list(gen.shape[1:3]), "gen_fg_ratio": float(gen_mask.mean())}
     out.update(nets(gen, fg, bg, gen_mask, rec.get("prompt", "")))
     r = max(1, round(min(gen.shape[1:3]) / 100))
-    outside = ~dilate(torch.as_tensor(mask | gen_mask), r).numpy()
+    outside = ~data.dilate(torch.as_tensor(mask | gen_mask), r).numpy()
     out["wf_bg_psnr"] = metrics.masked_psnr(gen, bg, outside)
     out["wf_bg_ssim"] = metrics.masked_ssim(gen, bg, outside)
     if mask.any() and gen_mask.any():
@@ -288,7 +291,7 @@ def evaluate_record(rec, base, nets, a):
     if nets.raft is None:
         out["wf_m3_flow_mse"] = metrics.background_flow_mse(bg, gen * ~gen_mask[..., None], gen_mask)
     if rec.get("expect"):
-        out.update(toy_metrics(gen, fg, bg, mask, rec["expect"], geom, a.toy_threshold, a.cp_radius))
+        out.update(toy_metrics(gen, fg, bg, mask, rec["expect"], geom, toy_threshold, cp_radius))
     return out
 
 
@@ -320,57 +323,70 @@ def load_run(path):
     raise SystemExit(f"{path}: no metrics.jsonl (run python evaluate.py --results {path} first)")
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--results", help="folder holding results.jsonl (sample.py --triplets ... --out DIR)")
-    ap.add_argument("--compare", nargs="+", metavar="RUN", help="eval or results folders: print their summaries side by side")
-    ap.add_argument("--out", help="report folder (default RESULTS/eval); with --compare, where compare.md goes")
-    ap.add_argument("--name", help="row name of this run in summary.md (default: the results folder's name)")
-    ap.add_argument("--viclip", help="ViCLIP weights (.safetensors / .pth, a folder holding model.safetensors, or a hub id such as OpenGVLab/ViCLIP-L-14-hf) for M1, M4")
-    ap.add_argument("--viclip-config", default="viclip_l14", help="ViCLIP preset name or JSON file of ViCLIPConfig fields")
-    ap.add_argument("--bpe", help="CLIP BPE merges (bpe_simple_vocab_16e6.txt.gz); default: beside --viclip")
-    ap.add_argument("--swin", help="torchvision swin3d_b state dict (swin3d_b_1k-24f7c7c6.pth) or URL, for M2")
-    ap.add_argument("--swin-config", default="swin3d_b", help="Swin3D preset name or JSON file of Swin3DConfig fields")
-    ap.add_argument("--raft", help="torchvision raft_large state dict (raft_large_C_T_SKHT_V2-ff5fadd5.pth) or URL, for M3")
-    ap.add_argument("--raft-config", default="raft_large", help="RAFT preset name or JSON file of RAFTConfig fields")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device for the networks")
-    ap.add_argument("--max-frames", type=int, default=0, help="resample each generated video to at most this many frames (0 = all)")
-    ap.add_argument("--max-side", type=int, default=0, help="downscale so that the longer side is at most this (0 = native)")
-    ap.add_argument("--toy-threshold", type=float, default=40.0, help="toy subject = |gen - input bg| above this (0-255)")
-    ap.add_argument("--cp-radius", type=float, default=None, help="copy-paste radius in pixels (default 5%% of the shorter side, at least 2)")
-    ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N records (0 = all)")
-    a = ap.parse_args(argv)
-    if a.compare:
-        runs = dict(load_run(r) for r in a.compare)
-        text = table(runs)
-        print(text, end="")
-        if a.out:
-            Path(a.out).mkdir(parents=True, exist_ok=True)
-            (Path(a.out) / "compare.md").write_text(text)
-        return runs
-    if not a.results:
-        ap.error("give --results DIR (or --compare RUN ...)")
-    base = Path(a.results)
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap = parser.add_argument
+ap("--results", help="folder holding results.jsonl (sample.py --triplets ... --out DIR)")
+ap("--compare", nargs="+", metavar="RUN", help="eval or results folders: print their summaries side by side")
+ap("--out", help="report folder (default RESULTS/eval); with --compare, where compare.md goes")
+ap("--name", help="row name of this run in summary.md (default: the results folder's name)")
+ap("--viclip", help="ViCLIP weights (.safetensors / .pth, a folder holding model.safetensors, or a hub id such as "
+                    "OpenGVLab/ViCLIP-L-14-hf) for M1, M4")
+ap("--viclip-config", default="viclip_l14", help="ViCLIP preset name or JSON file of ViCLIPConfig fields")
+ap("--bpe", help="CLIP BPE merges (bpe_simple_vocab_16e6.txt.gz); default: beside --viclip")
+ap("--swin", help="torchvision swin3d_b state dict (swin3d_b_1k-24f7c7c6.pth) or URL, for M2")
+ap("--swin-config", default="swin3d_b", help="Swin3D preset name or JSON file of Swin3DConfig fields")
+ap("--raft", help="torchvision raft_large state dict (raft_large_C_T_SKHT_V2-ff5fadd5.pth) or URL, for M3")
+ap("--raft-config", default="raft_large", help="RAFT preset name or JSON file of RAFTConfig fields")
+ap("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device for the networks")
+ap("--max-frames", type=int, default=0, help="resample each generated video to at most this many frames (0 = all)")
+ap("--max-side", type=int, default=0, help="downscale so that the longer side is at most this (0 = native)")
+ap("--toy-threshold", type=float, default=40.0, help="toy subject = |gen - input bg| above this (0-255)")
+ap("--cp-radius", type=float, default=None,
+   help="copy-paste radius in pixels (default 5%% of the shorter side, at least 2)")
+ap("--limit", type=int, default=0, help="evaluate only the first N records (0 = all)")
+
+
+def compare(paths, out=None):
+    """Summaries of several runs side by side (printed; written to <out>/compare.md if out)."""
+    runs = dict(load_run(r) for r in paths)
+    text = table(runs)
+    print(text, end="")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "compare.md").write_text(text)
+    return runs
+
+
+def main(args):
+    if args.compare:
+        return compare(args.compare, args.out)
+    if not args.results:
+        parser.error("give --results DIR (or --compare RUN ...)")
+    base = Path(args.results)
     src = base / "results.jsonl"
     if not src.is_file():
         raise SystemExit(f"{src}: not found (write it with sample.py --triplets FILE --out {base})")
-    recs = [json.loads(l) for l in src.read_text().splitlines() if l.strip()][:a.limit or None]
-    nets = Networks(a, a.device)
-    missing = [n for n, m in (("ViCLIP (M1, M4)", nets.viclip), ("Swin3D (M2)", nets.swin), ("RAFT (M3)", nets.raft)) if m is None]
+    recs = [json.loads(line) for line in src.read_text().splitlines() if line.strip()][:args.limit or None]
+    nets = Networks(args.viclip, args.swin, args.raft, args.viclip_config, args.swin_config, args.raft_config,
+                    args.bpe, args.device)
+    missing = [n for n, m in (("ViCLIP (M1, M4)", nets.viclip), ("Swin3D (M2)", nets.swin), ("RAFT (M3)", nets.raft))
+               if m is None]
     if missing:
         print(f"no weights for {', '.join(missing)}: those metrics are skipped; weight-free measures "
               f"(bg PSNR/SSIM, fg colour histogram{', classical-flow M3' if nets.raft is None else ''}) are reported")
-    rows = [evaluate_record(r, base, nets, a) for r in tqdm(recs, desc=f"evaluate {base}")]
-    out = Path(a.out or base / "eval")
+    rows = [evaluate_record(r, base, nets, args.max_frames, args.max_side, args.toy_threshold, args.cp_radius)
+            for r in tqdm(recs, desc=f"evaluate {base}")]
+    out = Path(args.out or base / "eval")
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = summarise(rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     note = f"\nNo weights for {', '.join(missing)}: \"weight-free\" columns are the fallbacks.\n" if missing else ""
-    (out / "summary.md").write_text(f"# {a.results}\n\n" + table({a.name or base.resolve().name: summary}) + note)
-    print(table({a.name or base.resolve().name: summary}), end="")
+    name = args.name or base.resolve().name
+    (out / "summary.md").write_text(f"# {args.results}\n\n" + table({name: summary}) + note)
+    print(table({name: summary}), end="")
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    main(parser.parse_args())

@@ -10,6 +10,16 @@ weight files so they load with strict=True and no rename table:
 plus the preprocessing and the metric arithmetic of the StM release (evaluation/metrics/*), and
 weight-free fallbacks (a pyramidal Lucas-Kanade flow, masked PSNR / SSIM). evaluate.py uses these.
 
+Sections, in file order:
+    weight files          read_weights: .pth / .safetensors / folder / URL / hub file -> a state dict, loaded
+                          into a meta-device model through weights.py (names and shapes checked, no copy)
+    Swin3D                the M2 network, swin3d_preprocess, load_swin3d
+    RAFT                  the M3 network, load_raft
+    ViCLIP                the M1 / M4 network, viclip_preprocess, load_viclip
+    CLIP BPE tokenizer    CLIPTokenizer, load_clip_tokenizer (ViCLIP's text side)
+    classical flow        the weight-free M3 fallback: pyramidal Lucas-Kanade
+    metric arithmetic     cosine, action_kl, flow_mse, background_flow_mse, masked_psnr, masked_ssim
+
     python -c "import metrics; m = metrics.load_viclip('OpenGVLab/ViCLIP-L-14-hf'); \
         tok = metrics.load_clip_tokenizer('OpenGVLab/ViCLIP-L-14-hf'); \
         print(m.encode_text(tok(['a dog runs'], m.config.context_length)).shape)"   # (1, 768)
@@ -30,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import weights
+from data import LUMA
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -38,19 +49,20 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def read_weights(path_or_id, filename=None):
-    """A state dict from a local .pth / .safetensors, an http(s) URL, or `owner/name` on the hub
-    (then `filename` inside it). A `{'model': sd}` / `{'state_dict': sd}` wrapper is unwrapped."""
+    """A state dict from a local .pth / .safetensors, a folder holding `filename` (or its shards and index),
+    an http(s) URL, or `owner/name` on the hub (then `filename` inside it). safetensors are read by weights.py;
+    a `{'model': sd}` / `{'state_dict': sd}` wrapper (torchvision / InternVid .pth files) is unwrapped."""
     src = str(path_or_id)
     p = Path(src)
     if src.startswith(("http://", "https://")):
         sd = torch.hub.load_state_dict_from_url(src, map_location="cpu", weights_only=True)
+    elif p.is_dir() and filename:
+        sd = weights.read_state_dict(p, filename)
+    elif p.is_file() and p.suffix == ".safetensors":
+        sd = weights.read_state_dict(p.parent, p.name)
     elif p.is_file():
         try:
-            if p.suffix == ".safetensors":
-                from safetensors.torch import load_file
-                sd = load_file(str(p))
-            else:
-                sd = torch.load(str(p), map_location="cpu", weights_only=True)
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
         except Exception as e:
             raise ValueError(f"{p}: not a readable weight file ({type(e).__name__}: {e})") from None
     elif src.count("/") == 1 and not src.startswith((".", "/")) and filename:
@@ -69,8 +81,7 @@ def read_weights(path_or_id, filename=None):
 
 
 def _build_and_load(cls, config, path_or_id, filename=None):
-    with torch.device("meta"):
-        model = cls(config)
+    model = weights.meta_model(cls, config)
     return weights.load_into(model, read_weights(path_or_id, filename), str(path_or_id)).eval()
 
 
@@ -237,7 +248,8 @@ class Swin3D(nn.Module):
         for i, (depth, heads) in enumerate(zip(c.depths, c.num_heads)):
             dim = c.embed_dim * 2 ** i
             layers.append(nn.Sequential(*[
-                SwinBlock3d(dim, heads, c.window_size, [0 if j % 2 == 0 else w // 2 for w in c.window_size], c.mlp_ratio)
+                SwinBlock3d(dim, heads, c.window_size, [0 if j % 2 == 0 else w // 2 for w in c.window_size],
+                            c.mlp_ratio)
                 for j in range(depth)]))
             if i < len(c.depths) - 1:
                 layers.append(PatchMerging(dim))
@@ -323,7 +335,8 @@ class FeatureEncoder(nn.Module):
         super().__init__()
         self.convnormrelu = _conv(3, layers[0], 7, 2, norm)
         for i, stride in enumerate((1, 2, 2), start=1):
-            blocks = [ResidualBlock(layers[i - 1], layers[i], norm, stride), ResidualBlock(layers[i], layers[i], norm, 1)]
+            blocks = [ResidualBlock(layers[i - 1], layers[i], norm, stride),
+                      ResidualBlock(layers[i], layers[i], norm, 1)]
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
         self.conv = nn.Conv2d(layers[3], layers[4], 1)
 
@@ -628,7 +641,8 @@ class CLIPTokenizer:
         merges = [tuple(line.split()) for line in lines if line.strip()]
         self.byte_map = byte_alphabet()
         chars = list(self.byte_map.values())
-        vocab = chars + [ch + "</w>" for ch in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+        vocab = (chars + [ch + "</w>" for ch in chars] + ["".join(m) for m in merges]
+                 + ["<|startoftext|>", "<|endoftext|>"])
         self.encoder = {tok: i for i, tok in enumerate(vocab)}
         self.ranks = {m: i for i, m in enumerate(merges)}
         self.sot, self.eot = self.encoder["<|startoftext|>"], self.encoder["<|endoftext|>"]
@@ -712,7 +726,7 @@ def _warp(img, flow):
 def classical_flow(img1, img2, levels=4, iterations=5, window=9, reg=3e-3):
     """Coarse-to-fine, iteratively warped Lucas-Kanade: per pixel, the displacement that best explains
     the brightness change over a window x window box. Frames as for `RAFT.flow`; -> (B, 2, H, W)."""
-    gray = [(_to_unit(x) * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True) for x in (img1, img2)]
+    gray = [(_to_unit(x) * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True) for x in (img1, img2)]
     pyramid = [gray]
     for _ in range(levels - 1):
         if min(pyramid[-1][0].shape[-2:]) < 2 * window:
@@ -742,7 +756,8 @@ def classical_flow(img1, img2, levels=4, iterations=5, window=9, reg=3e-3):
 
 
 def _median3(x):
-    return F.unfold(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3).view(x.shape[0], x.shape[1], 9, *x.shape[-2:]).median(2).values
+    patches = F.unfold(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3)
+    return patches.view(x.shape[0], x.shape[1], 9, *x.shape[-2:]).median(2).values
 
 
 def _blur(x):
@@ -785,7 +800,8 @@ def background_flow_mse(ref_frames, gen_frames, gen_fg_mask=None, flow_fn=classi
     vals = []
     for t in range(0, n - 1, stride):
         valid = None if gen_fg_mask is None else ~_bool(gen_fg_mask[t])
-        vals.append(flow_mse(flow_fn(ref_frames[t], ref_frames[t + 1]), flow_fn(gen_frames[t], gen_frames[t + 1]), valid))
+        ref, gen = flow_fn(ref_frames[t], ref_frames[t + 1]), flow_fn(gen_frames[t], gen_frames[t + 1])
+        vals.append(flow_mse(ref, gen, valid))
     vals = [v for v in vals if not math.isnan(v)]
     return float(np.mean(vals)) if vals else float("nan")
 

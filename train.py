@@ -5,9 +5,9 @@ latents (48 channels) and learns to rebuild the original clip from its split lay
 Toy world, CPU (the default base model is the toy one shipped in assets/toy-base):
     python data.py toy --out data/toy --clips 2048
     python train.py --data data/toy --out runs/toy
-    python train.py --data data/toy --preset toy-l --cache-latents --cache-dir runs/cache --steps 2800 --warmup 100 \
-        --lr 1e-3 --fg-noise -2.0 --flip-p 0 --crop-scale 0.8 1.25 --threads 2 --workers 1 --out runs/toy-composer-l
-                                                        # the shipped assets/toy-composer (20 min + 2.7 min of cache)
+    python train.py --data data/toy --preset toy-l --cache-latents --cache-dir runs/cache --steps 2800 --warmup 100 \\
+        --lr 1e-3 --fg-noise -2.0 --flip-p 0 --crop-scale 0.8 1.25 --text-drop 0.1 --bg-noise-latent \\
+        --threads 2 --workers 1 --out runs/toy-composer-l   # the shipped assets/toy-composer (20 min + 2.7 min cache)
     torchrun --nproc_per_node=2 train.py --data data/toy --out runs/toy2     # 2 processes, gloo
 Real scale, one node of 8 GPUs (multi-node: add --nnodes=N --rdzv-backend=c10d --rdzv-endpoint=HOST:29500):
     torchrun --nproc_per_node=8 train.py --model THUDM/CogVideoX-5b-I2V --data data/stm \\
@@ -16,10 +16,16 @@ Real scale, one node of 8 GPUs (multi-node: add --nnodes=N --rdzv-backend=c10d -
 Resume: the same command plus --resume (continues from the newest complete checkpoint in --out/ckpt).
 Paper ablations (Table 4): --no-augment, --plain-loss, or both.
 
+Precision: the trainable weights and AdamW's state are fp32 whatever dtype the base checkpoint is stored in
+(5B-I2V is stored in bf16: at lr 5e-6 most bf16 updates would round away). --bf16 computes in bf16: FSDP2's
+MixedPrecisionPolicy (bf16 params in forward/backward, fp32 gradient reduction) under torchrun, torch.autocast
+in one process. The frozen VAE and T5 run in the compute dtype.
+
 Outputs in --out: log.jsonl, ckpt/step_NNNNNNN (distributed checkpoints), val/*.mp4, and at the end
-transformer/ (diffusers format: sample.py --ckpt OUT, or CogVideoXTransformer3DModel.from_pretrained).
+transformer/ (diffusers format, --save-dtype: sample.py --ckpt OUT, or CogVideoXTransformer3DModel.from_pretrained).
 """
 import argparse
+import contextlib
 import functools
 import hashlib
 import json
@@ -27,6 +33,7 @@ import math
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -37,6 +44,7 @@ from tqdm import tqdm
 
 import data
 import diffusion
+import sample
 import weights
 from augment import Augment
 from dit import DiT, DiTConfig, PRESETS
@@ -44,62 +52,77 @@ from text import EmbeddingCache, T5Encoder, Tokenizer
 from vae import VAE
 
 ROOT = Path(__file__).resolve().parent
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+arg = parser.add_argument
+arg("--model", default=str(ROOT / "assets" / "toy-base"),
+    help="base model: folder laid out like THUDM/CogVideoX-5b-I2V, or a hub id")
+arg("--preset", default=None, choices=list(PRESETS),
+    help="train the composer from scratch with this DiT preset instead of widening --model's transformer (toy)")
+arg("--data", required=True, help="layered-clip dataset folder (data.py toy / decompose.py / the StM release's)")
+arg("--out", default="runs/stm", help="output folder: logs, checkpoints, final transformer/")
+arg("--frames", type=int, default=9, help="frames per clip (4k+1; 49 for CogVideoX)")
+arg("--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"), help="frame size (480 720 for CogVideoX)")
+arg("--stride", type=int, default=1, help="frame stride when a clip is longer than --frames")
+arg("--batch", type=int, default=8, help="micro-batch per process")
+arg("--grad-accum", type=int, default=1, help="micro-batches per optimiser step (global batch = batch x accum x world)")
+arg("--steps", type=int, default=1500, help="optimiser steps")
+arg("--lr", type=float, default=1e-3, help="peak learning rate (paper, 5B: 5e-6)")
+arg("--min-lr", type=float, default=0.0, help="learning rate at the end of the cosine")
+arg("--warmup", type=int, default=100, help="linear warm-up steps (paper: 1000)")
+arg("--betas", type=float, nargs=2, default=[0.9, 0.95], help="AdamW betas")
+arg("--eps", type=float, default=1e-8, help="AdamW eps")
+arg("--wd", type=float, default=1e-4, help="AdamW weight decay (matrices only)")
+arg("--clip", type=float, default=1.0, help="gradient norm clip (0: off)")
+arg("--alpha", type=float, default=0.5, help="identity loss: weight of the fg region (Eq. 4)")
+arg("--plain-loss", action="store_true", help="ablation: CogVideoX's plain loss instead of the identity loss")
+arg("--no-augment", action="store_true", help="ablation: no transformation-aware augmentation of the fg")
+arg("--flip-p", type=float, default=0.7, help="augmentation: probability of a horizontal flip of the fg (paper: 0.7)")
+arg("--crop-p", type=float, default=0.7, help="augmentation: probability of re-framing the fg (paper: 0.7)")
+arg("--crop-scale", type=float, nargs=2, default=(0.5, 2.0), metavar=("LO", "HI"),
+    help="augmentation: zoom range of the fg re-framing (paper: 0.5 2.0)")
+arg("--text-drop", type=float, default=0.0,
+    help="probability of an empty prompt (StM release: 0.0; the toy composer: 0.1)")
+arg("--fg-noise", type=float, default=-1.0, help="fg pixel noise: sigma = exp(N(this, 0.5)) (StM: -1.0); -inf: none")
+arg("--bg-noise", type=float, default=-3.0, help="bg pixel noise: sigma = exp(N(this, 0.5)) (StM: -3.0); -inf: none")
+arg("--cache-latents", action="store_true",
+    help="encode the clip latents and prompts once (in --cache-dir); steps then encode only the augmented fg and "
+         "the noised bg (the bg too with --bg-noise-latent or --bg-noise -inf)")
+arg("--bg-noise-latent", action="store_true",
+    help="with --cache-latents: add the bg noise to the cached bg latent instead of encoding noised pixels each "
+         "step (a shortcut, not the release's recipe: see the README's measurement)")
+arg("--cache-dir", default=None, help="where the caches live (default: --out/cache); share it between runs")
+arg("--bf16", action="store_true", help="bf16 compute (fp32 master weights either way); fp32 compute otherwise")
+arg("--ac", action="store_true", help="activation checkpointing per transformer block")
+arg("--save-dtype", choices=list(DTYPES), default=None,
+    help="dtype of the final transformer/ (default: bf16 when widening --model, like the official weights; "
+         "fp32 with --preset)")
+arg("--workers", type=int, default=2, help="threads per rank that decode clips (PyAV releases the GIL)")
+arg("--seed", type=int, default=0,
+    help="seed of init, data order and noise (every draw is a function of seed, step, rank)")
+arg("--log-every", type=int, default=10, help="steps between log lines")
+arg("--ckpt-every", type=int, default=250, help="steps between checkpoints")
+arg("--keep", type=int, default=2, help="checkpoints to keep")
+arg("--val-every", type=int, default=500, help="steps between validation videos (0: never)")
+arg("--val-steps", type=int, default=50, help="sampler steps of validation videos (StM release: 50)")
+arg("--val-sampler", default="dpm", choices=["ddim", "dpm"], help="sampler of validation videos (StM release: dpm)")
+arg("--val-guidance", type=float, default=6.0, help="text guidance of validation videos (StM release: 6.0)")
+arg("--resume", action="store_true", help="continue from the newest complete checkpoint in --out/ckpt")
+arg("--stop-at", type=int, default=0, help="checkpoint and exit after this step (a job time limit); --resume continues")
+arg("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
+
 
 # ---------------------------------------------------------------------------------------------
-# CLI arguments
-ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-ap.add_argument("--model", default=str(ROOT / "assets" / "toy-base"), help="base model: folder laid out like THUDM/CogVideoX-5b-I2V, or a hub id")
-ap.add_argument("--preset", default=None, choices=list(PRESETS), help="train the composer from scratch with this DiT preset instead of widening --model's transformer (toy)")
-ap.add_argument("--data", required=True, help="layered-clip dataset folder (data.py toy / decompose.py)")
-ap.add_argument("--out", default="runs/stm", help="output folder: logs, checkpoints, final transformer/")
-ap.add_argument("--frames", type=int, default=9, help="frames per clip (4k+1; 49 for CogVideoX)")
-ap.add_argument("--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"), help="frame size (480 720 for CogVideoX)")
-ap.add_argument("--stride", type=int, default=1, help="frame stride when a clip is longer than --frames")
-ap.add_argument("--batch", type=int, default=8, help="micro-batch per process")
-ap.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step (global batch = batch x accum x world)")
-ap.add_argument("--steps", type=int, default=1500, help="optimiser steps")
-ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (paper, 5B: 5e-6)")
-ap.add_argument("--min-lr", type=float, default=0.0, help="learning rate at the end of the cosine")
-ap.add_argument("--warmup", type=int, default=100, help="linear warm-up steps (paper: 1000)")
-ap.add_argument("--betas", type=float, nargs=2, default=[0.9, 0.95], help="AdamW betas")
-ap.add_argument("--eps", type=float, default=1e-8, help="AdamW eps")
-ap.add_argument("--wd", type=float, default=1e-4, help="AdamW weight decay (matrices only)")
-ap.add_argument("--clip", type=float, default=1.0, help="gradient norm clip (0: off)")
-ap.add_argument("--alpha", type=float, default=0.5, help="identity loss: weight of the fg region (Eq. 4)")
-ap.add_argument("--plain-loss", action="store_true", help="ablation: CogVideoX's plain loss instead of the identity loss")
-ap.add_argument("--no-augment", action="store_true", help="ablation: no transformation-aware augmentation of the fg")
-ap.add_argument("--flip-p", type=float, default=0.7, help="augmentation: probability of a horizontal flip of the fg (paper: 0.7)")
-ap.add_argument("--crop-p", type=float, default=0.7, help="augmentation: probability of re-framing the fg (paper: 0.7)")
-ap.add_argument("--crop-scale", type=float, nargs=2, default=(0.5, 2.0), metavar=("LO", "HI"), help="augmentation: zoom range of the fg re-framing (paper: 0.5 2.0)")
-ap.add_argument("--text-drop", type=float, default=0.1, help="probability of an empty prompt (for classifier-free guidance)")
-ap.add_argument("--fg-noise", type=float, default=-1.0, help="fg pixel noise: sigma = exp(N(this, 0.5)) (StM: -1.0); -inf: none")
-ap.add_argument("--bg-noise", type=float, default=-3.0, help="bg pixel noise: sigma = exp(N(this, 0.5)) (StM: -3.0); -inf: none")
-ap.add_argument("--cache-latents", action="store_true", help="encode video/bg latents and prompts once (in --out/cache) so steps run the VAE only on the augmented fg")
-ap.add_argument("--cache-dir", default=None, help="where the caches live (default: --out/cache); share it between runs on the same data and base model")
-ap.add_argument("--bf16", action="store_true", help="bf16 compute (FSDP2 mixed precision: bf16 params, fp32 reduce); fp32 otherwise")
-ap.add_argument("--ac", action="store_true", help="activation checkpointing per transformer block")
-ap.add_argument("--workers", type=int, default=2, help="threads per rank that decode clips (PyAV releases the GIL)")
-ap.add_argument("--seed", type=int, default=0, help="seed of init, data order and noise (every draw is a function of seed, step, rank)")
-ap.add_argument("--log-every", type=int, default=10, help="steps between log lines")
-ap.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints")
-ap.add_argument("--keep", type=int, default=2, help="checkpoints to keep")
-ap.add_argument("--val-every", type=int, default=500, help="steps between validation videos (0: never)")
-ap.add_argument("--val-steps", type=int, default=25, help="sampler steps for validation videos")
-ap.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out/ckpt")
-ap.add_argument("--stop-at", type=int, default=0, help="checkpoint and exit after this step (a job time limit); --resume continues")
-ap.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
+# Schedules and seeded draws
 
 
-# ---------------------------------------------------------------------------------------------
-# helpers
-
-
-def lr_at(step, a):
-    """Linear warm-up to --lr, then cosine down to --min-lr at --steps."""
-    if step < a.warmup:
-        return a.lr * (step + 1) / a.warmup
-    p = min(1.0, (step - a.warmup) / max(1, a.steps - a.warmup))
-    return a.min_lr + 0.5 * (a.lr - a.min_lr) * (1 + math.cos(math.pi * p))
+def lr_at(step, lr, warmup, steps, min_lr=0.0):
+    """Linear warm-up to lr, then cosine down to min_lr at `steps`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * p))
 
 
 def gen(*key):
@@ -113,20 +136,11 @@ def epoch_order(n, seed, epoch):
     return torch.randperm(n, generator=gen(seed, "epoch", epoch)).tolist()
 
 
-def batch_indices(n, step, micro, rank, world, a):
-    """Sample ids of one micro-batch: epochs are seeded permutations, consumed in global order."""
-    per_step = a.batch * a.grad_accum * world
-    first = step * per_step + (micro * world + rank) * a.batch
-    out = []
-    for k in range(first, first + a.batch):
-        epoch, pos = divmod(k, n)
-        out.append(epoch_order(n, a.seed, epoch)[pos])
-    return out
-
-
-def complete_checkpoints(out):
-    d = Path(out) / "ckpt"
-    return sorted(p for p in d.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")) if d.exists() else []
+def batch_indices(n, step, micro, rank, world, batch, grad_accum, seed):
+    """Sample ids of one micro-batch: epochs are seeded permutations, consumed in global order, so the
+    ranks and micro-steps of one optimiser step read disjoint slices of it."""
+    first = step * batch * grad_accum * world + (micro * world + rank) * batch
+    return [epoch_order(n, seed, k // n)[k % n] for k in range(first, first + batch)]
 
 
 def noisy(x, mean, g):
@@ -138,22 +152,197 @@ def noisy(x, mean, g):
 
 
 # ---------------------------------------------------------------------------------------------
+# Processes, models, data
 
 
-def main(a):
-    # --- processes and devices ------------------------------------------------------------------
+def setup_processes(threads):
+    """-> (rank, world, device, distributed). torchrun sets RANK; a plain `python train.py` is one process."""
     distributed = "RANK" in os.environ
     cuda = torch.cuda.is_available()
     if distributed:
         dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    if threads:
+        torch.set_num_threads(threads)
+    return rank, world, device, distributed
+
+
+def build_composer(model_path, preset, seed, ac, shard, bf16):
+    """The 48-channel composer with fp32 master weights: a preset from scratch, or --model's transformer widened
+    (whatever dtype it is stored in). shard: FSDP2 on every block then the root, bf16 compute if asked."""
+    torch.manual_seed(seed)                                                 # same init on every rank
+    if preset:
+        model = DiT(PRESETS[preset])
+    else:
+        model = DiT.from_pretrained(model_path, in_channels=48, dtype=torch.float32)  # [noisy | fg | bg]
+    if model.config.in_channels != 48:
+        raise SystemExit(f"the composer needs in_channels=48, got {model.config.in_channels}")
+    model.set_activation_checkpointing(ac)
+    if shard:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
+        for block in model.transformer_blocks:
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+    return model
+
+
+def make_optimizer(model, lr, betas, eps, wd):
+    """AdamW with weight decay on matrices only; its state follows the (fp32) parameters."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=tuple(betas), eps=eps, foreach=True)
+
+
+def collate(items):
+    return {k: (torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items])
+            for k in items[0]}
+
+
+def latent_cache_dir(cache_root, items, vae, frames, H, W, stride):
+    """One folder per (clips, VAE weights, clip shape): another VAE, or a clip list or clip file that changed
+    since, never reads stale latents. Clip files are keyed by path, size and modification time (not read)."""
+    key = hashlib.sha256()
+    for it in items:
+        for k in ("caption", "video", "bg"):
+            st = Path(it[k]).stat() if k != "caption" else None
+            key.update(repr((it[k], st and (st.st_size, st.st_mtime_ns))).encode())
+    for p in vae.state_dict().values():                                    # every weight, all of it
+        key.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return Path(cache_root) / f"latents_{frames}x{H}x{W}_s{stride}_{key.hexdigest()[:12]}"
+
+
+@torch.no_grad()
+def cache_latents(ds, vae, texts, cache, rank, world, device, dtype, show):
+    """Encode every clip and its bg once (mean and logvar; this rank's share, resumable) and every caption."""
+    cache.mkdir(parents=True, exist_ok=True)
+    mine = [i for i in range(len(ds)) if i % world == rank and not (cache / f"{i:07d}.safetensors").exists()]
+    for i in tqdm(mine, desc="caching latents", disable=not show):
+        it = ds[i]
+        mv, lv = vae.encode(it["video"][None].to(device, dtype))
+        mb, lb = vae.encode(it["bg"][None].to(device, dtype))
+        texts([it["caption"]])
+        weights.save_state_dict({"video_mean": mv[0], "video_logvar": lv[0], "bg_mean": mb[0], "bg_logvar": lb[0]},
+                                cache, f"{i:07d}.safetensors")
+
+
+class Conditioner:
+    """A batch of clips -> the training inputs: x0 (the clip's latent, a posterior sample), the fg latent of the
+    augmented, noised fg layer times its latent mask, the bg latent of the noised bg layer, the text embedding
+    (empty with probability text_drop) and the un-augmented latent mask for the identity loss. The same layout
+    as sample.compose: [noisy | fg * mask | bg], latents times the VAE's scaling factor."""
+
+    def __init__(self, vae, texts, augment, fg_noise, bg_noise, text_drop, cache=None, bg_noise_latent=False):
+        self.vae, self.texts, self.augment, self.cache = vae, texts, augment, cache
+        self.fg_noise, self.bg_noise, self.text_drop = fg_noise, bg_noise, text_drop
+        self.bg_noise_latent = bg_noise_latent
+        self.scale = vae.config.scaling_factor
+        p = next(vae.parameters())
+        self.device, self.dtype = p.device, p.dtype
+
+    def cached_bg(self):
+        """Whether the bg latent comes from the cache (no pixel noise to add, or the latent-space shortcut)."""
+        return self.cache is not None and (self.bg_noise == float("-inf") or self.bg_noise_latent)
+
+    def encode(self, x, g):
+        return self.vae.sample_latent(x.to(self.device, self.dtype), generator=g) * self.scale
+
+    def lmask(self, m):
+        return diffusion.latent_mask(m, self.vae.time, self.vae.space).to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, b, idx, g):
+        if self.cache is not None:
+            c = [weights.read_state_dict(self.cache, f"{i:07d}.safetensors") for i in idx]
+            pick = lambda k: torch.stack([x[k] for x in c]).to(self.device, self.dtype)
+            mean = pick("video_mean")
+            eps = torch.randn(mean.shape, generator=g).to(mean)
+            x0 = (mean + (0.5 * pick("video_logvar")).exp() * eps) * self.scale       # a fresh posterior sample
+        else:
+            x0 = self.encode(b["video"], g)                                     # (B, 16, T', H', W')
+        if self.cached_bg():
+            bg = noisy(pick("bg_mean") * self.scale, self.bg_noise, g)         # pixel noise, approximated in latents
+        else:
+            bg = self.encode(noisy(b["bg"], self.bg_noise, g), g)               # the release: noise, then encode
+        fgs, masks = zip(*[self.augment(b["fg"][i], b["mask"][i], g) for i in range(len(idx))])
+        fg_aug, m_aug = torch.stack(fgs), torch.stack(masks)
+        fg = self.encode(noisy(fg_aug, self.fg_noise, g), g) * self.lmask(m_aug).to(self.dtype)
+        caps = ["" if torch.rand((), generator=g).item() < self.text_drop else c for c in b["caption"]]
+        return x0, fg, bg, self.texts(caps), self.lmask(b["mask"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: torch.distributed.checkpoint folders, written as step_N.tmp and renamed when complete
+
+
+def complete_checkpoints(out):
+    d = Path(out) / "ckpt"
+    return sorted(p for p in d.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")) if d.exists() else []
+
+
+def save_checkpoint(model, opt, out, step, keep, master, barrier):
+    final = Path(out) / "ckpt" / f"step_{step:07d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if master and tmp.exists():
+        shutil.rmtree(tmp)
+    barrier()
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
+    barrier()
+    if master:                                          # rename last: a crash mid-save leaves only a .tmp
+        weights.atomic_write_text(tmp / "step.json", json.dumps({"step": step}))
+        if final.exists():                              # the same step again, after a resume from an older one
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in complete_checkpoints(out)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+
+
+def load_checkpoint(model, opt, ck):
+    """Fill model and optimiser (sharded or not) from a checkpoint folder -> its step."""
+    msd, osd = get_state_dict(model, opt)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(ck))
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return json.loads((Path(ck) / "step.json").read_text())["step"]
+
+
+def export(model, opt, folder, dtype, master):
+    """The consolidated composer in the diffusers format, in `dtype` (gathered from the shards on rank 0)."""
+    full, _ = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if master:
+        model.save_pretrained(folder, max_shard_bytes=5 * 2**30, state_dict={k: v.to(dtype) for k, v in full.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def validate(model, vae, texts, ds, out, step, a, device, dtype, autocast, master):
+    """Compose held-out pairs (fg of clip i, bg of clip i+1) with sample.py's compose and the recipe's sampler
+    settings, and write fg | bg | result videos."""
+    idx = [0, 1][:len(ds)]
+    b = collate([ds[i] for i in idx])
+    bg = b["bg"].roll(1, 0)
+    model.eval()
+    with autocast():
+        video = sample.compose(model, vae, texts, b["fg"], bg, b["mask"], b["caption"], steps=a.val_steps,
+                               sampler=a.val_sampler, guidance=a.val_guidance, seed=a.seed, device=device, dtype=dtype)
+    model.train()
+    if master:
+        for j in range(len(idx)):
+            grid = torch.cat([b["fg"][j], bg[j], video[j]], -1)
+            data.write_video(Path(out) / "val" / f"step{step:07d}_{j}.mp4", data.to_uint8(grid), fps=8)
+
+
+def main(a):
+    rank, world, device, distributed = setup_processes(a.threads)
     master = rank == 0
     say = (lambda *s: print(*s, flush=True)) if master else (lambda *s: None)
     barrier = dist.barrier if distributed else (lambda: None)
@@ -162,172 +351,73 @@ def main(a):
         (out / "ckpt").mkdir(parents=True, exist_ok=True)
         weights.atomic_write_text(out / "args.json", json.dumps(vars(a), indent=2))
     cdtype = torch.bfloat16 if a.bf16 else torch.float32
+    # one process: autocast to bf16 over fp32 weights; FSDP2 casts the parameters itself
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.bf16 and not distributed)
 
-    # --- data -----------------------------------------------------------------------------------
+    # --- data, frozen VAE and text encoder --------------------------------------------------------
     H, W = a.size
     if (a.frames - 1) % 4 or H % 16 or W % 16:
         raise SystemExit(f"--frames {a.frames} --size {H} {W}: need 4k+1 frames and sizes that are multiples of 16")
-    ds = data.LayeredClips(a.data, frames=a.frames, size=(H, W), stride=a.stride)
-    if len(ds) == 0:
-        raise SystemExit(f"--data {a.data}: the dataset is empty")
-    ds_full = ds                                                            # validation needs every layer
-
-    # --- frozen VAE and text encoder ------------------------------------------------------------
+    ds_full = data.LayeredClips(a.data, frames=a.frames, size=(H, W), stride=a.stride)
+    if len(ds_full) == 0:
+        raise SystemExit(f"--data {a.data}: the dataset is empty (or no clip passes its metadata.csv filter)")
+    ds_val = data.LayeredClips(a.data, frames=a.frames, size=(H, W), stride=a.stride, split="val")
+    ds_val = ds_val if len(ds_val) else ds_full                             # the release's DAVIS clips, if any
     vae = VAE.from_pretrained(a.model, dtype=cdtype, device=device).requires_grad_(False)
-    scale = vae.config.scaling_factor
-    lmask = lambda m: diffusion.latent_mask(m, vae.time, vae.space)       # pixel mask -> latent grid
-    max_len = (PRESETS[a.preset] if a.preset else weights.read_config(weights.resolve(a.model, "transformer"), DiTConfig)).max_text_seq_length
-    tok, t5 = Tokenizer.from_pretrained(a.model, max_length=max_len), T5Encoder.from_pretrained(a.model, dtype=cdtype, device=device)
+    cfg = PRESETS[a.preset] if a.preset else weights.read_config(weights.resolve(a.model, "transformer"), DiTConfig)
+    tok = Tokenizer.from_pretrained(a.model, max_length=cfg.max_text_seq_length)
+    t5 = T5Encoder.from_pretrained(a.model, dtype=cdtype, device=device).requires_grad_(False)
     cache_root = Path(a.cache_dir) if a.cache_dir else out / "cache"
-    texts = EmbeddingCache(cache_root / "text", tok, t5.requires_grad_(False), device=device, dtype=cdtype)
-    texts([""])                                                             # cache the empty prompt (text dropout) while T5 is here
-
-    # --- optional latent cache: the original clip and the bg, encoded once (mean and logvar) ---
-    key = hashlib.sha256(str(Path(a.data).resolve()).encode())              # which data, which VAE:
-    for p in vae.parameters():                                              # another never reads stale latents
-        key.update(p.detach().float().cpu().numpy().tobytes()[:256])
-    cache = cache_root / f"latents_{a.frames}x{H}x{W}_s{a.stride}_{key.hexdigest()[:12]}"
+    texts = EmbeddingCache(cache_root / "text", tok, t5, device=device, dtype=cdtype)
+    texts([""])                                                             # the empty prompt (dropout, CFG)
+    cache, ds = None, ds_full
     if a.cache_latents:
-        cache.mkdir(parents=True, exist_ok=True)
-        mine = [i for i in range(len(ds)) if i % world == rank and not (cache / f"{i:07d}.safetensors").exists()]
-        for i in tqdm(mine, desc="caching latents", disable=not master):
-            it = ds[i]
-            with torch.no_grad():
-                mv, lv = vae.encode(it["video"][None].to(device, cdtype))
-                mb, lb = vae.encode(it["bg"][None].to(device, cdtype))
-            texts([it["caption"]])
-            weights.save_state_dict({"video_mean": mv[0], "video_logvar": lv[0], "bg_mean": mb[0], "bg_logvar": lb[0]},
-                                    cache, f"{i:07d}.safetensors")
+        cache = latent_cache_dir(cache_root, ds_full.items, vae, a.frames, H, W, a.stride)
+        cache_latents(ds_full, vae, texts, cache, rank, world, device, cdtype, master)
         barrier()
         t5.to("cpu")                                                        # every caption is cached now
-        ds = data.LayeredClips(a.data, frames=a.frames, size=(H, W), stride=a.stride, skip=("video", "bg"))
+    augment = (Augment(flip_p=0, crop_p=0, jitter_p=0) if a.no_augment
+               else Augment(flip_p=a.flip_p, crop_p=a.crop_p, crop_scale=tuple(a.crop_scale)))
+    cond = Conditioner(vae, texts, augment, a.fg_noise, a.bg_noise, a.text_drop, cache, a.bg_noise_latent)
+    if cache is not None:                                                   # only decode what the step still encodes
+        skip = ("video", "bg") if cond.cached_bg() else ("video",)
+        ds = data.LayeredClips(a.data, frames=a.frames, size=(H, W), stride=a.stride, skip=skip)
 
-    # --- the composer ---------------------------------------------------------------------------
-    torch.manual_seed(a.seed)                                               # same init on every rank
-    if a.preset:
-        model = DiT(PRESETS[a.preset])
-    else:
-        model = DiT.from_pretrained(a.model, in_channels=48)                # widened I2V: [noisy | fg | bg]
-    if model.config.in_channels != 48:
-        raise SystemExit(f"the composer needs in_channels=48, got {model.config.in_channels}")
-    model.set_activation_checkpointing(a.ac)
-    if distributed:                                                         # FSDP2: each block, then the root
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if a.bf16 else MixedPrecisionPolicy()
-        for block in model.transformer_blocks:
-            fully_shard(block, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
-    model.to(device)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=a.lr, betas=tuple(a.betas), eps=a.eps, foreach=True)
+    # --- the composer, its optimiser, resume ------------------------------------------------------
+    model = build_composer(a.model, a.preset, a.seed, a.ac, distributed, a.bf16).to(device)
+    opt = make_optimizer(model, a.lr, a.betas, a.eps, a.wd)
     n_params = sum(p.numel() for p in model.parameters())                  # DTensor numel is the global size
-    say(f"composer: {n_params / 1e6:.2f}M params, world {world}, {cdtype}, AC {a.ac}, data {len(ds)} clips")
-
-    # --- resume ---------------------------------------------------------------------------------
+    say(f"composer: {n_params / 1e6:.2f}M params (fp32 masters), world {world}, compute {cdtype}, AC {a.ac}, "
+        f"data {len(ds)} clips")
     step = 0
     if a.resume and complete_checkpoints(out):
         ck = complete_checkpoints(out)[-1]
-        msd, osd = get_state_dict(model, opt)
-        state = {"model": msd, "optim": osd}
-        dcp.load(state, checkpoint_id=str(ck))
-        set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
-        step = json.loads((ck / "step.json").read_text())["step"]
+        step = load_checkpoint(model, opt, ck)
         say(f"resumed from {ck} at step {step}")
 
-    def save_checkpoint(step):
-        final = out / "ckpt" / f"step_{step:07d}"
-        tmp = final.with_name(final.name + ".tmp")
-        if master and tmp.exists():
-            shutil.rmtree(tmp)
-        barrier()
-        msd, osd = get_state_dict(model, opt)
-        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
-        barrier()
-        if master:                                      # rename last: a crash mid-save leaves only a .tmp
-            weights.atomic_write_text(tmp / "step.json", json.dumps({"step": step}))
-            os.replace(tmp, final)
-            for old in complete_checkpoints(out)[:-a.keep]:
-                shutil.rmtree(old, ignore_errors=True)
-        barrier()
-
+    # --- the training loop --------------------------------------------------------------------------
     sched = diffusion.Schedule()
-    augment = Augment(flip_p=0, crop_p=0, jitter_p=0) if a.no_augment else Augment(flip_p=a.flip_p, crop_p=a.crop_p, crop_scale=tuple(a.crop_scale))
-
-    def load(idx, dset=None):
-        items = list(pool.map((dset or ds).__getitem__, idx))
-        return {k: (torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items])
-                for k in items[0]}
-
-    from concurrent.futures import ThreadPoolExecutor
     pool = ThreadPoolExecutor(max(1, a.workers))                            # decoding releases the GIL
-
-    def condition(b, idx, step, micro):
-        """-> x0, the 48-channel conditioning parts (fg, bg latents), text, un-augmented latent mask."""
-        g = gen(a.seed, step, rank, micro)
-        B = len(idx)
-        with torch.no_grad():
-            if a.cache_latents:
-                c = [weights.read_state_dict(cache, f"{i:07d}.safetensors") for i in idx]
-                pick = lambda k: torch.stack([x[k] for x in c]).to(device, cdtype)
-                mean = pick("video_mean")
-                x0 = (mean + (0.5 * pick("video_logvar")).exp() * torch.randn(mean.shape, generator=g).to(mean)) * scale
-                bg = pick("bg_mean") * scale
-                if a.bg_noise != float("-inf"):                             # pixel noise, approximated in latent space
-                    bg = noisy(bg, a.bg_noise, g)
-            else:
-                x0 = vae_sample(b["video"], g)
-                bg = vae_sample(noisy(b["bg"], a.bg_noise, g), g)
-            fgs, masks = zip(*[augment(b["fg"][i], b["mask"][i], g) for i in range(B)])
-            fg_aug, m_aug = torch.stack(fgs), torch.stack(masks)
-            fg = vae_sample(noisy(fg_aug, a.fg_noise, g), g) * lmask(m_aug).to(device, cdtype)
-            caps = ["" if torch.rand((), generator=g).item() < a.text_drop else c for c in b["caption"]]
-            text = texts(caps)
-        return x0, fg, bg, text, lmask(b["mask"]).to(device), g
-
-    def vae_sample(x, g):
-        return vae.sample_latent(x.to(device, cdtype), generator=g) * scale
-
-    @torch.no_grad()
-    def validate(step):
-        """Compose held-out pairs (fg of clip i, bg of clip i+1) and write fg | bg | result videos."""
-        idx = [0, 1] if len(ds) > 1 else [0]
-        b = load(idx, ds_full)
-        fg = vae_sample(b["fg"], gen(a.seed, "val")) * lmask(b["mask"]).to(device, cdtype)
-        bg = vae_sample(b["bg"].roll(1, 0), gen(a.seed, "val"))
-        text = texts(b["caption"])
-        model.eval()
-        v_fn = lambda x, t, i: model(torch.cat([x, fg, bg], 1).to(cdtype), text, t).float()
-        z = sched.sample(v_fn, torch.randn(fg.shape, generator=gen(a.seed, "val-noise")).to(device),
-                         steps=a.val_steps, progress=False)
-        model.train()
-        video = vae.decode((z / scale).to(cdtype)).float()
-        if master:
-            for j in range(len(idx)):
-                grid = torch.cat([b["fg"][j], b["bg"].roll(1, 0)[j], video[j].cpu()], -1)
-                data.write_video(out / "val" / f"step{step:07d}_{j}.mp4", data.to_uint8(grid), fps=8)
-
-    # --- the training loop ----------------------------------------------------------------------
     model.train()
     log = open(out / "log.jsonl", "a") if master else None
     t_last, losses = time.time(), []
     bar = tqdm(total=a.steps, initial=step, desc="train", disable=not master, dynamic_ncols=True)
     while step < a.steps:
-        lr = lr_at(step, a)
+        lr = lr_at(step, a.lr, a.warmup, a.steps, a.min_lr)
         for group in opt.param_groups:
             group["lr"] = lr
         stats = torch.zeros(3, device=device)
         for micro in range(a.grad_accum):
-            idx = batch_indices(len(ds), step, micro, rank, world, a)
-            b = load(idx)
-            x0, fg, bg, text, mask_lat, g = condition(b, idx, step, micro)
+            idx = batch_indices(len(ds), step, micro, rank, world, a.batch, a.grad_accum, a.seed)
+            b = collate(list(pool.map(ds.__getitem__, idx)))
+            g = gen(a.seed, step, rank, micro)
+            x0, fg, bg, text, mask_lat = cond(b, idx, g)                    # x0, fg, bg (B, 16, T', H', W')
             t = sched.sample_t(len(idx), generator=g).to(device)
             noise = torch.randn(x0.shape, generator=g).to(x0)
             xt = sched.add_noise(x0, noise, t)
             if distributed:
                 model.set_requires_gradient_sync(micro == a.grad_accum - 1)   # reduce-scatter once per step
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.bf16 and not distributed):
+            with autocast():
                 v = model(torch.cat([xt, fg, bg], 1), text, t)               # (B, 16, T', H', W')
             x0_hat = sched.x0_from_v(xt.float(), v.float(), t)
             w = sched.loss_weight(t).to(device)
@@ -343,8 +433,9 @@ def main(a):
             dist.all_reduce(stats, op=dist.ReduceOp.AVG)
         gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
         if not torch.isfinite(stats).all() or not torch.isfinite(gnorm):
+            good = complete_checkpoints(out)
             say(f"step {step}: loss {stats.tolist()} / grad norm {gnorm.item()} is not finite; stopping. "
-                f"The last good checkpoint is {complete_checkpoints(out)[-1] if complete_checkpoints(out) else 'none'}.")
+                f"The last good checkpoint is {good[-1] if good else 'none'}.")
             raise SystemExit(1)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -352,12 +443,11 @@ def main(a):
         bar.update(1)
         losses.append(stats[0].item())
         if step % a.log_every == 0 or step == a.steps:
-            dt = (time.time() - t_last) / a.log_every
-            t_last = time.time()
+            dt, t_last = (time.time() - t_last) / a.log_every, time.time()
             rec = {"step": step, "loss": stats[0].item(), "loss_fg": stats[1].item(), "loss_bg": stats[2].item(),
                    "lr": lr, "grad_norm": gnorm.item(), "s_per_step": dt,
                    "samples_per_s": a.batch * a.grad_accum * world / dt}
-            if cuda:
+            if device.type == "cuda":
                 rec["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
                 tokens = x0.shape[2] * x0.shape[3] * x0.shape[4] // 4 + text.shape[1]
                 flops = 6 * n_params * tokens * a.batch * a.grad_accum * world     # matmul FLOPs, fwd + bwd
@@ -368,28 +458,22 @@ def main(a):
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
         if step % a.ckpt_every == 0 or step == a.steps or step == a.stop_at:
-            save_checkpoint(step)
+            save_checkpoint(model, opt, out, step, a.keep, master, barrier)
         if a.val_every and (step % a.val_every == 0 or step == a.steps):
-            validate(step)
+            validate(model, vae, texts, ds_val, out, step, a, device, cdtype, autocast, master)
         if step == a.stop_at:
             say(f"stopping at step {step} as asked (--stop-at); continue with --resume")
             break
     bar.close()
-    if step < a.steps:
-        if distributed:
-            dist.destroy_process_group()
-        return
-
-    # --- the consolidated composer, in the diffusers format ------------------------------------
-    full, _ = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if master:
-        weights.save_state_dict(full, out / "transformer", "diffusion_pytorch_model.safetensors", 5 * 2**30)
-        weights.write_config(out / "transformer", model.config, extra={"_class_name": "CogVideoXTransformer3DModel"})
-        say(f"done: {step} steps, final loss {losses[-1] if losses else float('nan'):.4f}; composer in {out / 'transformer'}")
+    if step == a.steps:
+        save_dtype = DTYPES[a.save_dtype or ("fp32" if a.preset else "bf16")]
+        export(model, opt, out / "transformer", save_dtype, master)
+        say(f"done: {step} steps, final loss {losses[-1] if losses else float('nan'):.4f}; "
+            f"composer in {out / 'transformer'} ({save_dtype})")
     barrier()
     if distributed:
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(ap.parse_args())
+    main(parser.parse_args())

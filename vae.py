@@ -37,7 +37,8 @@ import weights
 class VAEConfig:
     in_channels: int = 3                 # RGB in
     out_channels: int = 3                # RGB out
-    down_block_types: tuple = ("CogVideoXDownBlock3D",) * 4  # the only block type there is; kept so config.json round-trips
+    # the only block type there is; kept so config.json round-trips
+    down_block_types: tuple = ("CogVideoXDownBlock3D",) * 4
     up_block_types: tuple = ("CogVideoXUpBlock3D",) * 4
     block_out_channels: tuple = (128, 256, 256, 512)  # channels per level; space shrinks by 2**(levels-1)
     latent_channels: int = 16            # z channels (the encoder outputs twice that: mean and logvar)
@@ -83,10 +84,12 @@ class Frames:
     first: bool       # this chunk starts at frame 0 of the clip
 
     def halved(self):
-        return Frames([1 + (n - 1) // 2 if self.first and i == 0 else n // 2 for i, n in enumerate(self.sizes)], self.first)
+        sizes = [1 + (n - 1) // 2 if self.first and i == 0 else n // 2 for i, n in enumerate(self.sizes)]
+        return Frames(sizes, self.first)
 
     def doubled(self):
-        return Frames([1 + 2 * (n - 1) if self.first and i == 0 else 2 * n for i, n in enumerate(self.sizes)], self.first)
+        sizes = [1 + 2 * (n - 1) if self.first and i == 0 else 2 * n for i, n in enumerate(self.sizes)]
+        return Frames(sizes, self.first)
 
 
 def silu(x):
@@ -163,7 +166,8 @@ class ResnetBlock(nn.Module):
 
     def __init__(self, cin, cout, groups, eps, zq_channels=None):
         super().__init__()
-        norm = (lambda c: GroupNorm(groups, c, eps=eps)) if zq_channels is None else (lambda c: SpatialNorm(c, zq_channels, groups))
+        norm = (lambda c: GroupNorm(groups, c, eps=eps)) if zq_channels is None else \
+            (lambda c: SpatialNorm(c, zq_channels, groups))
         self.norm1, self.conv1 = norm(cin), CausalConv3d(cin, cout, 3)
         self.norm2, self.conv2 = norm(cout), CausalConv3d(cout, cout, 3)
         self.conv_shortcut = nn.Conv3d(cin, cout, 1) if cin != cout else None
@@ -181,6 +185,12 @@ def conv2d_per_frame(conv, x, **kw):
     return F.conv3d(x, conv.weight.unsqueeze(2), conv.bias, stride=(1, *conv.stride), **kw)
 
 
+def pool_pairs(x):
+    """Average consecutive frame pairs of (B, C, T, H, W). In fp32 where x is bf16: CPU has no bf16 avg_pool3d,
+    and the mean of two bf16 values rounded once is what a GPU kernel returns too."""
+    return F.avg_pool3d(x.float(), (2, 1, 1)).to(x.dtype)
+
+
 class Downsample(nn.Module):
     """Halve H, W with a stride-2 conv; with compress_time also average frame pairs (frame 0 kept alone)."""
 
@@ -192,9 +202,9 @@ class Downsample(nn.Module):
     def forward(self, x, fr):                                           # (B, C, T, H, W)
         if self.compress_time:
             if fr.first and x.shape[2] > 1:
-                x = torch.cat([x[:, :, :1], F.avg_pool3d(x[:, :, 1:], (2, 1, 1))], dim=2)
+                x = torch.cat([x[:, :, :1], pool_pairs(x[:, :, 1:])], dim=2)
             elif not fr.first:
-                x = F.avg_pool3d(x, (2, 1, 1))                          # (B, C, T/2, H, W)
+                x = pool_pairs(x)                                       # (B, C, T/2, H, W)
             fr = fr.halved()
         x = F.pad(x, (0, 1, 0, 1))  # pad right/bottom only, as the original (a 3x3 stride-2 conv, no symmetric padding)
         return conv2d_per_frame(self.conv, x), fr                       # (B, C, T', H/2, W/2)
@@ -247,7 +257,8 @@ class MidBlock(nn.Module):
 class UpBlock(nn.Module):
     def __init__(self, cin, cout, n, groups, zq_channels, upsample, compress_time):
         super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock(cin if i == 0 else cout, cout, groups, 1e-6, zq_channels) for i in range(n)])
+        self.resnets = nn.ModuleList([ResnetBlock(cin if i == 0 else cout, cout, groups, 1e-6, zq_channels)
+                                      for i in range(n)])
         self.upsamplers = nn.ModuleList([Upsample(cout, compress_time)]) if upsample else None
 
     def forward(self, x, fr, zq):
@@ -334,25 +345,26 @@ class VAE(nn.Module):
 
     # --- public API ----------------------------------------------------------
 
-    def encode(self, x, chunk_frames=8, tile=False, tile_size=None, tile_overlap=None):
+    def encode(self, x, chunk_frames=8, tile=False, tile_size=None, tile_overlap=None, grad=False):
         """x (B, 3, T, H, W) in [-1, 1], T = 4k+1 -> (mean, logvar), each (B, Z, k+1, H/8, W/8), unscaled.
         chunk_frames: pixel frames per forward call, a multiple of 8 (None = the whole clip at once).
-        tile / tile_size=(h, w) / tile_overlap=(h, w), in pixels: encode overlapping spatial tiles."""
+        tile / tile_size=(h, w) / tile_overlap=(h, w), in pixels: encode overlapping spatial tiles.
+        grad: record the autograd graph (to train the VAE itself); by default it runs without."""
         self._check(x, "x", self.config.in_channels, lambda T: T % self.time == 1, f"{self.time}k+1 frames")
         self._check_hw(x.shape[-2:], self.space, "x")
         x = x.to(self.encoder.conv_in.conv.weight.dtype)
-        run = lambda t: self._run(self.encoder, t, 2 * self.time, chunk_frames, "chunk_frames")
+        run = lambda t: self._run(self.encoder, t, 2 * self.time, chunk_frames, "chunk_frames", grad)
         h = self._tiled(run, x, tile_size, tile_overlap, down=self.space) if tile or tile_size else run(x)
         mean, logvar = h.chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)  # the clamp diffusers' DiagonalGaussianDistribution applies
 
-    def decode(self, z, chunk_frames=2, tile=False, tile_size=None, tile_overlap=None):
+    def decode(self, z, chunk_frames=2, tile=False, tile_size=None, tile_overlap=None, grad=False):
         """z (B, Z, t, h, w) unscaled -> video (B, 3, 4(t-1)+1, 8h, 8w).
         chunk_frames: latent frames per forward call, a multiple of 2 (None = all at once).
-        tile / tile_size / tile_overlap: as in encode, in output pixels."""
+        tile / tile_size / tile_overlap / grad: as in encode, in output pixels."""
         self._check(z, "z", self.config.latent_channels, lambda t: t >= 1, "at least one frame")
         z = z.to(self.decoder.conv_in.conv.weight.dtype)
-        run = lambda t: self._run(self.decoder, t, 2, chunk_frames, "chunk_frames")
+        run = lambda t: self._run(self.decoder, t, 2, chunk_frames, "chunk_frames", grad)
         return self._tiled(run, z, tile_size, tile_overlap, up=self.space) if tile or tile_size else run(z)
 
     def sample_latent(self, x, generator=None, **kw):
@@ -363,12 +375,23 @@ class VAE(nn.Module):
         eps = torch.randn(mean.shape, generator=generator, device=dev).to(mean)
         return mean + (0.5 * logvar).exp() * eps
 
+    def forward(self, x):
+        """The training pass (toy.py trains the toy VAE with it), with autograd: video x (B, 3, T, H, W) ->
+        (reconstruction of a posterior sample (B, 3, T, H, W), mean, logvar). Each network sees the whole clip in
+        one call, on the same time windows encode / decode use, so training matches inference."""
+        mean, logvar = self.encode(x, chunk_frames=None, grad=True)
+        z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)        # the decoder must tolerate posterior noise
+        return self.decode(z, chunk_frames=None, grad=True), mean, logvar
+
     # --- time chunks and spatial tiles --------------------------------------
 
-    @torch.no_grad()
-    def _run(self, net, x, window, chunk_frames, name):
+    def _run(self, net, x, window, chunk_frames, name, grad=False):
         """Run `net` over time windows of `window` frames (the first takes the remainder), a few windows
-        per call, carrying the causal-conv caches from one call to the next."""
+        per call, carrying the causal-conv caches from one call to the next; without autograd unless `grad`."""
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            return self._windows(net, x, window, chunk_frames, name)
+
+    def _windows(self, net, x, window, chunk_frames, name):
         T = x.shape[2]
         n = max(T // window, 1)
         sizes = [T - window * (n - 1)] + [window] * (n - 1)
@@ -422,7 +445,8 @@ class VAE(nn.Module):
         if not torch.is_tensor(x) or x.ndim != 5:
             raise ValueError(f"{name}: expected a tensor (B, C, T, H, W), got {getattr(x, 'shape', type(x))}")
         if x.shape[1] != channels:
-            raise ValueError(f"{name}: expected {channels} channels in dim 1 of (B, C, T, H, W), got shape {tuple(x.shape)}")
+            raise ValueError(f"{name}: expected {channels} channels in dim 1 of (B, C, T, H, W), "
+                             f"got shape {tuple(x.shape)}")
         if not frames_ok(x.shape[2]):
             raise ValueError(f"{name}: {x.shape[2]} frames in dim 2; need {frames_msg}")
 

@@ -99,8 +99,10 @@ def load_into(model, sd, source, dtype=None, device=None):
                        f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})")
     for k, v in sd.items():
         if v.shape != want[k].shape:
-            raise ValueError(f"{source}: {k} has shape {tuple(v.shape)} in the file, the model expects {tuple(want[k].shape)}")
-    sd = {k: v.to(device=device or "cpu", dtype=dtype if (dtype and v.is_floating_point()) else v.dtype) for k, v in sd.items()}
+            raise ValueError(f"{source}: {k} has shape {tuple(v.shape)} in the file, "
+                             f"the model expects {tuple(want[k].shape)}")
+    cast = lambda v: dtype if (dtype and v.is_floating_point()) else v.dtype
+    sd = {k: v.to(device=device or "cpu", dtype=cast(v)) for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)
     return model
 

@@ -39,7 +39,8 @@ def load(impl, cfg, args):
     from diffusers import AutoencoderKLCogVideoX
     torch.manual_seed(0)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    ref = AutoencoderKLCogVideoX(**{k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()})
+    kw = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    ref = AutoencoderKLCogVideoX(**kw)
     if impl.startswith("diffusers"):
         m = ref
         if "slice" in impl:
@@ -69,7 +70,8 @@ def measure(impl, op, args):
     if op == "encode":
         x = torch.rand(args.batch, 3, T, args.height, args.width, generator=g) * 2 - 1
     else:
-        x = torch.randn(args.batch, cfg.latent_channels, (T - 1) // 4 + 1, args.height // s, args.width // s, generator=g)
+        x = torch.randn(args.batch, cfg.latent_channels, (T - 1) // 4 + 1, args.height // s, args.width // s,
+                        generator=g)
     dtype = next(m.parameters()).dtype
     x = x.to(args.device, dtype)
     cuda = args.device.startswith("cuda")
@@ -86,7 +88,8 @@ def measure(impl, op, args):
     if cuda:
         torch.cuda.synchronize()
     dt = time.perf_counter() - t
-    peak = (torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - base
+    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = (torch.cuda.max_memory_allocated() if cuda else rss()) - base
     return {"time": dt, "peak": peak, "out": list(out.shape), "checksum": float(out.float().abs().mean())}
 
 
@@ -131,9 +134,11 @@ def main():
     for op in ("encode", "decode"):
         for impl, base in (("ours", "diffusers"), ("ours+tile", "diffusers+slice+tile")):
             r, b = res[impl, op], res[base, op]
-            print(f"  {op:6s} {impl:10s} vs {base:22s} time x{r['time'] / b['time']:.2f}  peak x{r['peak'] / max(b['peak'], 1):.2f}")
+            print(f"  {op:6s} {impl:10s} vs {base:22s} time x{r['time'] / b['time']:.2f}  "
+                  f"peak x{r['peak'] / max(b['peak'], 1):.2f}")
         r, b = res["ours+tile", op], res["diffusers", op]
-        print(f"  {op:6s} {'ours+tile':10s} vs {'diffusers':22s} time x{r['time'] / b['time']:.2f}  peak x{r['peak'] / max(b['peak'], 1):.2f}")
+        print(f"  {op:6s} {'ours+tile':10s} vs {'diffusers':22s} time x{r['time'] / b['time']:.2f}  "
+              f"peak x{r['peak'] / max(b['peak'], 1):.2f}")
     d, o = res["diffusers", "decode"], res["ours", "decode"]
     print(f"\nuntiled agreement (decode, mean |out|): diffusers {d['checksum']:.6f} ours {o['checksum']:.6f}")
 

@@ -12,11 +12,11 @@ sys.path.insert(0, str(ROOT))
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
     """tokenizer/ text_encoder/ vae/ of random toy models (a real base folder, written by our savers)."""
-    import data
     import text
+    import toy
     import vae
     out = tmp_path_factory.mktemp("base")
-    words = [data.toy_caption(data.toy_clip(s)["sprite"], data.toy_clip(s)["scene"]) for s in range(60)]
+    words = [toy.clip(s)["caption"] for s in range(60)]
     text.train_spiece(words * 3, out / "tokenizer" / "spiece.model", 64)
     torch.manual_seed(0)
     t5 = text.T5Encoder(text.T5Config(vocab_size=256, d_model=64, d_kv=16, d_ff=128, num_layers=1, num_heads=4))
@@ -27,7 +27,55 @@ def tiny_base(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
-    import data
+    import toy
     out = tmp_path_factory.mktemp("toydata")
-    data.write_toy(out, 12)
+    toy.write_data(out, 12)
+    return out
+
+
+# Captions of the paper's real example clips (../shared/real), as a VLM would write them; also the text the
+# miniature base's tokenizer is trained on.
+REAL_CAPTIONS = {
+    "fig1-bird": "a small bird flies over a calm lake in the morning light",
+    "fig1-pig-jungle": "a pig walks through a green jungle among tall plants",
+    "fig1-pig-moon": "a pig walks across the grey surface of the moon",
+    "fig5-ex1": "a cheetah runs across a dry savanna under a bright sky",
+    "fig5-ex2": "a man runs along a road in a city at sunset",
+    "fig5-ex3": "a duck swims on a pond next to green reeds",
+    "fig5-ex5": "a dog walks on a beach while waves roll in",
+}
+
+
+@pytest.fixture(scope="session")
+def mini_i2v(tmp_path_factory):
+    """A miniature THUDM/CogVideoX-5b-I2V: the same folder layout (model_index.json, transformer/ vae/
+    text_encoder/ tokenizer/ scheduler/), the same storage (every component in bf16, the T5 sharded with an
+    index) and the 5B-I2V transformer's flags (RoPE + learned PE at its sample size, 32 input channels,
+    226 text tokens), at toy size: 9 frames of 64x96 (latent 3x16x24) through the toy VAE (x4 space)."""
+    import json
+    import dit
+    import text
+    import vae
+    out = tmp_path_factory.mktemp("mini-i2v")
+    text.train_spiece(list(REAL_CAPTIONS.values()) * 20, out / "tokenizer" / "spiece.model", 64)
+    torch.manual_seed(0)
+    t5 = text.T5Encoder(text.T5Config(vocab_size=256, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4))
+    t5.to(torch.bfloat16).save_pretrained(out / "text_encoder", max_shard_bytes=20_000)   # sharded, as T5-XXL
+    vae.VAE(vae.PRESETS["toy"]).to(torch.bfloat16).save_pretrained(out / "vae")
+    cfg = dit.dataclasses.replace(dit.PRESETS["cogvideox-5b-i2v"], num_attention_heads=2, attention_head_dim=32,
+                                  num_layers=2, text_embed_dim=32, time_embed_dim=32, sample_frames=9,
+                                  sample_height=16, sample_width=24)
+    base = dit.DiT(cfg)
+    with torch.no_grad():                      # a "pretrained" model: no zero-initialised layer left
+        for p in base.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    base.to(torch.bfloat16).save_pretrained(out / "transformer")
+    (out / "scheduler").mkdir()
+    (out / "scheduler" / "scheduler_config.json").write_text(
+        (ROOT / "assets" / "toy-base" / "scheduler" / "scheduler_config.json").read_text())
+    index = {"_class_name": "CogVideoXImageToVideoPipeline", "_diffusers_version": "0.31.0",
+             "scheduler": ["diffusers", "CogVideoXDDIMScheduler"], "text_encoder": ["transformers", "T5EncoderModel"],
+             "tokenizer": ["transformers", "T5Tokenizer"], "transformer": ["diffusers", "CogVideoXTransformer3DModel"],
+             "vae": ["diffusers", "AutoencoderKLCogVideoX"]}
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
     return out

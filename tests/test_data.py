@@ -1,11 +1,11 @@
-"""data.py: video I/O, the layered dataset round trip, the toy world, and every bad input."""
-import json
-
+"""data.py: video I/O, the shared mask / shape helpers, the layered dataset round trip (on toy clips), and every
+bad input. The toy world itself is tested in test_toy.py."""
 import numpy as np
 import pytest
 import torch
 
 import data
+import toy
 
 
 def clip(T=9, H=32, W=48, seed=0):
@@ -52,7 +52,9 @@ def test_frame_folder_and_davis_palette_masks(tmp_path):
         im.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 759)
         im.save(tmp_path / "ann" / f"{t:05d}.png")
     r, fps = data.read_video(tmp_path / "jpg")
-    assert np.array_equal(r, v) and fps == 24
+    assert np.array_equal(r, v) and fps == 24 == data.DEFAULT_FPS
+    assert data.probe(tmp_path / "jpg") == (3, 24.0)                    # a folder: its frame count, the default rate
+    assert np.array_equal(data.read_frames(tmp_path / "jpg", [0, 2]), v[[0, 2]])
     union = data.read_mask(tmp_path / "ann")
     assert union.sum() == 3 * (64 + 100) and not union[:, 0].any()
     assert data.read_mask(tmp_path / "ann", obj_id=2).sum() == 3 * 100
@@ -61,8 +63,47 @@ def test_frame_folder_and_davis_palette_masks(tmp_path):
 def test_mask_video(tmp_path):
     m = np.zeros((5, 32, 32), bool)
     m[:, 8:24, 8:16] = True
-    data.write_video(tmp_path / "m.mp4", np.repeat(m[..., None].astype(np.uint8) * 255, 3, -1))
+    rgb = data.mask_to_rgb(m)
+    assert rgb.shape == (5, 32, 32, 3) and rgb.dtype == np.uint8
+    assert set(np.unique(rgb)) == {0, 255} and np.array_equal(rgb[..., 1] == 255, m)   # white = subject
+    data.write_video(tmp_path / "m.mp4", rgb)
     assert (data.read_mask(tmp_path / "m.mp4") == m).mean() > 0.99
+
+
+def test_probe_and_read_frames(tmp_path):
+    v = clip(T=9)
+    v[:, :8, :8] = (np.arange(9) * 25)[:, None, None, None]             # frame number, as a grey top-left block
+    data.write_video(tmp_path / "a.mp4", v, fps=12, crf=0)
+    assert data.probe(tmp_path / "a.mp4") == (9, 12.0)
+    got = data.read_frames(tmp_path / "a.mp4", [1, 4, 7])
+    assert got.shape == (3, 32, 48, 3) and np.abs(got.astype(int) - v[[1, 4, 7]]).mean() < 6
+    assert np.abs(got[:, 4, 4, 0].astype(int) - [25, 100, 175]).max() < 8      # the frames asked for, in order
+    with pytest.raises(ValueError, match="ended before frame 12"):
+        data.read_frames(tmp_path / "a.mp4", [2, 12])
+    (tmp_path / "bad.mp4").write_bytes(b"not a video at all" * 10)
+    with pytest.raises(ValueError, match="bad.mp4"):
+        data.probe(tmp_path / "bad.mp4")
+
+
+def test_dilate_grows_each_frame_by_a_square():
+    """data.dilate: the toy VAE's sprite-loss margin, Split's inpainting hole and evaluate's bg exclusion."""
+    m = torch.zeros(1, 1, 3, 16, 16)
+    m[0, 0, 1, 8, 5] = 1
+    d = data.dilate(m, 2)
+    assert torch.equal(data.dilate(m, 0), m) and d.dtype == torch.bool and d.shape == m.shape
+    assert d[0, 0, 1].sum() == 25 and d[0, 0, 1, 6:11, 3:8].sum() == 25       # a 5 x 5 square around the pixel
+    assert d[0, 0, 0].sum() == d[0, 0, 2].sum() == 0                           # ... in its own frame only
+    edge = torch.zeros(1, 1, 1, 4, 4)
+    edge[..., 0, 0] = 1
+    assert data.dilate(edge, 1).sum() == 4                                     # clipped at the frame border
+
+
+def test_check_shape():
+    assert data.check_shape(49, 480, 720) is None and data.check_shape(9, 64, 64) is None
+    for bad in ((48, 480, 720), (49, 472, 720), (49, 480, 712)):
+        msg = data.check_shape(*bad, what="--frames/--size")
+        assert msg.startswith("--frames/--size: need 4k+1 frames") and "\n" not in msg
+        assert f"got {bad[0]} frames of {bad[1]}x{bad[2]}" in msg
 
 
 def test_fit_video_cover_crop_and_stride():
@@ -99,7 +140,7 @@ def test_bad_inputs_name_the_file(tmp_path):
 
 
 def test_toy_dataset_round_trip(tmp_path):
-    n = data.write_toy(tmp_path / "toy", 6)
+    n = toy.write_data(tmp_path / "toy", 6)
     assert n == 6
     ds = data.LayeredClips(tmp_path / "toy")
     assert len(ds) == 6
@@ -107,7 +148,7 @@ def test_toy_dataset_round_trip(tmp_path):
     assert it["video"].shape == it["fg"].shape == it["bg"].shape == (3, 9, 64, 64)
     assert it["mask"].shape == (1, 9, 64, 64) and set(it["mask"].unique().tolist()) <= {0.0, 1.0}
     assert it["video"].min() >= -1 and it["video"].max() <= 1
-    truth = data.toy_clip(3)
+    truth = toy.clip(3)
     assert it["caption"] == truth["caption"]
     assert (it["mask"][0].bool().numpy() == truth["mask"]).mean() > 0.995
     assert (data.to_uint8(it["bg"]).astype(int) - truth["bg"]).__abs__().mean() < 4
@@ -122,12 +163,12 @@ def test_toy_dataset_round_trip(tmp_path):
 
 def test_writer_is_resumable_and_lists_stay_aligned(tmp_path):
     root = tmp_path / "toy"
-    data.write_toy(root, 3)
+    toy.write_data(root, 3)
     with open(root / "metadata.jsonl", "a") as f:
         f.write('{"id": "torn')                            # a writer killed mid-line
     w = data.LayeredWriter(root)
     assert len(w.done) == 3
-    assert data.write_toy(root, 5) == 5                   # continues, nothing duplicated
+    assert toy.write_data(root, 5) == 5                   # continues, nothing duplicated
     ids = [r["id"] for r in data.read_metadata(root)]
     assert len(ids) == len(set(ids)) == 5
     lines = {n: (root / n).read_text().splitlines() for n in data.LISTS.values()}
@@ -135,7 +176,7 @@ def test_writer_is_resumable_and_lists_stay_aligned(tmp_path):
 
 
 def test_stm_release_and_cogvideox_layouts(tmp_path):
-    data.write_toy(tmp_path / "toy", 2)
+    toy.write_data(tmp_path / "toy", 2)
     root = tmp_path / "toy"
     (root / "fg-black.txt").write_text((root / "fg.txt").read_text())
     (root / "fg.txt").write_text("does/not/exist.mp4\n" * 2)   # StM: fg.txt is not the black-bg layer
@@ -152,34 +193,3 @@ def test_stm_release_and_cogvideox_layouts(tmp_path):
         data.read_lists(plain)
     with pytest.raises(FileNotFoundError, match="missing prompts.txt"):
         data.read_lists(tmp_path)
-
-
-def test_toy_world_truth():
-    for seed in range(20):
-        c = data.toy_clip(seed)
-        kind = c["sprite"]["kind"]
-        y0, y1 = c["scene"]["bands"][data.KINDS[kind]]
-        rows = np.nonzero(c["mask"].any(axis=(0, 2)))[0]
-        centre = np.nonzero(c["mask"])[1].mean()
-        assert y0 <= centre < y1, (seed, kind)              # the subject sits in the band it belongs to
-        assert 0.003 < c["mask"].mean() < 0.2 and len(rows) > 3
-        # lit by the scene: the subject's colour is its base colour times the tint (up to shading)
-        col = c["video"][c["mask"]].astype(float).mean(0)
-        expect = np.clip(np.array(c["sprite"]["rgb"]) * c["scene"]["tint"], 0, 255)
-        assert np.abs(col / max(col.max(), 1) - expect / max(expect.max(), 1)).max() < 0.2
-        assert np.array_equal(c["video"][~c["mask"]] != c["bg"][~c["mask"]],
-                              (c["video"] != c["bg"])[~c["mask"]])  # outside the subject only the shadow differs
-    a, b = data.toy_clip(1), data.toy_clip(1)
-    assert np.array_equal(a["video"], b["video"])           # a pure function of the seed
-
-
-def test_triplets(tmp_path):
-    lines = data.write_triplets(tmp_path / "tri", 3)
-    back = [json.loads(l) for l in (tmp_path / "tri" / "triplets.jsonl").read_text().splitlines()]
-    assert back == json.loads(json.dumps(lines)) and len(back) == 3
-    t = back[0]
-    ref = data.read_video(tmp_path / "tri" / t["reference"])[0]
-    fg = data.read_video(tmp_path / "tri" / t["fg"])[0]
-    assert ref.shape == fg.shape == (9, 64, 64, 3)
-    assert t["expect"]["allowed_rows"][0] < t["expect"]["allowed_rows"][1]
-    assert set(t["expect"]) >= {"kind", "colour", "tint", "shadow", "track"}

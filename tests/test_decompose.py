@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import decompose
-from data import read_lists, read_metadata, toy_clip, write_video
+from data import dilate, mask_to_rgb, read_lists, read_mask, read_metadata, write_video
+from toy import clip as toy_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,13 +52,32 @@ def test_motion_segmenter_iou():
 def test_temporal_inpainter_psnr():
     psnr = []
     for c in moving_clips():
-        hole = decompose.dilate(torch.from_numpy(c["mask"]), 1).numpy()
+        hole = dilate(torch.from_numpy(c["mask"]), 1).numpy()
         bg = decompose.inpaint_temporal(c["video"], hole)
         err = (bg.astype(float) - c["bg"])[c["mask"]]                    # the subject's own pixels
         psnr.append(10 * np.log10(255 ** 2 / max((err ** 2).mean(), 1e-3)))
         assert (bg[~hole] == c["video"][~hole]).all()                    # outside the hole: untouched
     print("inpainter PSNR on the hole (dB)", np.round(psnr, 1))
     assert np.mean(psnr) >= 30, psnr
+
+
+def test_shadow_like_and_largest_component():
+    """The two segmenter pieces evaluate.py shares: a cast shadow (uniform darkening) is not a subject, and of
+    several space-time blobs only the largest is kept."""
+    bg = torch.full((2, 4, 4, 3), 200.0)
+    frames = bg.clone()
+    frames[0, 0, 0] = bg[0, 0, 0] * 0.5                                 # a shadow: darker, same hue
+    frames[0, 0, 1] = torch.tensor([100.0, 200, 200])                    # darker in red only: a subject's colour
+    frames[0, 0, 2] = bg[0, 0, 2] * 0.95                                # barely darker: not a shadow
+    sh = decompose.shadow_like(frames, bg, -1)
+    assert sh.shape == (2, 4, 4) and sh.sum() == 1 and sh[0, 0, 0]
+    assert torch.equal(decompose.shadow_like(frames.permute(0, 3, 1, 2), bg.permute(0, 3, 1, 2), 1), sh)
+    m = torch.zeros(3, 8, 8, dtype=torch.bool)
+    m[0, 1, 1] = True                                                    # a one-pixel blob
+    m[1, 4:6, 4:6] = m[2, 5:7, 5:7] = True                               # one blob moving through two frames
+    big = decompose.largest_component(m)
+    assert big.sum() == 8 and not big[0].any() and torch.equal(big[1:], m[1:])
+    assert not decompose.largest_component(torch.zeros(2, 4, 4, dtype=torch.bool)).any()
 
 
 def test_global_motion_recovers_pan():
@@ -75,7 +95,8 @@ def test_sam2_tiny_random_model(tmp_path):
         vision_config=dict(backbone_config=dict(
             model_type="sam2_hiera_det_model", hidden_size=12, num_attention_heads=1, image_size=[S, S],
             blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[12, 24, 48, 96], num_attention_heads_per_stage=[1] * 4,
-            window_size_per_stage=[4] * 4, global_attention_blocks=[3], window_positional_embedding_background_size=[4, 4]),
+            window_size_per_stage=[4] * 4, global_attention_blocks=[3],
+            window_positional_embedding_background_size=[4, 4]),
             backbone_channel_list=[96, 48, 24, 12], backbone_feature_sizes=[[S // 4] * 2, [S // 8] * 2, [S // 16] * 2],
             fpn_hidden_size=128),
         prompt_encoder_config=dict(hidden_size=128, image_size=S, patch_size=16),
@@ -106,7 +127,8 @@ def tiny_vlm(path):
     tok.pre_tokenizer, tok.decoder = pre_tokenizers.Split(Regex("."), behavior="isolated"), decoders.Fuse()
     tok = tf.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="<|im_end|>",
                                      pad_token="<|endoftext|>", extra_special_tokens=special[1:])
-    ids = {k: vocab[f"<|{k}|>"] for k in ("image_pad", "video_pad", "vision_start", "vision_end", "endoftext", "im_end")}
+    ids = {k: vocab[f"<|{k}|>"]
+           for k in ("image_pad", "video_pad", "vision_start", "vision_end", "endoftext", "im_end")}
     cfg = tf.Qwen2VLConfig(
         text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
@@ -132,14 +154,14 @@ def test_vlm_captioner_tiny_random_model(tmp_path):
     vlm = tiny_vlm(tmp_path / "vlm")
     video = toy_clip(2, 9, 64, 64)["video"]
     caps = []
-    for _ in range(2):                                       # reload each time: loading and greedy decoding are deterministic
+    for _ in range(2):                          # reload each time: loading and greedy decoding are deterministic
         decompose._load.cache_clear(), decompose._load_vlm.cache_clear()
         caps.append(decompose.vlm_caption(video, str(vlm), n=4, max_new_tokens=12))
     assert isinstance(caps[0], str) and caps[0].strip() and caps[0] == caps[1], caps
     videos = toy_folder(tmp_path, [2])
     out = tmp_path / "out"
-    r = cli("--videos", videos, "--out", out, "--captioner", "vlm", "--vlm", vlm, "--vlm-frames", "4", "--max-clips", "1",
-            "--inpainter", "none", *FAST)
+    r = cli("--videos", videos, "--out", out, "--captioner", "vlm", "--vlm", vlm, "--vlm-frames", "4",
+            "--max-clips", "1", "--inpainter", "none", *FAST)
     assert r.returncode == 0, r.stderr
     recs = [x for x in read_metadata(out) if x["status"] == "ok"]
     prompts = (out / "prompts.txt").read_text().splitlines()
@@ -152,7 +174,7 @@ def toy_folder(d, seeds, T=25, S=64, masks=False):
         c = toy_clip(s, T, S, S)
         write_video(d / "videos" / f"toy{s}.mp4", c["video"], 8)
         if masks:
-            write_video(d / "masks" / f"toy{s}.mp4", np.repeat(c["mask"][..., None].astype(np.uint8) * 255, 3, -1), 8)
+            write_video(d / "masks" / f"toy{s}.mp4", mask_to_rgb(c["mask"]), 8)
     return d / "videos"
 
 
@@ -161,7 +183,8 @@ def cli(*args, **kw):
                           capture_output=True, text=True, **kw)
 
 
-FAST = ["--frames", "9", "--size", "64", "64", "--strides", "1", "2", "--threads", "1", "--dilate", "2", "--min-fg", "0"]
+FAST = ["--frames", "9", "--size", "64", "64", "--strides", "1", "2", "--threads", "1", "--dilate", "2",
+        "--min-fg", "0"]
 
 
 def check_dataset(out, n):
@@ -208,7 +231,6 @@ def test_gt_masks_shards_and_merge(tmp_path):
     assert {r["caption"] for r in recs if r["status"] == "ok"} <= {f"a toy clip {s}" for s in range(3)}
     rec = next(r for r in recs if r["status"] == "ok")
     c = toy_clip(int(rec["id"].split("_")[0][3:]), 25, 64, 64)
-    from data import read_mask
     gt = c["mask"][rec["start"]::rec["stride"]][:9]
     assert (read_mask(out / rec["masks"]) == gt).mean() > 0.99
 

@@ -1,5 +1,5 @@
-"""diffusion.py against diffusers' CogVideoX schedulers (oracle) and hand-computed loss cases."""
-import math
+"""diffusion.py against diffusers' CogVideoX schedulers and pipeline (oracles) and hand-computed loss cases."""
+import contextlib
 import os
 import sys
 
@@ -7,9 +7,10 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler  # noqa: E402
+from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXPipeline  # noqa: E402
 
 from diffusion import Schedule, cfg_scale, identity_loss, latent_mask, plain_loss  # noqa: E402
+from figures import parity, rel_err  # noqa: E402  (tests/figures.py: the README's parity table)
 
 
 def ref_scheduler(cls=CogVideoXDDIMScheduler, snr_shift_scale=1.0):
@@ -116,6 +117,7 @@ def test_sampler_matches_diffusers_step_for_step(sampler, steps, shift):
     out = Schedule(snr_shift_scale=shift).sample(v_fn, x_T.clone(), steps=steps, sampler=sampler,
                                                  generator=torch.Generator().manual_seed(42), progress=False)
     assert len(seen) == len(ref_seen) == steps
+    parity("samplers", max(rel_err(a, b) for a, b in zip(seen + [out], ref_seen + [ref_out])))
     for ours, ref in zip(seen + [out], ref_seen + [ref_out]):
         scale = ref.abs().max().item()
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5 * scale)
@@ -135,6 +137,7 @@ def test_sampler_bf16_matches_pipeline_casting(sampler):
     out = Schedule().sample(fake_v, x_T, steps=50, sampler=sampler, generator=torch.Generator().manual_seed(7),
                             progress=False)
     assert out.dtype == torch.bfloat16
+    parity("samplers-bf16", rel_err(out, ref_out))
     torch.testing.assert_close(out, ref_out, rtol=1e-2, atol=1e-2)
 
 
@@ -145,13 +148,70 @@ def test_dpm_is_stochastic_and_seeded():
     assert torch.equal(run(1), run(1)) and not torch.equal(run(1), run(2))
 
 
-def test_cfg_scale():
+V_U, V_C = 0.5, 2.5   # what the stub transformer returns for the negative prompt / the prompt
+
+
+class StubTransformer(torch.nn.Module):
+    """Stands in for the DiT inside diffusers' CogVideoXPipeline: v = V_U for the negative prompt's embedding
+    (zeros), V_C for the prompt's (ones), so the guided v the pipeline hands its scheduler reveals the scale it
+    used at that step: (v - V_U) / (V_C - V_U). Only the attributes the pipeline reads are provided."""
+    device, dtype = torch.device("cpu"), torch.float32
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))   # the pipeline finds its device through parameters
+        self.config = type("Config", (), dict(patch_size=2, patch_size_t=None, sample_height=4, sample_width=4,
+                                              sample_frames=5, in_channels=4,
+                                              use_rotary_positional_embeddings=False))()
+
+    def cache_context(self, name):
+        return contextlib.nullcontext()
+
+    def forward(self, hidden_states, encoder_hidden_states, timestep, **kw):
+        is_prompt = encoder_hidden_states[:, :1, :1, None, None]            # (2B, 1, 1, 1, 1): 0 or 1
+        return (torch.full_like(hidden_states, V_U) + (V_C - V_U) * is_prompt,)
+
+
+def pipeline_scales(guidance, steps, dynamic):
+    """[(t, the scale diffusers' CogVideoXPipeline applied at that step)] with the stub transformer."""
+    seen = []
+
+    class Recorder(CogVideoXDDIMScheduler):
+        def step(self, model_output, timestep, *args, **kw):
+            s = (model_output.double() - V_U) / (V_C - V_U)
+            assert (s - s.flatten()[0]).abs().max() < 1e-6                   # one scale for every element
+            seen.append((int(timestep), s.flatten()[0].item()))
+            return super().step(model_output, timestep, *args, **kw)
+
+    pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=StubTransformer(),
+                             scheduler=Recorder(**ref_scheduler().config))
+    pipe.set_progress_bar_config(disable=True)
+    pipe(prompt_embeds=torch.ones(1, 3, 4), negative_prompt_embeds=torch.zeros(1, 3, 4), height=16, width=16,
+         num_frames=5, num_inference_steps=steps, guidance_scale=guidance, use_dynamic_cfg=dynamic,
+         output_type="latent", generator=torch.Generator().manual_seed(0))
+    return seen
+
+
+@pytest.mark.parametrize("guidance,steps,dynamic", [(6.0, 50, False), (6.0, 50, True), (3.5, 10, True),
+                                                    (2.0, 7, True)])
+def test_cfg_scale_matches_the_pipeline(guidance, steps, dynamic):
+    """Every step's scale equals the one diffusers' CogVideoX pipeline applies (recovered from its guided v)."""
+    seen = pipeline_scales(guidance, steps, dynamic)
+    assert [t for t, _ in seen] == Schedule().timesteps(steps).tolist()
+    ours = torch.tensor([cfg_scale(guidance, i, t, steps, dynamic) for i, (t, _) in enumerate(seen)])
+    want = torch.tensor([s for _, s in seen])
+    parity("cfg-scale", rel_err(ours, want))
+    assert rel_err(ours, want) < 1e-6
+    if dynamic:                                        # not constant: the test would see a wrong formula
+        assert want.max() - want.min() > 1.0
+
+
+def test_cfg_scale_hand_values():
     assert cfg_scale(6.0, 3, 900, 50, dynamic=False) == 6.0
-    # the pipeline's formula, with the DDPM timestep t (not the step index) inside
-    t, n, g = 979, 50, 6.0
-    assert cfg_scale(g, 1, t, n, dynamic=True) == 1 + g * (1 - math.cos(math.pi * ((n - t) / n) ** 5.0)) / 2
-    assert 1 <= cfg_scale(g, 1, t, n, dynamic=True) <= 1 + g
-    assert cfg_scale(g, 0, n, n, dynamic=True) == 1.0  # t == N -> cos(0) = 1 -> scale 1
+    # dynamic: 1 + g (1 - cos(pi ((N - t) / N)^5)) / 2 with the DDPM timestep t (the pipeline's choice):
+    # t == N gives cos(0) = 1 -> 1; t = N - N * 1 (t = 0) gives cos(pi) = -1 -> 1 + g
+    assert cfg_scale(6.0, 0, 50, 50, dynamic=True) == 1.0
+    assert cfg_scale(6.0, 49, 0, 50, dynamic=True) == 7.0
 
 
 # ---- latent mask ---------------------------------------------------------------------------------

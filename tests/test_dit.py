@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dit  # noqa: E402
 from dit import DiT, DiTConfig, PRESETS  # noqa: E402
+from figures import parity  # noqa: E402  (tests/figures.py: the README's parity table)
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import CogVideoXTransformer3DModel  # noqa: E402
@@ -107,6 +108,7 @@ def test_parity_with_diffusers(tmp_path, family, size, shard):
         ours = model.eval()(x, text, t, ofs)
     theirs = run_reference(ref, x, text, t, ofs)
     assert ours.shape == (2, model.config.out_channels, *size)
+    parity("dit", rel_err(ours, theirs))
     assert rel_err(ours, theirs) <= 1e-5, rel_err(ours, theirs)
 
 
@@ -129,6 +131,7 @@ def test_composer_saved_by_us_loads_in_diffusers(tmp_path):
     x, text, t = inputs(model.config, 3, 16, 16)
     with torch.no_grad():
         ours = model(x, text, t)
+    parity("dit-composer", rel_err(ours, run_reference(ref, x, text, t)))
     assert rel_err(ours, run_reference(ref, x, text, t)) <= 1e-5
     half = DiT.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert {t.dtype for t in [*half.parameters(), *half.buffers()]} == {torch.bfloat16}

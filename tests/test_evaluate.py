@@ -14,9 +14,15 @@ from safetensors.torch import save_file
 import data
 import evaluate
 import metrics
+import toy
 
 torch.set_num_threads(1)
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real"
+
+
+def run(*argv):
+    """`python evaluate.py ARGV...`, in process."""
+    return evaluate.main(evaluate.parser.parse_args([str(a) for a in argv]))
 
 
 def _results(folder, recs):
@@ -30,7 +36,7 @@ def toy_runs(tmp_path_factory):
     """8 toy triplets; run `perfect` uses each triplet's reference composite as the result, run `copy`
     pastes the input fg onto the bg at its source position (the shortcut)."""
     root = tmp_path_factory.mktemp("toy")
-    lines = data.write_triplets(root / "triplets", 8)
+    lines = toy.write_triplets(root / "triplets", 8)
     perfect, copy = [], []
     for l in lines:
         rec = {**l, **{k: str(root / "triplets" / l[k]) for k in ("fg", "mask", "bg", "reference")}}
@@ -41,8 +47,9 @@ def toy_runs(tmp_path_factory):
         copy.append({**rec, "result": str(path)})
     runs = {"perfect": _results(root / "perfect", perfect), "copy": _results(root / "copy", copy)}
     for d in runs.values():
-        evaluate.main(["--results", str(d)])
-    rows = {k: [json.loads(x) for x in (d / "eval" / "metrics.jsonl").read_text().splitlines()] for k, d in runs.items()}
+        run("--results", d)
+    rows = {k: [json.loads(x) for x in (d / "eval" / "metrics.jsonl").read_text().splitlines()]
+            for k, d in runs.items()}
     return runs, rows, perfect
 
 
@@ -85,7 +92,7 @@ def test_reports_and_compare(toy_runs, tmp_path, capsys):
     s = json.loads((runs["copy"] / "eval" / "summary.json").read_text())
     assert s["n"] == 8 and s["toy_copy_paste"] >= 0.9
     capsys.readouterr()
-    got = evaluate.main(["--compare", str(runs["perfect"]), str(runs["copy"] / "eval"), "--out", str(tmp_path)])
+    got = run("--compare", runs["perfect"], runs["copy"] / "eval", "--out", tmp_path)
     out = capsys.readouterr().out
     assert list(got) == ["perfect", "copy"] and "| perfect | 8 |" in out and "| copy | 8 |" in out
     assert (tmp_path / "compare.md").read_text() == out
@@ -113,12 +120,16 @@ def test_network_metrics_run_end_to_end_on_tiny_official_files(toy_runs, tmp_pat
     vcfg = {**metrics.dataclasses.asdict(metrics.VICLIP_PRESETS["tiny"]), "vocab_size": 512 + len(merges) + 2}
     (tmp_path / "viclip.json").write_text(json.dumps(vcfg))
     save_file(_randomise(metrics.ViCLIP(metrics.ViCLIPConfig(**vcfg)), 0), str(tmp_path / "model.safetensors"))
-    torch.save(_randomise(metrics.Swin3D(metrics.SWIN3D_PRESETS["tiny"]), 1), tmp_path / "swin3d_b_1k-24f7c7c6.pth")
-    torch.save(_randomise(metrics.RAFT(metrics.RAFT_PRESETS["tiny"]), 2), tmp_path / "raft_large_C_T_SKHT_V2-ff5fadd5.pth")
-    evaluate.main(["--results", str(runs["perfect"]), "--out", str(tmp_path / "eval"), "--limit", "2", "--device", "cpu",
-                   "--viclip", str(tmp_path / "model.safetensors"), "--viclip-config", str(tmp_path / "viclip.json"),
-                   "--swin", str(tmp_path / "swin3d_b_1k-24f7c7c6.pth"), "--swin-config", "tiny",
-                   "--raft", str(tmp_path / "raft_large_C_T_SKHT_V2-ff5fadd5.pth"), "--raft-config", "tiny"])
+    swin, raft = tmp_path / "swin3d_b_1k-24f7c7c6.pth", tmp_path / "raft_large_C_T_SKHT_V2-ff5fadd5.pth"
+    torch.save(_randomise(metrics.Swin3D(metrics.SWIN3D_PRESETS["tiny"]), 1), swin)
+    torch.save(_randomise(metrics.RAFT(metrics.RAFT_PRESETS["tiny"]), 2), raft)
+    args = evaluate.parser.parse_args([str(a) for a in (
+        "--results", runs["perfect"], "--out", tmp_path / "eval", "--limit", 2, "--device", "cpu",
+        "--viclip", tmp_path, "--viclip-config", tmp_path / "viclip.json",      # a folder holding model.safetensors
+        "--swin", swin, "--swin-config", "tiny", "--raft", raft, "--raft-config", "tiny")])
+    before = vars(args).copy()
+    evaluate.main(args)
+    assert vars(args) == before                                             # the namespace is read, never changed
     rows = [json.loads(x) for x in (tmp_path / "eval" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     for r in rows:
@@ -140,11 +151,12 @@ def test_real_clips_weight_free_report(tmp_path, capsys):
     for ex in sorted(p for p in REAL.iterdir() if (p / "stm_output.mp4").exists()):
         rec = {"id": ex.name, "fg": str(ex / "fg.mp4"), "mask": str(ex / "mask.mp4"), "bg": str(ex / "bg.mp4")}
         stm.append({**rec, "result": str(ex / "stm_output.mp4")})
-        (fg, fps), bg, m = data.read_video(ex / "fg.mp4"), data.read_video(ex / "bg.mp4")[0], data.read_mask(ex / "mask.mp4")
+        (fg, fps), bg = data.read_video(ex / "fg.mp4"), data.read_video(ex / "bg.mp4")[0]
+        m = data.read_mask(ex / "mask.mp4")
         n = min(len(fg), len(bg), len(m))
         data.write_video(tmp_path / "copy" / f"{ex.name}.mp4", np.where(m[:n, ..., None], fg[:n], bg[:n]), fps)
         copy.append({**rec, "result": str(tmp_path / "copy" / f"{ex.name}.mp4")})
-    s = {name: evaluate.main(["--results", str(_results(tmp_path / name, recs)), "--max-side", "160", "--max-frames", "9"])
+    s = {name: run("--results", _results(tmp_path / name, recs), "--max-side", 160, "--max-frames", 9)
          for name, recs in (("stm", stm), ("copy", copy))}
     with capsys.disabled():
         print("\n" + evaluate.table(s))

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import text
+from figures import parity  # tests/figures.py: the README's parity table
 
 CORPUS = ["a cat walks slowly on the green grass", "the brown dog runs in the park at night",
           "a red car drives down a long empty road", "white birds fly over the calm blue sea",
@@ -35,6 +36,7 @@ def test_tokenizer_matches_transformers(spiece):
                    add_special_tokens=True, return_tensors="pt").input_ids
         assert ours.dtype == torch.long and ours.shape == (len(PROMPTS), max_length)
         assert torch.equal(ours, want), (ours, want)
+    parity("t5-tokenizer")
     assert ours[0, 0] == 1 and (ours[0, 1:] == 0).all()  # "" -> </s> then <pad>
     assert ref.convert_tokens_to_ids("<extra_id_0>") == tok.special["<extra_id_0>"] == len(ref) - 1
 
@@ -96,6 +98,7 @@ def test_encoder_matches_transformers(config, tmp_path):
         want = ref(input_ids=ids).last_hidden_state
         got = ours(ids)
     assert got.shape == (2, 226, config.d_model)
+    parity("t5", ((got - want).abs().max() / want.abs().max()).item())
     assert (got - want).abs().max() / want.abs().max() < 1e-5
 
 

@@ -1,8 +1,12 @@
-"""toy.py builds a base-model folder our loaders (and diffusers' scheduler) read; the shipped one reconstructs."""
+"""toy.py: the toy world renders exact layers and answers (the ones evaluate.py scores with), writes test
+triplets, and builds a base-model folder our loaders (and diffusers' scheduler) read; the shipped one reconstructs."""
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +15,108 @@ import text
 import toy
 import vae as V
 
-SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "toy-base"
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "assets" / "toy-base"
+
+
+def base(*argv):
+    """`python toy.py base ARGV...`, in process."""
+    return toy.main(toy.parser.parse_args(["base", *map(str, argv)]))
+
+
+def test_toy_world_truth():
+    for seed in range(20):
+        c = toy.clip(seed)
+        kind = c["sprite"]["kind"]
+        y0, y1 = c["scene"]["bands"][toy.KINDS[kind]]
+        rows = np.nonzero(c["mask"].any(axis=(0, 2)))[0]
+        centre = np.nonzero(c["mask"])[1].mean()
+        assert y0 <= centre < y1, (seed, kind)              # the subject sits in the band it belongs to
+        assert 0.003 < c["mask"].mean() < 0.2 and len(rows) > 3
+        # lit by the scene: the subject's colour is its base colour times the tint (up to shading)
+        col = c["video"][c["mask"]].astype(float).mean(0)
+        expect = np.clip(np.array(c["sprite"]["rgb"]) * c["scene"]["tint"], 0, 255)
+        assert np.abs(col / max(col.max(), 1) - expect / max(expect.max(), 1)).max() < 0.2
+        assert np.array_equal(c["video"][~c["mask"]] != c["bg"][~c["mask"]],
+                              (c["video"] != c["bg"])[~c["mask"]])  # outside the subject only the shadow differs
+    a, b = toy.clip(1), toy.clip(1)
+    assert np.array_equal(a["video"], b["video"])           # a pure function of the seed
+
+
+def test_exact_answers_are_the_renderers():
+    """toy.expected_shadow / toy.sprite_model, placed at the true track, give exactly what render drew."""
+    T, H, W = 9, 64, 64
+    checked = set()
+    for seed in range(12):
+        c = toy.clip(seed, T, H, W)
+        sp, scene = c["sprite"], c["scene"]
+        xs, ys = toy.sprite_track(sp, T)
+        _, _, _, mask, shadow = toy.render(scene, sp, T, H, W)
+        ell = toy.expected_shadow(sp["kind"], np.stack([xs, ys], 1), sp["size"], H, W)
+        if sp["kind"] == "bird":
+            assert not shadow.any() and ell.any()          # birds cast none; the ellipse is what one would cover
+        else:
+            assert np.array_equal(ell, shadow), seed       # pixel for pixel, frame for frame
+            # the shadow halves the surface's brightness there, and nothing else changes outside the sprite
+            v, bg = c["video"].astype(float), c["bg"].astype(float)
+            assert np.abs(v[shadow] - np.round(bg[shadow] * toy.SHADOW_GAIN)).max() <= 1
+        offset, (col,) = toy.sprite_model(sp["kind"], sp["size"], sp["rgb"], [scene["tint"]])
+        cy, cx = np.nonzero(mask)[1:]
+        assert np.abs([cx.mean() - xs.mean() - offset[0], cy.mean() - ys.mean() - offset[1]]).max() < 0.2, seed
+        assert np.abs(c["video"][mask].mean(0) - col).max() < 1.5, seed  # the exact mean colour, up to rasterisation
+        checked.add(sp["kind"])
+    assert checked == {"bird", "boat", "car"}
+    nan = np.full((2, 2), np.nan)
+    assert not toy.expected_shadow("car", nan, 10.0, 16, 16).any()     # no subject found: no shadow expected
+
+
+def test_triplets(tmp_path):
+    lines = toy.write_triplets(tmp_path / "tri", 3)
+    back = [json.loads(line) for line in (tmp_path / "tri" / "triplets.jsonl").read_text().splitlines()]
+    assert back == json.loads(json.dumps(lines)) and len(back) == 3
+    t = back[0]
+    ref = data.read_video(tmp_path / "tri" / t["reference"])[0]
+    fg = data.read_video(tmp_path / "tri" / t["fg"])[0]
+    assert ref.shape == fg.shape == (9, 64, 64, 3)
+    assert t["expect"]["allowed_rows"][0] < t["expect"]["allowed_rows"][1]
+    assert set(t["expect"]) >= {"kind", "colour", "tint", "shadow", "track"}
+    a = toy.clip(10_000, 9, 64, 64)                                   # triplet 0 = the sprite of clip 10000 ...
+    assert t["expect"]["track"] == [[float(x), float(y)] for x, y in zip(*toy.sprite_track(a["sprite"], 9))]
+    assert t["expect"]["tint"] == list(toy.clip(10_001)["scene"]["tint"])   # ... under the light of clip 10001
+
+
+def test_cli_and_the_data_py_aliases(tmp_path):
+    """`python toy.py data|triplets` and the old `python data.py toy|triplets` write the same files."""
+    run = lambda *a: subprocess.run([sys.executable, *map(str, a)], cwd=ROOT, capture_output=True, text=True)
+    for new, old in ((["toy.py", "data", "--clips", "2"], ["data.py", "toy", "--clips", "2"]),
+                     (["toy.py", "triplets", "--n", "1"], ["data.py", "triplets", "--n", "1"])):
+        r1, r2 = run(*new, "--out", tmp_path / "new"), run(*old, "--out", tmp_path / "old")
+        assert r1.returncode == r2.returncode == 0, r1.stderr + r2.stderr
+        assert r1.stdout.replace("new", "old") == r2.stdout
+    for name in ("prompts.txt", "masks.txt", "t0000/reference.mp4"):
+        a, b = (tmp_path / d / name for d in ("new", "old"))
+        assert a.read_bytes() == b.read_bytes() if name.endswith(".txt") else \
+            np.array_equal(data.read_video(a)[0], data.read_video(b)[0])
+    assert data.toy_clip is toy.clip and data.write_toy is toy.write_data    # old names, until every caller moves
+    with pytest.raises(AttributeError):
+        data.no_such_name
+
+
+def test_vae_forward_is_encode_then_decode_with_grad():
+    """VAE.forward (the toy VAE's training pass) sees the same time windows as encode / decode, with autograd."""
+    torch.manual_seed(0)
+    vae = V.VAE(V.PRESETS["toy"])
+    x = toy.batch([3], 17, 32, 32)                                       # 17 frames: two windows of 9 + 8
+    torch.manual_seed(1)
+    y, mean, logvar = vae(x)
+    assert y.shape == x.shape and y.requires_grad and mean.requires_grad
+    m0, lv0 = vae.encode(x, chunk_frames=8)                              # inference: no graph, chunked calls
+    assert not m0.requires_grad and torch.equal(mean.detach(), m0) and torch.equal(logvar.detach(), lv0)
+    torch.manual_seed(1)
+    z = m0 + (0.5 * lv0).exp() * torch.randn_like(m0)
+    assert torch.allclose(y.detach(), vae.decode(z), atol=1e-6)
+    y.square().mean().backward()
+    assert vae.encoder.conv_in.conv.weight.grad.abs().sum() > 0           # the gradient reaches the encoder
 
 
 def check_folder(out):
@@ -20,13 +125,13 @@ def check_folder(out):
     enc = text.T5Encoder.from_pretrained(out)
     vae = V.VAE.from_pretrained(out)
     assert enc.config.vocab_size == tok.sp.get_piece_size() + 100  # sentinels appended, as T5
-    caption = data.toy_clip(0)["caption"]
+    caption = toy.clip(0)["caption"]
     ids = tok([caption, "a purple boat sailing on the water at night"])
     assert ids.shape == (2, 226) and tok.sp.unk_id() not in ids[0].tolist()  # every toy word is in the vocab
     with torch.no_grad():
         emb = enc(ids[:, :32])
     assert emb.shape == (2, 32, 64) and not torch.allclose(emb[0], emb[1])  # captions map apart
-    x = data.to_tensor(data.toy_clip(123)["video"])[None]                 # (1, 3, 9, 64, 64)
+    x = data.to_tensor(toy.clip(123)["video"])[None]                    # (1, 3, 9, 64, 64)
     mean, logvar = vae.encode(x)
     assert mean.shape == logvar.shape == (1, 16, 3, 16, 16)
     sf = json.loads((out / "vae" / "config.json").read_text())["scaling_factor"]
@@ -40,12 +145,12 @@ def check_folder(out):
 
 def test_build_tiny(tmp_path):
     out = tmp_path / "base"
-    r = toy.main(["--out", str(out), "--vae-steps", "2", "--batch", "1", "--scale-clips", "4", "--eval-clips", "2"])
+    r = base("--out", out, "--vae-steps", "2", "--batch", "1", "--scale-clips", "4", "--eval-clips", "2")
     assert math.isfinite(r["psnr"]) and r["scaling_factor"] > 0
     check_folder(out)
     assert not [p for p in tmp_path.iterdir() if p.name != "base"]  # the temp build folder was renamed, not left
-    toy.main(["--out", str(out), "--vae-steps", "1", "--batch", "1", "--scale-clips", "2", "--eval-clips", "1",
-              "--vae-channels", "8", "16", "16"])
+    base("--out", out, "--vae-steps", "1", "--batch", "1", "--scale-clips", "2", "--eval-clips", "1",
+         "--vae-channels", "8", "16", "16")
     assert len(list(tmp_path.iterdir())) == 1                                          # replaced in place
     assert json.loads((out / "vae" / "config.json").read_text())["block_out_channels"] == [8, 16, 16]
     assert V.VAE.from_pretrained(out).encoder.conv_out.conv.weight.shape[1] == 16       # the widths took effect
@@ -55,14 +160,14 @@ def test_build_tiny(tmp_path):
 def test_shipped_base():
     vae, x = check_folder(SHIPPED)
     assert sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file()) < 5e6
-    x, m = toy.clips([123], 9, 64, 64, masks=True)
+    x, m = toy.batch([123], 9, 64, 64, masks=True)
     with torch.no_grad():
         y = vae.decode(vae.encode(x)[0])
     # an untrained VAE scores ~12 dB; the shipped one scores 28.2 dB on this clip (29.9 dB mean on 32 held-out clips)
     assert toy.psnr(y, x) > 26
     # ... 19.3 dB on the sprite and 3 px around it (toy.py --sprite-margin): a base weighted on the sprite pixels
     # only learned to dilate them (12.5 dB here; the bird's chevron came back as a dome) ...
-    assert toy.psnr(y, x, toy.dilate(m, 3)) > 17
+    assert toy.psnr(y, x, data.dilate(m, 3)) > 17
     # ... and 17.3 dB on the sprite's pixels alone: without --sprite-weight a VAE of this size scored 8.0 here
     # (the sprite blurred into the background), and a composer cannot draw what its VAE cannot
     assert toy.psnr(y, x, m) > 15
@@ -73,55 +178,40 @@ def test_vae_training_resumes_exactly(tmp_path, monkeypatch):
     from safetensors.torch import load_file
     common = ["--vae-steps", "4", "--ckpt-every", "2", "--batch", "1", "--scale-clips", "2", "--eval-clips", "1",
               "--minutes", "1000", "--vae-channels", "8", "8", "16"]
-    toy.main(["--out", str(tmp_path / "straight")] + common)
-    calls, clips = [0], toy.clips
+    base("--out", tmp_path / "straight", *common)
+    calls, batch = [0], toy.batch
 
     def dying(*args, **kw):                       # the 3rd training batch = step 2, just after its checkpoint
         calls[0] += 1
         if calls[0] == 3:
             raise KeyboardInterrupt
-        return clips(*args, **kw)
-    monkeypatch.setattr(toy, "clips", dying)
+        return batch(*args, **kw)
+    monkeypatch.setattr(toy, "batch", dying)
     with pytest.raises(KeyboardInterrupt):
-        toy.main(["--out", str(tmp_path / "killed")] + common)
-    monkeypatch.setattr(toy, "clips", clips)
+        base("--out", tmp_path / "killed", *common)
+    monkeypatch.setattr(toy, "batch", batch)
     ckpt = tmp_path / "killed.ckpt.pt"
     assert ckpt.exists() and not (tmp_path / "killed").exists()     # nothing half-written at --out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["killed.ckpt.pt", "straight"]   # no temp folder left
     # a resume with other widths is refused with a message, not a shape error from deep inside torch
     with pytest.raises(SystemExit, match="another config"):
-        toy.main(["--out", str(tmp_path / "killed"), "--resume"] + common[:-3] + ["8", "16", "16"])
-    toy.main(["--out", str(tmp_path / "killed"), "--resume"] + common)
+        base("--out", tmp_path / "killed", "--resume", *common[:-3], "8", "16", "16")
+    base("--out", tmp_path / "killed", "--resume", *common)
     assert not ckpt.exists()                                        # removed once the build completed
     a = load_file(tmp_path / "straight" / "vae" / V.WEIGHTS_NAME)
     b = load_file(tmp_path / "killed" / "vae" / V.WEIGHTS_NAME)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(SystemExit, match="no checkpoint"):                # a completed build leaves none
-        toy.main(["--out", str(tmp_path / "w"), "--resume"] + common)
+        base("--out", tmp_path / "w", "--resume", *common)
 
 
 def test_init_continues_a_base(tmp_path):
     """--init starts from a base folder's VAE weights (to train the shipped VAE longer)."""
-    toy.main(["--out", str(tmp_path / "a"), "--vae-steps", "1", "--batch", "1", "--scale-clips", "2", "--eval-clips", "1",
-              "--vae-channels", "8", "8", "16"])
+    base("--out", tmp_path / "a", "--vae-steps", "1", "--batch", "1", "--scale-clips", "2", "--eval-clips", "1",
+         "--vae-channels", "8", "8", "16")
     a = V.VAE.from_pretrained(tmp_path / "a")
-    toy.main(["--out", str(tmp_path / "b"), "--init", str(tmp_path / "a"), "--vae-steps", "0", "--scale-clips", "2",
-              "--eval-clips", "1"])
+    base("--out", tmp_path / "b", "--init", tmp_path / "a", "--vae-steps", "0", "--scale-clips", "2",
+         "--eval-clips", "1")
     b = V.VAE.from_pretrained(tmp_path / "b")
     assert b.config.block_out_channels == (8, 8, 16)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-
-
-def test_sprite_weight_covers_a_margin():
-    """The VAE loss weights the sprite and --sprite-margin pixels around it, frame by frame: weighted inside only,
-    colour spilled outwards is cheap and the VAE learns to dilate sprites (a base trained that way scored 30.3 dB
-    on sprite pixels but 15.4 dB on them + 3 px around: a bird's chevron came back as a dome)."""
-    m = torch.zeros(1, 1, 3, 16, 16)
-    m[0, 0, 1, 8, 5] = 1
-    d = toy.dilate(m, 2)
-    assert torch.equal(toy.dilate(m, 0), m)
-    assert d[0, 0, 1].sum() == 25 and d[0, 0, 1, 6:11, 3:8].sum() == 25       # a 5 x 5 square around the pixel
-    assert d[0, 0, 0].sum() == d[0, 0, 2].sum() == 0                           # ... in its own frame only
-    edge = torch.zeros(1, 1, 1, 4, 4)
-    edge[..., 0, 0] = 1
-    assert toy.dilate(edge, 1).sum() == 4                                      # clipped at the frame border

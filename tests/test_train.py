@@ -65,3 +65,34 @@ def test_bad_arguments_are_clear(tiny_base, tiny_data, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", str(tiny_base), "--preset", "toy",
                         "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert r.returncode != 0 and "nope: no such dataset folder" in r.stderr
+
+
+def dcp_state(ckpt, tmp_path):
+    """A distributed checkpoint folder -> (its tensors' dtypes, the model's tensors)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    meta = dcp.FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
+    dtypes = {k: v.properties.dtype for k, v in meta.items() if hasattr(v, "properties")}
+    dcp_to_torch_save(str(ckpt), str(tmp_path / "ckpt.pt"))
+    return dtypes, torch.load(tmp_path / "ckpt.pt", weights_only=False)["model"]
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32-compute", "bf16-compute"])
+def test_bf16_base_trains_with_fp32_masters(mini_i2v, tiny_data, tmp_path, bf16):
+    """The official 5B-I2V is stored in bf16. Its weights must train as fp32 masters: at lr 5e-6 an update is
+    below half a bf16 ulp of a ~0.05 weight and would round away. Without --bf16 this once crashed on the dtype
+    mismatch (Float input, BFloat16 weights); with it, autocast computes in bf16 over the fp32 weights."""
+    out = tmp_path / "run"
+    run(["--model", str(mini_i2v), "--data", str(tiny_data), "--out", str(out), "--size", "64", "96",
+         "--batch", "2", "--steps", "2", "--warmup", "1", "--lr", "5e-6", "--val-every", "0", "--workers", "1",
+         "--threads", "1", "--log-every", "1"] + (["--bf16"] if bf16 else []), nproc=0)
+    dtypes, trained = dcp_state(out / "ckpt" / "step_0000002", tmp_path)
+    assert len(dtypes) > 50 and set(dtypes.values()) == {torch.float32}          # weights and AdamW state
+    base = load_file(mini_i2v / "transformer" / "diffusion_pytorch_model.safetensors")
+    for k in ("transformer_blocks.1.ff.net.0.proj.weight", "patch_embed.text_proj.weight"):
+        moved = (trained[k] != base[k].float()).float().mean().item()
+        assert moved > 0.9, (k, moved)
+        assert (trained[k] - base[k].float()).abs().max() < 1e-4                # small steps, not a re-init
+    # the export defaults to the official weights' dtype
+    sd = load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert {v.dtype for v in sd.values()} == {torch.bfloat16} and sd["patch_embed.proj.weight"].shape[1] == 48

@@ -1,0 +1,240 @@
+"""Bad input to sample.py and train.py: one line that names the input (exit 2, no traceback), checked before any
+model loads; batches skip and report a bad item; nothing an earlier run wrote is destroyed or silently wrong."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import toy
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def run(script, args, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / script)] + [str(x) for x in args], capture_output=True,
+                          text=True, env=ENV, timeout=timeout)
+
+
+def one_line_error(r, *needles):
+    """Exit 2, and stderr is one line `X.py: error: ...` holding every needle (after any tqdm/notice output)."""
+    assert r.returncode == 2, (r.returncode, r.stdout[-1500:], r.stderr[-1500:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    last = [l for l in r.stderr.strip().splitlines() if l.strip()][-1]
+    assert ": error: " in last, last
+    for n in needles:
+        assert n in last, (n, last)
+
+
+@pytest.fixture(scope="module")
+def composer(tiny_base, tmp_path_factory):
+    """A tiny random composer beside the tiny base (as test_sample's)."""
+    import dit
+    out = tmp_path_factory.mktemp("composer")
+    torch.manual_seed(0)
+    dit.DiT(dit.PRESETS["toy"]).save_pretrained(out / "transformer")
+    (out / "args.json").write_text(json.dumps({"model": str(tiny_base)}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clips")
+    c = toy.clip(3)
+    data.write_video(d / "fg.mp4", c["fg"], fps=8)
+    data.write_video(d / "bg.mp4", toy.clip(4)["bg"], fps=8)
+    data.write_video(d / "mask.mp4", data.mask_to_rgb(c["mask"]), fps=8)
+    data.write_video(d / "whole.mp4", c["video"], fps=8)                      # not a subject on black
+    data.write_video(d / "mask_big.mp4", data.mask_to_rgb(np.repeat(np.repeat(c["mask"], 2, 1), 2, 2)[:5]), fps=8)
+    (d / "junk.mp4").write_bytes(b"junk" * 100)
+    (d / "empty.mp4").write_bytes(b"")
+    good = (d / "fg.mp4").read_bytes()
+    (d / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    (d / "notes.txt").write_text("not a video")
+    return d
+
+
+# ---------------------------------------------------------------------------------------------- sample.py
+
+@pytest.mark.parametrize("case, args, needles", [
+    ("missing fg", ["--fg", "{d}/nope.mp4", "--bg", "{d}/bg.mp4"], ["nope.mp4", "no such video"]),
+    ("corrupt fg", ["--fg", "{d}/junk.mp4", "--bg", "{d}/bg.mp4"], ["junk.mp4", "not a readable video"]),
+    ("empty bg", ["--fg", "{d}/fg.mp4", "--bg", "{d}/empty.mp4"], ["empty.mp4"]),
+    ("truncated bg", ["--fg", "{d}/fg.mp4", "--bg", "{d}/truncated.mp4"], ["truncated.mp4"]),
+    ("text as mask", ["--fg", "{d}/fg.mp4", "--bg", "{d}/bg.mp4", "--mask", "{d}/notes.txt"], ["notes.txt"]),
+    ("whole video as fg", ["--fg", "{d}/whole.mp4", "--bg", "{d}/bg.mp4"], ["whole.mp4", "--mask"]),
+    ("steps 0", ["--fg", "{d}/fg.mp4", "--bg", "{d}/bg.mp4", "--steps", "0"], ["--steps 0"]),
+    ("steps -3", ["--fg", "{d}/fg.mp4", "--bg", "{d}/bg.mp4", "--steps", "-3"], ["--steps -3"]),
+    ("guidance -1", ["--fg", "{d}/fg.mp4", "--bg", "{d}/bg.mp4", "--guidance", "-1"], ["--guidance -1"]),
+    ("seed > 64 bits", ["--fg", "{d}/fg.mp4", "--bg", "{d}/bg.mp4", "--seed", str(2**70)], ["--seed"]),
+    ("frames 8", ["--fg", "{d}/fg.mp4", "--bg", "{d}/bg.mp4", "--frames", "8"], ["4k+1"]),
+    ("only fg", ["--fg", "{d}/fg.mp4"], ["--bg"]),
+    ("out not writable", ["--fg", "{d}/fg.mp4", "--bg", "{d}/bg.mp4", "--out", "{d}/notes.txt/x"], ["notes.txt"]),
+])
+def test_sample_bad_inputs(composer, clips, case, args, needles):
+    r = run("sample.py", ["--ckpt", composer, "--steps", "2"] + [a.format(d=clips) for a in args])
+    one_line_error(r, *needles)
+
+
+@pytest.fixture(scope="module")
+def bad_ckpts(composer, tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpts")
+    t = composer / "transformer"
+    for name in ("truncated", "badjson", "vae", "wrongshape"):
+        (d / name).mkdir()
+        for f in t.iterdir():
+            (d / name / f.name).write_bytes(f.read_bytes())
+    w = d / "truncated" / "diffusion_pytorch_model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    (d / "badjson" / "config.json").write_text("{not json")
+    import vae
+    vae.VAE(vae.PRESETS["toy"]).save_pretrained(d / "vaefolder")
+    cfg = json.loads((d / "wrongshape" / "config.json").read_text())
+    (d / "wrongshape" / "config.json").write_text(json.dumps({**cfg, "num_layers": cfg["num_layers"] + 1}))
+    return d
+
+
+@pytest.mark.parametrize("name, needles", [("truncated", ["safetensors"]), ("badjson", ["config.json"]),
+                                           ("vaefolder", ["vaefolder"]), ("wrongshape", ["missing"]),
+                                           ("nothing-here", ["nothing-here"])])
+def test_sample_bad_checkpoints(bad_ckpts, clips, tiny_base, name, needles):
+    r = run("sample.py", ["--ckpt", bad_ckpts / name, "--model", tiny_base, "--fg", clips / "fg.mp4",
+                          "--bg", clips / "bg.mp4", "--steps", "2", "--out", bad_ckpts / "o.mp4"])
+    one_line_error(r, *needles)
+
+
+def test_sample_keeps_duration_and_resamples_a_mask(composer, clips, tmp_path):
+    """17 fg frames at 10 fps and a 9-frame bg at 3 fps (3 s): the 9 output frames must span the bg's 3 s (3 fps),
+    not be played at the bg's rate; a mask of another size and length than the fg is resampled to it."""
+    c = toy.clip(5, T=17, H=80, W=96)
+    data.write_video(tmp_path / "fg.mp4", c["fg"], fps=10)
+    data.write_video(tmp_path / "bg.mp4", toy.clip(6, T=9)["bg"], fps=3)
+    r = run("sample.py", ["--ckpt", composer, "--fg", tmp_path / "fg.mp4", "--bg", tmp_path / "bg.mp4",
+                          "--steps", "2", "--out", tmp_path / "a.mp4"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert data.read_video(tmp_path / "a.mp4")[1] == pytest.approx(3.0, abs=0.01)
+    data.write_video(tmp_path / "bg33.mp4", toy.clip(6, T=33)["bg"], fps=11)          # 3 s at 11 fps
+    run("sample.py", ["--ckpt", composer, "--fg", tmp_path / "fg.mp4", "--bg", tmp_path / "bg33.mp4",
+                      "--steps", "2", "--out", tmp_path / "b.mp4"])
+    assert data.read_video(tmp_path / "b.mp4")[1] == pytest.approx(3.0, abs=0.01)    # 9 frames over 3 s
+    r = run("sample.py", ["--ckpt", composer, "--fg", clips / "fg.mp4", "--mask", clips / "mask_big.mp4",
+                          "--bg", clips / "bg.mp4", "--steps", "2", "--out", tmp_path / "m.mp4"])
+    assert r.returncode == 0 and "resampled to the fg's" in r.stdout, r.stderr[-2000:]
+
+
+def write_triplets(d, lines):
+    (d / "t.jsonl").write_text("".join((l if isinstance(l, str) else json.dumps(l)) + "\n" for l in lines))
+    return d / "t.jsonl"
+
+
+@pytest.mark.parametrize("lines, needles", [
+    (['{"fg": "fg.mp4", "bg": "bg.mp4"', ], ["t.jsonl:1", "JSON"]),
+    ([{"fg": "fg.mp4", "bg": "bg.mp4"}, [1, 2]], ["t.jsonl:2", "object"]),
+    ([{"fg": "fg.mp4", "prompt": "x"}], ["t.jsonl:1", "bg"]),
+    ([{"id": "a", "fg": "fg.mp4", "bg": "bg.mp4"}, {"id": "a", "fg": "fg.mp4", "bg": "bg.mp4"}], ["t.jsonl:2", "'a'"]),
+    ([{"id": "../../x", "fg": "fg.mp4", "bg": "bg.mp4"}], ["t.jsonl:1", "../../x"]),
+])
+def test_sample_bad_triplet_files(composer, clips, tmp_path, lines, needles):
+    for f in ("fg.mp4", "bg.mp4"):
+        (tmp_path / f).symlink_to(clips / f)
+    r = run("sample.py", ["--ckpt", composer, "--triplets", write_triplets(tmp_path, lines), "--out", tmp_path / "o"])
+    one_line_error(r, *needles)
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
+def test_sample_batch_skips_bad_items_resumes_and_keeps_other_results(composer, clips, tmp_path):
+    for f in ("fg.mp4", "bg.mp4", "junk.mp4", "mask.mp4"):
+        (tmp_path / f).symlink_to(clips / f)
+    good = lambda i: {"id": i, "fg": "fg.mp4", "bg": "bg.mp4", "mask": "mask.mp4", "prompt": f"a boat {i}"}
+    t = write_triplets(tmp_path, [good("a"), {"id": "bad", "fg": "junk.mp4", "bg": "bg.mp4"}, good("c"),
+                                  {"id": "gone", "fg": "nope.mp4", "bg": "bg.mp4"}, good("e")])
+    args = ["--ckpt", composer, "--triplets", t, "--steps", "2", "--batch", "2", "--out", tmp_path / "o"]
+    r = run("sample.py", args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "2 skipped: bad, gone" in r.stdout
+    recs = [json.loads(l) for l in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in recs] == ["a", "c", "e"]
+    first = {x["id"]: (tmp_path / "o" / f"{x['id']}.mp4").read_bytes() for x in recs}
+    # a kill after the first batch: results.jsonl held "a" only; the rerun composes the rest, the same videos
+    (tmp_path / "o" / "results.jsonl").write_text(json.dumps(recs[0]) + "\n")
+    for i in "ce":
+        (tmp_path / "o" / f"{i}.mp4").unlink()
+    r = run("sample.py", args)
+    assert r.returncode == 0 and "1 done before" in r.stdout, r.stdout[-2000:]
+    assert [json.loads(l)["id"] for l in (tmp_path / "o" / "results.jsonl").read_text().splitlines()] == \
+        ["a", "c", "e"]
+    assert {i: (tmp_path / "o" / f"{i}.mp4").read_bytes() for i in "ace"} == first
+    # other settings into the same folder would overwrite those results: refused, nothing touched
+    r = run("sample.py", args[:-2] + ["--guidance", "3", "--out", tmp_path / "o"])
+    one_line_error(r, "--overwrite")
+    assert {i: (tmp_path / "o" / f"{i}.mp4").read_bytes() for i in "ace"} == first
+
+
+# ---------------------------------------------------------------------------------------------- train.py
+
+def train(base, d, out, *extra):
+    return run("train.py", ["--model", base, "--preset", "toy", "--data", d, "--out", out, "--batch", "2",
+                            "--steps", "2", "--warmup", "1", "--val-every", "0", "--workers", "1", "--threads", "1",
+                            "--log-every", "1", "--ckpt-every", "1"] + list(extra))
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["--frames", "8"], ["4k+1", "8 frames"]), (["--frames", "-3"], ["-3 frames"]), (["--size", "64", "70"], ["64x70"]),
+    (["--steps", "0"], ["--steps"]), (["--lr", "-1"], ["--lr -1"]), (["--text-drop", "1.5"], ["--text-drop"]),
+    (["--resume"], ["--resume", "no complete checkpoint"]),
+])
+def test_train_bad_flags(tiny_base, tiny_data, tmp_path, extra, needles):
+    r = train(tiny_base, tiny_data, tmp_path / "x", *extra)
+    one_line_error(r, *needles)
+    assert not (tmp_path / "x" / "log.jsonl").exists()
+
+
+@pytest.mark.parametrize("what, needles", [("missing", ["no such dataset folder"]), ("notdata", ["prompts.txt"]),
+                                           ("badmodel", ["--model"])])
+def test_train_bad_data_or_model(tiny_base, tiny_data, tmp_path, what, needles):
+    (tmp_path / "notdata").mkdir()
+    d = {"missing": tmp_path / "missing", "notdata": tmp_path / "notdata", "badmodel": tiny_data}[what]
+    base = tmp_path / "notdata" if what == "badmodel" else tiny_base
+    one_line_error(train(base, d, tmp_path / "x"), *needles)
+
+
+def test_train_skips_unreadable_clips_before_step_one(tiny_base, tiny_data, tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    for f in tiny_data.iterdir():
+        (d / f.name).symlink_to(f) if f.is_dir() else (d / f.name).write_text(f.read_text())
+    lines = (d / "bg.txt").read_text().splitlines()
+    lines[3] = "bg/does-not-exist.mp4"
+    (d / "bg.txt").write_text("\n".join(lines) + "\n")
+    r = train(tiny_base, d, tmp_path / "run", "--cache-latents")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 unusable ones skipped" in r.stdout and "does-not-exist.mp4" in r.stdout
+    assert list(json.loads((tmp_path / "run" / "skipped.json").read_text())) == ["3"]
+
+
+def test_train_never_keeps_a_broken_checkpoint(tiny_base, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    assert train(tiny_base, tiny_data, out, "--keep", "1").returncode == 0
+    # an absurd learning rate: the step-3 update is not finite; the run must stop before saving it, and with
+    # --keep 1 the good step-2 checkpoint must still be there and named
+    r = train(tiny_base, tiny_data, out, "--keep", "1", "--resume", "--steps", "4", "--lr", "1e39")
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "last good checkpoint is" in r.stdout and "step_0000002" in r.stdout.split("last good checkpoint is")[1]
+    assert [p.name for p in (out / "ckpt").iterdir()] == ["step_0000002"]
+
+
+def test_train_resume_skips_a_corrupt_newest_checkpoint(tiny_base, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    assert train(tiny_base, tiny_data, out).returncode == 0
+    newest = sorted((out / "ckpt").iterdir())[-1]
+    for f in newest.glob("*.distcp"):
+        f.write_bytes(f.read_bytes()[:100])
+    r = train(tiny_base, tiny_data, out, "--resume", "--steps", "3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "skipping checkpoint" in r.stdout and "resumed from" in r.stdout and "step_0000001 at step 1" in r.stdout

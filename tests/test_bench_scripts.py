@@ -1,0 +1,81 @@
+"""The measurement scripts of issue 16 run end to end at toy size, so the GPU ones never rot untested."""
+import importlib.util
+import math
+import re
+from pathlib import Path
+
+import torch
+
+import data
+import dit
+import toy
+import vae
+import weights
+
+HERE = Path(__file__).resolve().parent
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def numbers(obj):
+    """Every int/float inside a JSON-like object (None, the CPU's unmeasured memory, is left out)."""
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in numbers(v)]
+    if isinstance(obj, list):
+        return [x for v in obj for x in numbers(v)]
+    return [float(obj)] if isinstance(obj, (int, float)) and not isinstance(obj, bool) else []
+
+
+def test_realscale_tiny_prints_every_row(capsys):
+    torch.set_num_threads(1)
+    res = load("bench_realscale").main(["--tiny", "--device", "cpu", "--iters", "2"])
+    out = capsys.readouterr().out
+    for row in ["a1", "a2", "a3", "a4", "b", "c1", "c2", "c3", "c4", "d1", "d2"]:
+        assert re.search(rf"^\| {row} \| .+ \|$", out, re.M), f"row {row} missing:\n{out}"
+    assert "OOM" not in out
+    assert [(r["mode"], r["batch"]) for r in res["a"]] == [("fp32+autocast", 1), ("fp32+autocast", 2),
+                                                           ("bf16 params", 1), ("bf16 params", 2)]
+    vals = numbers(res)
+    assert len(vals) > 40 and all(math.isfinite(v) for v in vals)
+    assert all(r["s_per_step"] > 0 and r["mfu"] > 0 for r in res["a"]) and res["b"][0]["out_finite"]
+    assert [r["out"] for r in res["c"]] == [[1, 16, 3, 16, 16]] * 2 + [[1, 3, 9, 64, 64]] * 2
+    assert all(r["out_finite"] for r in res["c"])
+    for r in res["d"]:              # bf16 differs from fp32, but only by rounding (a zero output would give nan)
+        assert 1e-4 < r["mean_rel"] < 0.05 and 1e-4 < r["max_rel"] < 0.05, r
+    assert out.strip().splitlines()[-1].startswith("JSON {")
+
+
+def test_realscale_flops_formula():
+    b = load("bench_realscale")
+    cfg = dit.PRESETS["stm-5b-i2v"]
+    n = sum(p.numel() for p in weights.meta_model(dit.DiT, cfg).parameters())
+    seq = 13 * 30 * 45 + 226                                      # video + text tokens at 49x480x720
+    assert b.flops_per_sample(n, cfg, (13, 60, 90)) == 6 * n * seq + 12 * 42 * seq ** 2 * 3072
+    assert b.flops_per_sample(n, cfg, (13, 60, 90), train=False) == 2 * n * seq + 4 * 42 * seq ** 2 * 3072
+
+
+def test_bgnoise_tiny_one_row_per_sigma(tmp_path, capsys):
+    torch.set_num_threads(1)
+    write = getattr(toy, "write_data", None) or data.write_toy          # the toy world moved from data.py to toy.py
+    write(tmp_path / "clips", 4)
+    torch.manual_seed(0)
+    vae.VAE(vae.PRESETS["toy"]).save_pretrained(tmp_path / "vae")
+    rows = load("bench_bgnoise").main(["--data", str(tmp_path / "clips"), "--model", str(tmp_path / "vae"),
+                                       "--clips", "4", "--draws", "2", "--device", "cpu"])
+    out = capsys.readouterr().out
+    table = [l for l in out.splitlines() if re.match(r"^\| (2\.5|16|50|84|97\.5)%|^\| drawn", l)]
+    assert len(table) == 6 and [r[0] for r in rows] == ["2.5%", "16%", "50%", "84%", "97.5%", "drawn"]
+    sigmas = [r[1] for r in rows[:5]]
+    assert sigmas == sorted(sigmas) and abs(sigmas[2] - math.exp(-3.0)) < 1e-12
+    for name, sigma, r in rows:
+        assert all(math.isfinite(v) for v in r.values()), (name, r)
+        if sigma is not None:       # the shortcut adds sigma * N(0, 1): its rms is sigma (98k elements: ~0.3% noise)
+            assert abs(r["S-c"] / sigma - 1) < 0.02, (name, r["S-c"], sigma)
+        # F and S are independent: rms(F-S)^2 = rms(F-c)^2 + rms(S-c)^2 up to the cross term's noise
+        assert abs(r["F-S/F-c"] ** 2 - 1 - r["S/F"] ** 2) < 0.1 * (1 + r["S/F"] ** 2), (name, r)
+    assert re.search(r"^drawn sigma: .* -> (NOT )?negligible", out, re.M)
