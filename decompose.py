@@ -28,7 +28,9 @@ Resume and scale: one metadata.jsonl record per clip (kept or skipped), appended
 process after a clip's files are written atomically, so a rerun skips finished clips and a kill
 loses at most the clips in progress. `--shard I/N` takes every N-th clip of the (deterministic)
 clip list and writes its own folder <out>/shard-I-of-N, so shards never share a file, even on
-NFS; `--merge` joins them into <out> without copying videos.
+NFS; `--merge` joins them into <out> without copying videos, adding to the clips <out> already holds.
+A rerun must use the same flags as the run that began the folder (settings.json): clips made another way
+are never mixed in. Every flag and input file is checked before the first clip (one line, exit code 2).
 """
 import argparse
 import functools
@@ -735,9 +737,9 @@ def check_inpaint_cmd(cmd):
 
 
 def plan_jobs(sources, st, strides, max_clips, seed):
-    """Every clip of every readable source -> (process_clip jobs, unreadable sources as (path, key, error)).
-    Reads only the containers' headers."""
-    jobs, bad, longest = [], [], 0
+    """Every clip of every readable source -> (process_clip jobs, unreadable sources as (path, key, error), notes on
+    sources too short for a clip). Reads only the containers' headers."""
+    jobs, bad, notes, longest = [], [], [], 0
     for src, key in zip(sources, source_keys(sources)):
         try:
             n, fps = probe(src)
@@ -747,7 +749,7 @@ def plan_jobs(sources, st, strides, max_clips, seed):
         plan = plan_clips(key, n, st.frames, strides, max_clips, seed)
         longest = max(longest, n)
         if not plan:
-            print(f"skipping {src}: {n} frames, too short for {st.frames} frames", file=sys.stderr)
+            notes.append(f"skipping {src}: {n} frames, too short for {st.frames} frames")
         for start, stride in plan:
             jobs.append((st, f"{key}_{start:06d}_s{stride}", src, key, start, stride, n, fps))
     if len(bad) == len(sources):
@@ -756,7 +758,7 @@ def plan_jobs(sources, st, strides, max_clips, seed):
     if not jobs:
         raise BadInput(f"--frames {st.frames}: longer than every readable video (the longest has {longest} "
                        "frames); lower --frames")
-    return jobs, bad
+    return jobs, bad, notes
 
 
 def check_sources(jobs, st):
@@ -820,12 +822,13 @@ def main(args):
     st = Settings(**given, out=out, caption_map=caption_map, threads=threads)
     flags = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in vars(args).items() if k in SAME_FLAGS}
     check_settings([out], flags)
-    jobs, bad = plan_jobs(sources, st, args.strides, args.max_clips, args.seed)
+    jobs, bad, notes = plan_jobs(sources, st, args.strides, args.max_clips, args.seed)
     check_sources([j for k, j in enumerate(jobs) if k % n_shards == i], st)
     # every input checked: from here on the folder is written
     writer = LayeredWriter(out)
     if not (Path(out) / "settings.json").exists():
         atomic_write_text(Path(out) / "settings.json", json.dumps(flags, indent=1) + "\n")
+    print("".join(n + "\n" for n in notes), end="", file=sys.stderr)
     for src, key, err in bad:
         print(f"skipping {err}", file=sys.stderr)
         if key not in writer.done:

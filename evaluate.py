@@ -11,6 +11,9 @@ Evaluate compositions: the paper's metrics (Table 1-2), weight-free fallbacks, e
 for toy triplets, `expect` (what a correct composite satisfies). Relative paths are relative to the folder.
 Inputs are resampled to the generated video's frames and size (data.fit_video).
 Library use: evaluate_record(rec, base, Networks(...), ...) scores one record with explicit settings.
+A record whose videos are missing or unreadable is skipped and reported (stderr and summary.md / .json); each
+scored record is appended to metrics.jsonl at once, so a stopped run resumes where it stopped; an eval folder
+holding scores made with other flags is refused, never overwritten. Unusable flags: one line, exit code 2.
 
 Every generated video is re-segmented into fg / bg layers (video x mask on black) by the same weight-free
 segmenter as the Split stage (decompose.motion_mask), then, as in the StM release (evaluation/metrics):
@@ -47,6 +50,8 @@ renderer itself (toy.sprite_model, toy.expected_shadow). Then:
 import argparse
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +61,9 @@ from tqdm import tqdm
 import data
 import metrics
 import toy
+from data import BadInput
 from decompose import largest_component, motion_mask, shadow_like
+from weights import atomic_write_text
 
 # (key, column label, arrow): the order of the summary table
 COLUMNS = [
@@ -103,6 +110,58 @@ def load_record(rec, base, max_frames=0, max_side=0):
     h, w = fg_raw.shape[1:3]
     s = max(H / h, W / w)
     return gen, fg, bg, mask, (s, (round(w * s) - W) // 2, (round(h * s) - H) // 2)
+
+
+def read_jsonl(path):
+    """A JSON-lines file -> (objects as (line number, dict), problems as (line number, one-line message)). A torn
+    last line (its writer stopped mid-line) and lines that are not JSON objects are reported and left out."""
+    try:
+        lines = Path(path).read_text().split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"{path}: cannot be read ({type(e).__name__}); give a JSON-lines file") from None
+    rows, problems = [], []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            rows.append((i, obj))
+        elif i == len(lines):                                 # no newline after it: the writer was stopped
+            problems.append((i, f"{path}:{i}: torn last line (its writer was stopped mid-line), left out"))
+        else:
+            problems.append((i, f"{path}:{i}: not a JSON object, left out"))
+    return rows, problems
+
+
+def check_record(rec, base):
+    """Why a results record cannot be scored (one line), or None. Reads only the videos' headers."""
+    for k in ("result", "fg", "bg", "mask"):
+        if k == "mask" and not rec.get("mask"):
+            continue
+        if not isinstance(rec.get(k), str) or not rec[k]:
+            return f"no '{k}' path (a record needs result, fg, bg and optionally mask)"
+        p = _path(rec[k], base)
+        if not p.exists():
+            return f"{k} {p}: not found"
+        try:
+            n = data.probe(p)[0]
+        except ValueError as e:
+            return f"{k} {e}"
+        if n == 0:
+            return f"{k} {p}: no frames"
+    return None
+
+
+def json_safe(v):
+    """NaN / inf -> None (JSON's null), through dicts and lists: json.dumps would write a bare NaN, not JSON."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    return [json_safe(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
 def centroids(mask):
@@ -217,8 +276,11 @@ def _config(spec, presets, cls):
         return presets[spec]
     p = Path(spec)
     if p.is_file():
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(p.read_text()).items()})
-    raise SystemExit(f"{spec}: neither a preset ({', '.join(presets)}) nor a JSON config file")
+        try:
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(p.read_text()).items()})
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as e:
+            raise BadInput(f"{spec}: not a JSON object of {cls.__name__} fields ({type(e).__name__}: {e})") from None
+    raise BadInput(f"{spec}: neither a preset ({', '.join(presets)}) nor a JSON config file")
 
 
 class Networks:
@@ -277,7 +339,7 @@ def evaluate_record(rec, base, nets, max_frames=0, max_side=0, toy_threshold=40.
     max_frames / max_side / toy_threshold / cp_radius: as the flags of the same names."""
     gen, fg, bg, mask, geom = load_record(rec, base, max_frames, max_side)
     gen_mask = motion_mask(gen)                                   # the Split stage's segmenter, for every video
-    out = {"id": rec.get("id"), "result": str(_path(rec["result"], base)), "frames": len(gen),
+    out = {"id": rec.get("id"), "result": str(_path(rec["result"], base).resolve()), "frames": len(gen),
            "size": list(gen.shape[1:3]), "gen_fg_ratio": float(gen_mask.mean())}
     out.update(nets(gen, fg, bg, gen_mask, rec.get("prompt", "")))
     r = max(1, round(min(gen.shape[1:3]) / 100))
@@ -292,6 +354,8 @@ def evaluate_record(rec, base, nets, max_frames=0, max_side=0, toy_threshold=40.
         out["wf_m3_flow_mse"] = metrics.background_flow_mse(bg, gen * ~gen_mask[..., None], gen_mask)
     if rec.get("expect"):
         out.update(toy_metrics(gen, fg, bg, mask, rec["expect"], geom, toy_threshold, cp_radius))
+    if len(gen) < 2:                           # flow is measured between frames: one frame has none
+        out["notes"] = [f"M3 (bg flow) needs at least 2 frames, the result has {len(gen)}: left out (null)"]
     return out
 
 
@@ -313,14 +377,17 @@ def table(runs):
 
 
 def load_run(path):
-    """An eval folder (metrics.jsonl) or a results folder (its eval/metrics.jsonl) -> (name, summary)."""
+    """An eval folder (metrics.jsonl) or a results folder (its eval/metrics.jsonl) -> (name, summary). Lines a
+    stopped run left half-written are left out, with a warning."""
     p = Path(path)
     for f in (p / "metrics.jsonl", p / "eval" / "metrics.jsonl", p):
         if f.is_file():
-            rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+            rows, problems = read_jsonl(f)
+            for _, msg in problems:
+                print(f"warning: {msg}", file=sys.stderr)
             name = f.parent.parent.name if f.parent.name == "eval" else f.parent.name
-            return name, summarise(rows)
-    raise SystemExit(f"{path}: no metrics.jsonl (run python evaluate.py --results {path} first)")
+            return name, summarise([r for _, r in rows])
+    raise BadInput(f"--compare {path}: no metrics.jsonl there (run python evaluate.py --results {path} first)")
 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -348,45 +415,172 @@ ap("--limit", type=int, default=0, help="evaluate only the first N records (0 = 
 
 def compare(paths, out=None):
     """Summaries of several runs side by side (printed; written to <out>/compare.md if out)."""
+    if out:
+        data.check_out_dir(out)
     runs = dict(load_run(r) for r in paths)
     text = table(runs)
     print(text, end="")
     if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "compare.md").write_text(text)
+        atomic_write_text(Path(out) / "compare.md", text)
     return runs
 
 
-def main(args):
-    if args.compare:
-        return compare(args.compare, args.out)
+# The flags a score depends on: an eval folder holds the scores of one setting, so that its summary means one thing
+SCORE_FLAGS = ("viclip", "viclip_config", "bpe", "swin", "swin_config", "raft", "raft_config", "max_frames",
+               "max_side", "toy_threshold", "cp_radius")
+
+
+def check_flags(args):
+    """Flag values that cannot work end the run here, in one line, before anything is read or loaded."""
+    if args.compare and args.results:
+        raise BadInput("give --results DIR (score a run) or --compare RUN ... (tabulate scored runs), not both")
     if not args.results:
-        parser.error("give --results DIR (or --compare RUN ...)")
+        raise BadInput("give --results DIR (the folder holding results.jsonl), or --compare RUN ...")
+    a = args
+    for flag, val, ok, rule in (("--max-frames", a.max_frames, a.max_frames >= 0, "at least 0 (0 = all)"),
+                                ("--max-side", a.max_side, a.max_side >= 0, "at least 0 (0 = native)"),
+                                ("--limit", a.limit, a.limit >= 0, "at least 0 (0 = all)"),
+                                ("--toy-threshold", a.toy_threshold, 0 <= a.toy_threshold < 255, "in [0, 255)"),
+                                ("--cp-radius", a.cp_radius, a.cp_radius is None or a.cp_radius > 0, "above 0")):
+        if not ok:
+            raise BadInput(f"{flag} {val}: must be {rule}")
+    try:
+        dev = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise BadInput(f"--device {args.device}: not a torch device; use cpu or cuda (cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
     base = Path(args.results)
-    src = base / "results.jsonl"
-    if not src.is_file():
-        raise SystemExit(f"{src}: not found (write it with sample.py --triplets FILE --out {base})")
-    recs = [json.loads(line) for line in src.read_text().splitlines() if line.strip()][:args.limit or None]
-    nets = Networks(args.viclip, args.swin, args.raft, args.viclip_config, args.swin_config, args.raft_config,
-                    args.bpe, args.device)
-    missing = [n for n, m in (("ViCLIP (M1, M4)", nets.viclip), ("Swin3D (M2)", nets.swin), ("RAFT (M3)", nets.raft))
-               if m is None]
-    if missing:
-        print(f"no weights for {', '.join(missing)}: those metrics are skipped; weight-free measures "
-              f"(bg PSNR/SSIM, fg colour histogram{', classical-flow M3' if nets.raft is None else ''}) are reported")
-    rows = [evaluate_record(r, base, nets, args.max_frames, args.max_side, args.toy_threshold, args.cp_radius)
-            for r in tqdm(recs, desc=f"evaluate {base}")]
+    if not (base / "results.jsonl").is_file():
+        raise BadInput(f"--results {base}: no results.jsonl there (write it with sample.py --triplets FILE "
+                       f"--out {base})")
+    data.check_out_dir(args.out or base / "eval", "--out")
+
+
+def read_records(args):
+    """results.jsonl -> (records to score as (line, record), skipped as {line, id, why}): the first --limit records;
+    one whose video is missing or unreadable is skipped and reported. None usable: BadInput."""
+    src = Path(args.results) / "results.jsonl"
+    rows, problems = read_jsonl(src)
+    skipped = [{"line": i, "id": None, "why": m.split(": ", 1)[1]} for i, m in problems]
+    good, seen = [], {}
+    for i, rec in rows[:args.limit or None]:
+        why = check_record(rec, src.parent)
+        key = None if why else _path(rec["result"], src.parent).resolve()
+        if key in seen:
+            why = f"the same result as line {seen[key]}, scored once"
+        elif key is not None:
+            seen[key] = i
+        if why:
+            skipped.append({"line": i, "id": rec.get("id"), "why": why})
+        else:
+            good.append((i, rec))
+    skipped.sort(key=lambda s: s["line"])
+    if not good:
+        first = f" (line {skipped[0]['line']}: {skipped[0]['why']})" if skipped else ""
+        raise BadInput(f"{src}: none of its {len(rows)} records can be scored{first}; "
+                       "each needs readable result, fg and bg videos")
+    return good, skipped
+
+
+def load_networks(args):
+    """Networks(...) of the flags, or one line naming the weights that could not be loaded."""
+    try:
+        return Networks(args.viclip, args.swin, args.raft, args.viclip_config, args.swin_config, args.raft_config,
+                        args.bpe, args.device)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as e:
+        given = " ".join(f"--{k} {v}" for k, v in (("viclip", args.viclip), ("swin", args.swin), ("raft", args.raft))
+                         if v)
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BadInput(f"the metric networks ({given}) could not be loaded: {msg}; check the weight files and the "
+                       "--*-config presets they match") from None
+
+
+def _stat(path):
+    """(size, mtime) of a result: a video rewritten since it was scored has new ones."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def read_scored(out, recs, base, settings):
+    """The rows an earlier run left in <out>/metrics.jsonl (resume: they are not scored again). Each row is appended
+    as its record is scored, so a stopped run keeps them; a torn last line is dropped, with a warning. Rows made
+    with other flags, or of a result rewritten since, are never mixed in nor removed: one line, another --out."""
+    f = out / "metrics.jsonl"
+    old, problems = read_jsonl(f) if f.is_file() else ([], [])
+    rows = [r for _, r in old]
+    other = [r for r in rows if r.get("settings") != settings]
+    if other:
+        was = other[0].get("settings") or {}
+        diff = [k for k in SCORE_FLAGS if was.get(k) != settings[k]] if was else ["none recorded: an older evaluate.py"]
+        raise BadInput(f"{f}: holds {len(other)} scores made with other flags ({', '.join(diff)}); they are kept: "
+                       "pass another --out, or the same flags to add to them")
+    done = {r.get("result"): r.get("result_stat") for r in rows}
+    paths = [str(_path(r["result"], base).resolve()) for r in recs]
+    stale = [p for p in paths if p in done and done[p] != _stat(p)]
+    if stale:
+        raise BadInput(f"{f}: scores {stale[0]}{f' (and {len(stale) - 1} more)' if stale[1:] else ''} as it was "
+                       "before it was rewritten; they are kept: pass another --out to score the new results, or "
+                       "delete that file")
+    for _, msg in problems:
+        print(f"warning: {msg}", file=sys.stderr)
+    if problems:                                  # drop the torn line before appending after it
+        atomic_write_text(f, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def main(args):
+    if args.compare and not args.results:
+        return compare(args.compare, args.out)
+    check_flags(args)
+    base = Path(args.results)
     out = Path(args.out or base / "eval")
+    recs, skipped = read_records(args)
+    settings = {k: getattr(args, k) for k in SCORE_FLAGS}
+    rows = read_scored(out, [r for _, r in recs], base, settings)
+    done = {r["result"] for r in rows}
+    key = lambda r: str(_path(r["result"], base).resolve())
+    todo = [(i, r) for i, r in recs if key(r) not in done]
+    if len(todo) < len(recs):
+        print(f"{len(recs) - len(todo)} records already scored in {out}/metrics.jsonl are kept; scoring {len(todo)}")
+    nets = load_networks(args) if todo else Networks()
+    missing = [n for n, w in (("ViCLIP (M1, M4)", args.viclip), ("Swin3D (M2)", args.swin), ("RAFT (M3)", args.raft))
+               if not w]
+    if missing and todo:
+        print(f"no weights for {', '.join(missing)}: those metrics are skipped; weight-free measures "
+              f"(bg PSNR/SSIM, fg colour histogram{', classical-flow M3' if not args.raft else ''}) are reported")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = summarise(rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    for i, rec in tqdm(todo, desc=f"evaluate {base}"):
+        try:
+            row = evaluate_record(rec, base, nets, args.max_frames, args.max_side, args.toy_threshold, args.cp_radius)
+        except (ValueError, KeyError, TypeError, OSError) as e:    # this record only: report it, score the rest
+            skipped.append({"line": i, "id": rec.get("id"), "why": f"{type(e).__name__}: {e}"})
+            continue
+        except KeyboardInterrupt:
+            sys.exit(f"interrupted: {out}/metrics.jsonl keeps the {len(rows)} records scored; rerun to resume")
+        row = json_safe({**row, "result_stat": _stat(key(rec)), "settings": settings})
+        with open(out / "metrics.jsonl", "a") as f:             # one write of one line: a kill tears at most it
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        rows.append(row)
+    skipped.sort(key=lambda s: s["line"])
+    said = [f"line {s['line']}" + (f" ({s['id']})" if s["id"] else "") + f": {s['why']}" for s in skipped]
+    for msg in said:
+        print(f"warning: skipped {Path(args.results) / 'results.jsonl'} {msg}", file=sys.stderr)
+    notes = [f"{r.get('id')}: {n}" for r in rows for n in r.get("notes", [])]
+    for n in notes:
+        print(f"warning: {n}", file=sys.stderr)
+    summary = {**summarise(rows), "skipped": skipped, "notes": notes}
+    atomic_write_text(out / "summary.json", json.dumps(json_safe(summary), indent=1))
     note = f"\nNo weights for {', '.join(missing)}: \"weight-free\" columns are the fallbacks.\n" if missing else ""
+    note += "\nSkipped (not scored) results.jsonl records:\n" + "".join(f"- {m}\n" for m in said) if said else ""
+    note += "\nNotes:\n" + "".join(f"- {n}\n" for n in notes) if notes else ""
     name = args.name or base.resolve().name
-    (out / "summary.md").write_text(f"# {args.results}\n\n" + table({name: summary}) + note)
+    atomic_write_text(out / "summary.md", f"# {args.results}\n\n" + table({name: summary}) + note + "\n")
     print(table({name: summary}), end="")
     return summary
 
 
 if __name__ == "__main__":
-    main(parser.parse_args())
+    data.run_cli(main, parser)

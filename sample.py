@@ -1,21 +1,28 @@
 """
 Compose: put a foreground subject into a background video under a prompt (paper §3.4, Inference).
 
-    python sample.py                                       # bundled toy composer on bundled toy examples -> out/
+    python sample.py --grid --guidance 2 --sampler ddim    # bundled toy composer on bundled toy examples -> out/
     python sample.py --fg fg.mp4 --bg bg.mp4 --prompt "a red boat sailing on the water at sunset" --grid
     python sample.py --fg clip.mp4 --mask mask.mp4 --bg bg.mp4 --prompt "..."   # any video + its mask
     python sample.py --triplets data/toy-test/triplets.jsonl --ckpt runs/toy --out results/toy   # for evaluate.py
-Real scale (GPU, bf16, tiled VAE decode):
-    python sample.py --model THUDM/CogVideoX-5b-I2V --ckpt runs/stm5b --fg fg.mp4 --bg bg.mp4 --prompt "..." \\
-        --steps 50 --guidance 6 --sampler dpm --dynamic-cfg
+Real scale (GPU, bf16, tiled VAE decode; the StM release's sampler settings are the defaults):
+    python sample.py --model THUDM/CogVideoX-5b-I2V --ckpt runs/stm5b --fg fg.mp4 --mask mask.mp4 --bg bg.mp4 \\
+        --prompt "..." --steps 50 --guidance 6 --sampler dpm
 
 --ckpt is a train.py output folder, a folder holding a diffusers `transformer/`, or a hub id;
 --model gives the VAE, T5 and tokenizer (a folder laid out like THUDM/CogVideoX-5b-I2V, or a hub id).
 fg is the subject on black (its mask is where it is not black), or any video with --mask.
-Inputs of another size, length or frame rate are resampled to the model's frames and cropped to its size.
+Inputs of another size, length or frame rate are resampled to the model's frames and cropped to its size; the
+output keeps the background's duration (its frame rate is the model's frame count over that duration).
+
+Every input is checked before a model loads. A batch (--triplets) skips a triplet whose files cannot be read and
+reports it; results.jsonl is rewritten (atomically) after every batch, and a rerun of the same command skips what
+is done. Earlier results in --out made with other settings are never overwritten (use another --out, or
+--overwrite).
 """
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -25,42 +32,59 @@ import torch
 import data
 import diffusion
 import weights
-from dit import DiT
+from data import BadInput
+from dit import DiT, DiTConfig
 from text import T5Encoder, Tokenizer, encode_prompts
-from vae import VAE
+from vae import VAE, VAEConfig
 
 ROOT = Path(__file__).resolve().parent
+MAX_DERIVED_MASK = 0.6        # a "subject on black" whose non-black part covers more than this is no such thing
+
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-ap = parser
-ap.add_argument("--fg", help="foreground video (subject on black), or any video with --mask")
-ap.add_argument("--mask", help="mask video or PNG folder for --fg (white/nonzero = subject)")
-ap.add_argument("--bg", help="background video")
-ap.add_argument("--prompt", default="", help="text prompt describing the composed video")
-ap.add_argument("--triplets",
-                help="jsonl of {fg, bg, prompt[, mask, id, reference]} (paths relative to the file): compose them all")
-ap.add_argument("--ckpt", default=str(ROOT / "assets" / "toy-composer"),
-                help="composer: train.py output folder, a folder with transformer/, or a hub id")
-ap.add_argument("--model", default=None,
-                help="base model for VAE/T5/tokenizer (default: the one the composer was trained from, else assets/toy-base)")
-ap.add_argument("--out", default="out", help="output folder (or .mp4 file for a single composition)")
-ap.add_argument("--steps", type=int, default=50, help="sampler steps (StM release: 50)")
-ap.add_argument("--sampler", default="dpm", choices=["ddim", "dpm"],
-                help="CogVideoX's DPM-Solver++ variant (StM release) or its DDIM (the toy composer's)")
-ap.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance on the text (1: off; StM: 6)")
-ap.add_argument("--dynamic-cfg", action="store_true",
-                help="CogVideoX's dynamic guidance schedule (off in the StM release; it makes the scale oscillate)")
-ap.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same video)")
-ap.add_argument("--frames", type=int, default=None, help="frames to generate (default: the composer's, 4k+1)")
-ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                help="frame size (default: the composer's)")
-ap.add_argument("--grid", action="store_true", help="also write fg | bg | result side by side as mp4 and gif; with several "
-                "compositions also <out>/grid.{mp4,gif}: the first 8 stacked, plus, where the triplet has a `reference` "
-                "(a correct "
-                "composite), that video and the same through the VAE")
-ap.add_argument("--batch", type=int, default=4, help="compositions per forward pass (triplet mode)")
-ap.add_argument("--fps", type=float, default=None, help="output frame rate (default: the background's)")
-ap.add_argument("--tile", action="store_true", help="tiled VAE decode (automatic above 256x256)")
-ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+arg = parser.add_argument
+arg("--fg", help="foreground video (subject on black), or any video with --mask")
+arg("--mask", help="mask video or PNG folder for --fg (white/nonzero = subject)")
+arg("--bg", help="background video")
+arg("--prompt", default="", help="text prompt describing the composed video")
+arg("--triplets", help="jsonl of {fg, bg, prompt[, mask, id, reference]} (paths relative to the file): compose all")
+arg("--ckpt", default=str(ROOT / "assets" / "toy-composer"),
+    help="composer: train.py output folder, a folder with transformer/, or a hub id")
+arg("--model", default=None,
+    help="base model for VAE/T5/tokenizer (default: the one the composer was trained from, else assets/toy-base)")
+arg("--out", default="out", help="output folder (or .mp4 file for a single composition)")
+arg("--steps", type=int, default=50, help="sampler steps (StM release: 50)")
+arg("--sampler", default="dpm", choices=["ddim", "dpm"],
+    help="CogVideoX's DPM-Solver++ variant (StM release) or its DDIM (the toy composer's)")
+arg("--guidance", type=float, default=6.0, help="classifier-free guidance on the text (1: off; StM: 6)")
+arg("--dynamic-cfg", action="store_true",
+    help="CogVideoX's dynamic guidance schedule (off in the StM release; it makes the scale oscillate)")
+arg("--seed", type=int, default=0, help="noise seed (same seed, same video)")
+arg("--frames", type=int, default=None, help="frames to generate (default: the composer's, 4k+1)")
+arg("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="frame size (default: the composer's)")
+arg("--grid", action="store_true", help="also write fg | bg | result side by side as mp4 and gif; with several "
+    "compositions also <out>/grid.{mp4,gif}: the first 8 stacked, plus, where the triplet has a `reference` "
+    "(a correct composite), that video and the same through the VAE")
+arg("--batch", type=int, default=4, help="compositions per forward pass (triplet mode)")
+arg("--fps", type=float, default=None, help="output frame rate (default: keep the background's duration)")
+arg("--tile", action="store_true", help="tiled VAE decode (automatic above 256x256)")
+arg("--overwrite", action="store_true", help="replace earlier results in --out made with other settings")
+arg("--device", default=None, help="cpu or cuda (default: cuda if available)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking what the user gave, before any model loads
+
+
+def check_flags(a):
+    problems = [(a.steps < 1, f"--steps {a.steps}: need at least 1"),
+                (not a.guidance >= 0, f"--guidance {a.guidance}: need a number >= 0 (1: no guidance)"),
+                (not 0 <= a.seed < 2**63, f"--seed {a.seed}: need 0 <= seed < 2^63"),
+                (a.batch < 1, f"--batch {a.batch}: need at least 1"),
+                (a.fps is not None and not a.fps > 0, f"--fps {a.fps}: need a positive frame rate"),
+                (a.frames is not None and a.frames < 1, f"--frames {a.frames}: need 4k+1 frames")]
+    for bad, msg in problems:
+        if bad:
+            raise BadInput(msg)
 
 
 def composer_folders(ckpt, model):
@@ -68,34 +92,156 @@ def composer_folders(ckpt, model):
     p = Path(ckpt)
     if p.exists() and (p / "transformer").is_dir():
         args = p / "args.json"
-        base = model or (json.loads(args.read_text())["model"] if args.exists() else None)
+        base = model or (json.loads(args.read_text()).get("model") if args.exists() else None)
         return p / "transformer", base or str(ROOT / "assets" / "toy-base")
     if p.exists() and (p / "config.json").exists():
         return p, model or str(ROOT / "assets" / "toy-base")
     if p.exists():
-        raise SystemExit(f"--ckpt {ckpt}: neither a train.py output (transformer/) nor a transformer folder "
-                         "(config.json)")
-    return weights.resolve(ckpt, "transformer"), model or ckpt
+        raise BadInput(f"--ckpt {ckpt}: neither a train.py output (transformer/) nor a transformer folder "
+                       "(config.json)")
+    try:
+        return weights.resolve(ckpt, "transformer"), model or ckpt
+    except (FileNotFoundError, RuntimeError) as e:
+        raise BadInput(f"--ckpt {e}") from None
+
+
+def shape_of(tfolder, base, frames, size):
+    """(T, H, W) to generate, from the composer's and the VAE's config.json (no weights read yet)."""
+    try:
+        c = weights.read_config(tfolder, DiTConfig)
+        space = weights.meta_model(VAE, weights.read_config(weights.resolve(base, "vae"), VAEConfig)).space
+    except (FileNotFoundError, ValueError, TypeError, RuntimeError) as e:
+        raise BadInput(f"could not read the model's config: {e}") from None
+    if c.in_channels != 48:
+        raise BadInput(f"--ckpt {tfolder}: in_channels={c.in_channels}; a StM composer takes 48 ([noisy | fg | bg])")
+    T = frames or c.sample_frames
+    H, W = size or (c.sample_height * space, c.sample_width * space)
+    msg = data.check_shape(T, H, W, "--frames/--size")
+    if msg:
+        raise BadInput(msg)
+    return T, H, W
+
+
+def read_triplets(path):
+    """jsonl -> jobs (paths resolved against the file); one line that names the line for anything malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"--triplets {path}: no such file")
+    jobs, seen = [], {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            j = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BadInput(f"{where}: not valid JSON ({e.msg}); one object per line is expected") from None
+        if not isinstance(j, dict):
+            raise BadInput(f"{where}: a JSON object {{fg, bg, prompt[, mask, id, reference]}} is expected")
+        missing = [k for k in ("fg", "bg") if not isinstance(j.get(k), str) or not j[k]]
+        if missing:
+            raise BadInput(f"{where}: missing {' and '.join(missing)} (a video path relative to the file)")
+        j["id"] = str(j.get("id", f"{len(jobs):04d}"))
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", j["id"]):     # it becomes a file name in --out
+            raise BadInput(f"{where}: id {j['id']!r} must be a plain file name (letters, digits, . _ -)")
+        if j["id"] in seen:
+            raise BadInput(f"{where}: id {j['id']!r} is also on line {seen[j['id']]}; ids name the outputs")
+        seen[j["id"]] = n
+        for k in ("fg", "bg", "mask", "reference"):
+            if j.get(k):
+                j[k] = str((path.parent / j[k]).resolve())
+        jobs.append(j)
+    if not jobs:
+        raise BadInput(f"--triplets {path}: no triplets in the file")
+    return jobs
+
+
+def check_files(job):
+    """-> None, or why the job's files cannot be used (cheap: the containers are probed, not decoded)."""
+    for k in ("fg", "bg", "mask", "reference"):
+        if job.get(k):
+            try:
+                n, _ = data.probe(job[k])
+            except (FileNotFoundError, ValueError) as e:
+                return f"{k} {e}"
+            if n < 1:
+                return f"{k} {job[k]}: no frames"
+    return None
+
+
+def check_out(out_dir):
+    """--out must be writable: checked now, not after sampling."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        weights.atomic_write_text(out_dir / ".write-test", "")
+        (out_dir / ".write-test").unlink()
+    except OSError as e:
+        raise BadInput(f"--out {out_dir}: cannot write there ({e.strerror})") from None
+
+
+def earlier_results(out_dir, jobs, settings, overwrite):
+    """-> (all records of results.jsonl by id, the ids of `jobs` already done with these settings and inputs).
+    A job whose output file holds another run's result (other settings or inputs) is refused: never overwritten
+    unless --overwrite."""
+    old = {r["id"]: r for r in read_results(out_dir) if isinstance(r, dict) and "id" in r}
+    keys = ("fg", "bg", "mask", "prompt")
+    done, clash = set(), []
+    for j in jobs:
+        r = old.get(j["id"])
+        if r and Path(r.get("result", "")).exists():
+            if r.get("settings") == settings and all(r.get(k) == j.get(k) for k in keys):
+                done.add(j["id"])
+            else:
+                clash.append(j["id"])
+    if clash and not overwrite:
+        raise BadInput(f"--out {out_dir}: {', '.join(clash[:3])}{' ...' if len(clash) > 3 else ''} already hold(s) "
+                       "a result made with other settings or inputs; use another --out, or --overwrite")
+    return old, done
+
+
+def read_results(out_dir):
+    p = out_dir / "results.jsonl"
+    recs = []
+    for line in (p.read_text().splitlines() if p.exists() else []):
+        try:
+            recs.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return recs
 
 
 def load_inputs(fg, bg, mask, T, H, W):
-    """-> fg (3,T,H,W), bg (3,T,H,W), mask (1,T,H,W), bg fps; notices for any resampling."""
-    fgv, _ = data.read_video(fg)
-    bgv, fps = data.read_video(bg)
-    if mask:
-        m = data.read_mask(mask)
-        data.check_aligned(fgv, m, fg, mask)
-    else:                                  # subject on black: the mask is wherever it is not black
+    """-> fg (3,T,H,W), bg (3,T,H,W), mask (1,T,H,W), and the frame rate that keeps bg's duration; notices for
+    any resampling. Raises BadInput naming the file for anything unreadable."""
+    try:
+        fgv, _ = data.read_video(fg)
+        bgv, bg_fps = data.read_video(bg)
+        m = data.read_mask(mask) if mask else None
+    except (FileNotFoundError, ValueError) as e:
+        raise BadInput(str(e)) from None
+    if m is None:                            # subject on black: the mask is wherever it is not black
         m = fgv.max(-1) > 16
+        if m.mean() > MAX_DERIVED_MASK:
+            raise BadInput(f"--fg {fg}: read as a subject on black, its mask would cover {m.mean():.0%} of the "
+                           "frames; is it a whole video? Give its mask with --mask")
+    elif m.shape != fgv.shape[:3]:
+        print(f"note: {mask} is {m.shape[0]} frames of {m.shape[2]}x{m.shape[1]}; resampled to the fg's "
+              f"{len(fgv)} frames of {fgv.shape[2]}x{fgv.shape[1]}")
+        m = data.fit_video(m, len(fgv), *fgv.shape[1:3], mask=True, mode="stretch")
     if not m.any():
-        raise SystemExit(f"{mask or fg}: the mask is empty (no subject found)")
+        raise BadInput(f"{mask or fg}: the mask is empty (no subject found)")
     for name, v in ((fg, fgv), (bg, bgv)):
         if v.shape[:3] != (T, H, W):
             print(f"note: {name} is {len(v)} frames of {v.shape[2]}x{v.shape[1]}; resampled to {T} frames of {W}x{H}")
+    fps = T * bg_fps / len(bgv)                                               # the bg's duration, T frames
     fgv, bgv = data.fit_video(fgv, T, H, W), data.fit_video(bgv, T, H, W)
     m = data.fit_video(m, T, H, W, mask=True)
     fgv = fgv * m[..., None]
     return data.to_tensor(fgv), data.to_tensor(bgv), torch.from_numpy(m).float()[None], fps
+
+
+# ---------------------------------------------------------------------------------------------
+# Composition
 
 
 @torch.no_grad()
@@ -135,56 +281,79 @@ def reference_columns(path, vae, T, H, W, tile, device, dtype):
     return [ref, data.to_uint8(vae.decode(vae.encode(x, tile=tile)[0], tile=tile)[0])]
 
 
-def main(a):
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+def load_models(tfolder, base, device, dtype):
     try:
-        tfolder, base = composer_folders(a.ckpt, a.model)
         model = DiT.from_pretrained(tfolder, subfolder="", dtype=dtype, device=device).eval()
         vae = VAE.from_pretrained(base, dtype=dtype, device=device)
         tok = Tokenizer.from_pretrained(base, max_length=model.config.max_text_seq_length)
         t5 = T5Encoder.from_pretrained(base, dtype=dtype, device=device)
-    except (FileNotFoundError, RuntimeError) as e:
-        raise SystemExit(f"could not load the models: {e}")
-    if model.config.in_channels != 48:
-        raise SystemExit(f"{tfolder}: in_channels={model.config.in_channels}; "
-                         "a StM composer takes 48 ([noisy | fg | bg])")
-    c = model.config
-    T = a.frames or c.sample_frames
-    H, W = a.size or (c.sample_height * vae.space, c.sample_width * vae.space)
-    if (T - 1) % 4 or H % 16 or W % 16:
-        raise SystemExit(f"--frames {T} --size {H} {W}: need 4k+1 frames and sizes that are multiples of 16")
-    tile = a.tile or H * W > 256 * 256
-    texts = lambda p: encode_prompts(p, tok, t5, device=device, dtype=dtype)
+    except (FileNotFoundError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise BadInput(f"could not load the models: {e}") from None
+    return model, vae, lambda p: encode_prompts(p, tok, t5, device=device, dtype=dtype)
 
+
+def write_grid(rows, path_stem, fps):
+    rows = [np.pad(r, ((0, 0), (0, 2), (0, max(x.shape[2] for x in rows) - r.shape[2]), (0, 0))) for r in rows]
+    for ext in ("mp4", "gif"):                                 # 2-px black line between rows
+        data.write_video(f"{path_stem}.{ext}", np.concatenate(rows, 1)[:, :-2], fps)
+
+
+def jobs_of(a, T, H, W):
+    """-> (jobs, output folder, single?, inputs already read). A single composition's inputs are read now, so a bad
+    one fails before the models load; a batch's files are probed now and read batch by batch."""
     if a.triplets or not (a.fg or a.bg):
-        path = Path(a.triplets or ROOT / "assets" / "examples" / "triplets.jsonl")
-        if not path.exists():
-            raise SystemExit(f"{path}: no such triplets file")
-        jobs = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-        for j in jobs:
-            for k in ("fg", "bg", "mask", "reference"):
-                if j.get(k):
-                    j[k] = str((path.parent / j[k]).resolve())
-        out_dir, single = Path(a.out), False
-    else:
-        if not (a.fg and a.bg):
-            raise SystemExit("give both --fg and --bg (or --triplets FILE, or nothing for the bundled examples)")
-        jobs = [{"id": "result", "fg": a.fg, "bg": a.bg, "mask": a.mask, "prompt": a.prompt}]
-        single = a.out.endswith((".mp4", ".gif"))
-        out_dir = Path(a.out).parent if single else Path(a.out)
-    records, rows = [], []
-    t0 = time.time()
+        return read_triplets(a.triplets or ROOT / "assets" / "examples" / "triplets.jsonl"), Path(a.out), False, {}
+    if not (a.fg and a.bg):
+        raise BadInput("give both --fg and --bg (or --triplets FILE, or nothing for the bundled examples)")
+    single = a.out.endswith((".mp4", ".gif"))
+    job = {"id": Path(a.out).stem if single else "result", "fg": a.fg, "bg": a.bg, "mask": a.mask, "prompt": a.prompt}
+    return [job], Path(a.out).parent if single else Path(a.out), single, {job["id"]: load_inputs(a.fg, a.bg, a.mask,
+                                                                                                   T, H, W)}
+
+
+def main(a):
+    check_flags(a)
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    tfolder, base = composer_folders(a.ckpt, a.model)
+    T, H, W = shape_of(tfolder, base, a.frames, a.size)
+    tile = a.tile or H * W > 256 * 256
+    settings = {"ckpt": str(Path(a.ckpt).resolve()) if Path(a.ckpt).exists() else a.ckpt, "steps": a.steps,
+                "sampler": a.sampler, "guidance": a.guidance, "dynamic_cfg": a.dynamic_cfg, "seed": a.seed,
+                "frames": T, "size": [H, W]}
+    jobs, out_dir, single, inputs = jobs_of(a, T, H, W)
+    check_out(out_dir)
+    records, done = ({}, set()) if single else earlier_results(out_dir, jobs, settings, a.overwrite)
+    skipped = {j["id"]: why for j in jobs if (why := check_files(j))}
+    for i, why in skipped.items():
+        print(f"skipping {i}: {why}")
+
+    model, vae, texts = load_models(tfolder, base, device, dtype)
+    rows, fps0, n_new, t0 = [], None, 0, time.time()
+    # batches are fixed by position, so a resumed run draws the same noise for each item as a straight run
     for i in range(0, len(jobs), a.batch):
-        chunk = jobs[i:i + a.batch]
-        ins = [load_inputs(j["fg"], j["bg"], j.get("mask"), T, H, W) for j in chunk]
+        chunk = [j for j in jobs[i:i + a.batch] if j["id"] not in skipped]
+        if all(j["id"] in done for j in chunk):
+            continue
+        for j in chunk:
+            try:
+                inputs[j["id"]] = inputs.get(j["id"]) or load_inputs(j["fg"], j["bg"], j.get("mask"), T, H, W)
+            except BadInput as e:
+                skipped[j["id"]] = str(e)
+                print(f"skipping {j['id']}: {e}")
+        chunk = [j for j in chunk if j["id"] not in skipped]
+        if not chunk:
+            continue
+        ins = [inputs.pop(j["id"]) for j in chunk]
         fg, bg, mask = (torch.stack([x[k] for x in ins]) for k in range(3))
         video = compose(model, vae, texts, fg, bg, mask, [j.get("prompt", "") for j in chunk], steps=a.steps,
                         sampler=a.sampler, guidance=a.guidance, dynamic_cfg=a.dynamic_cfg, seed=a.seed, tile=tile,
                         device=device, dtype=dtype)
         for j, x, v, f, b in zip(chunk, ins, video, fg, bg):
-            fps = a.fps or x[3]
-            name = Path(a.out) if single else out_dir / f"{j.get('id', f'{len(records):04d}')}.mp4"
+            if j["id"] in done:                                # recomputed with its batch, not rewritten
+                continue
+            fps = fps0 = a.fps or x[3]
+            name = Path(a.out) if single else out_dir / f"{j['id']}.mp4"
             data.write_video(name, data.to_uint8(v), fps)
             if a.grid:
                 grid = data.to_uint8(torch.cat([f, b, v], -1))
@@ -193,17 +362,18 @@ def main(a):
                 if len(rows) < 8:                              # with a known-correct composite (toy triplets), if given
                     ref = reference_columns(j.get("reference"), vae, T, H, W, tile, device, dtype)
                     rows.append(np.concatenate([grid] + ref, 2))
-            records.append({**j, "result": str(name.resolve())})
+            records[j["id"]] = {**j, "result": str(name.resolve()), "fps": fps, "settings": settings}
+            n_new += 1
             print(f"wrote {name}")
+        if not single:                                         # after every batch: a kill loses at most one batch
+            weights.atomic_write_text(out_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in
+                                                                         records.values()))
     if a.grid and len(rows) > 1:
-        rows = [np.pad(r, ((0, 0), (0, 2), (0, max(x.shape[2] for x in rows) - r.shape[2]), (0, 0))) for r in rows]
-        for ext in ("mp4", "gif"):                             # 2-px black line between rows
-            data.write_video(out_dir / f"grid.{ext}", np.concatenate(rows, 1)[:, :-2], a.fps or ins[0][3])
-    if not single:
-        weights.atomic_write_text(out_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    print(f"{len(records)} composition(s) in {time.time() - t0:.1f}s "
-          f"({a.steps} {a.sampler} steps, guidance {a.guidance}, seed {a.seed})")
+        write_grid(rows, out_dir / "grid", fps0)
+    print(f"{n_new} composition(s) in {time.time() - t0:.1f}s ({a.steps} {a.sampler} steps, guidance {a.guidance}, "
+          f"seed {a.seed})" + (f"; {len(done)} done before" if done else "")
+          + (f"; {len(skipped)} skipped: " + ", ".join(skipped) if skipped else ""))
 
 
 if __name__ == "__main__":
-    main(parser.parse_args())
+    data.run_cli(main, parser)

@@ -33,6 +33,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,12 +48,15 @@ import diffusion
 import sample
 import weights
 from augment import Augment
+from data import BadInput
 from dit import DiT, DiTConfig, PRESETS
 from text import EmbeddingCache, T5Encoder, Tokenizer
 from vae import VAE
 
 ROOT = Path(__file__).resolve().parent
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# one process saves and loads its checkpoints with torch.distributed.checkpoint too, as intended
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 arg = parser.add_argument
@@ -152,7 +156,70 @@ def noisy(x, mean, g):
 
 
 # ---------------------------------------------------------------------------------------------
+# Checking what the user gave, before any compute
+
+
+def check_flags(a):
+    """One line for a flag value that cannot work, before anything loads."""
+    msg = data.check_shape(a.frames, *a.size, "--frames/--size")
+    problems = [(msg, msg),
+                (min(a.steps, a.batch, a.grad_accum, a.ckpt_every, a.keep, a.log_every) < 1,
+                 "--steps, --batch, --grad-accum, --ckpt-every, --keep and --log-every must be at least 1"),
+                (not 0 < a.lr < float("inf"), f"--lr {a.lr}: need a positive, finite learning rate"),
+                (a.stride < 1, f"--stride {a.stride}: need at least 1"),
+                (not all(0 <= p <= 1 for p in (a.text_drop, a.flip_p, a.crop_p, a.alpha)),
+                 "--text-drop, --flip-p, --crop-p and --alpha are probabilities/weights in [0, 1]"),
+                (not 0 < a.crop_scale[0] <= a.crop_scale[1], f"--crop-scale {a.crop_scale}: need 0 < LO <= HI"),
+                (a.val_every < 0 or a.val_steps < 1 or a.val_guidance < 0,
+                 "--val-every >= 0, --val-steps >= 1 and --val-guidance >= 0 are needed"),
+                (a.stop_at < 0, f"--stop-at {a.stop_at}: need a step >= 0")]
+    for bad, text in problems:
+        if bad:
+            raise BadInput(text)
+    if a.resume and not complete_checkpoints(a.out):
+        raise BadInput(f"--resume: no complete checkpoint in {Path(a.out) / 'ckpt'} (is --out right? a new run "
+                       "needs no --resume)")
+
+
+def open_dataset(root, frames, H, W, stride, split="train", skip=()):
+    try:
+        return data.LayeredClips(root, frames=frames, size=(H, W), stride=stride, split=split, skip=skip)
+    except (FileNotFoundError, ValueError) as e:
+        raise BadInput(f"--data {e}") from None
+
+
+def clip_problem(item, frames, stride):
+    """-> None, or why one clip cannot be read at `frames` frames (its files are probed, not decoded)."""
+    need = (frames - 1) * stride + 1
+    for key in ("video", "fg", "bg", "mask"):
+        try:
+            n, _ = data.probe(item[key])
+        except (FileNotFoundError, ValueError) as e:
+            return f"{key}: {e}"
+        if n < need:
+            return f"{key}: {item[key]} has {n} frames, {need} are needed (--frames {frames} --stride {stride})"
+    return None
+
+
+def check_clips(ds, frames, stride, rank, world, pool, gather):
+    """Probe every clip's files (this rank's share, in the decode threads) and drop the unusable ones from `ds`,
+    the same ones on every rank -> {index: why}. A missing file then never stops training mid-run."""
+    mine = [i for i in range(len(ds)) if i % world == rank]
+    why = dict(zip(mine, pool.map(lambda i: clip_problem(ds.items[i], frames, stride), mine)))
+    bad = {i: w for part in gather({i: w for i, w in why.items() if w}) for i, w in part.items()}
+    ds.items = [it for i, it in enumerate(ds.items) if i not in bad]
+    return bad
+
+
+# ---------------------------------------------------------------------------------------------
 # Processes, models, data
+
+
+def gather_objects(world, x):
+    """Every rank's `x`, on every rank."""
+    out = [None] * world
+    dist.all_gather_object(out, x)
+    return out
 
 
 def setup_processes(threads):
@@ -285,7 +352,17 @@ def complete_checkpoints(out):
     return sorted(p for p in d.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")) if d.exists() else []
 
 
+def params_finite(model, distributed):
+    ok = torch.tensor(float(all(torch.isfinite(p.detach().to_local() if hasattr(p, "to_local") else p.detach()).all()
+                                for p in model.parameters())))
+    if distributed:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
 def save_checkpoint(model, opt, out, step, keep, master, barrier):
+    """Written as step_N.tmp, renamed when complete; pruned to the newest `keep` (callers save finite weights
+    only, so pruning never removes the last good one)."""
     final = Path(out) / "ckpt" / f"step_{step:07d}"
     tmp = final.with_name(final.name + ".tmp")
     if master and tmp.exists():
@@ -311,6 +388,25 @@ def load_checkpoint(model, opt, ck):
     dcp.load(state, checkpoint_id=str(ck))
     set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return json.loads((Path(ck) / "step.json").read_text())["step"]
+
+
+def resume(model, opt, out, distributed, say):
+    """Newest complete checkpoint that loads and holds finite weights; any other is skipped, and said so -> its
+    step."""
+    for ck in reversed(complete_checkpoints(out)):
+        try:
+            step = load_checkpoint(model, opt, ck)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:                      # a torn or corrupt file (DCP's own error is a BaseException)
+            say(f"warning: skipping checkpoint {ck}: it does not load ({type(e).__name__}: {str(e)[:200]})")
+            continue
+        if not params_finite(model, distributed):
+            say(f"warning: skipping checkpoint {ck}: its weights are not finite")
+            continue
+        say(f"resumed from {ck} at step {step}")
+        return step
+    raise BadInput(f"--resume: none of the checkpoints in {Path(out) / 'ckpt'} loads; see the warnings above")
 
 
 def export(model, opt, folder, dtype, master):
@@ -341,32 +437,61 @@ def validate(model, vae, texts, ds, out, step, a, device, dtype, autocast, maste
             data.write_video(Path(out) / "val" / f"step{step:07d}_{j}.mp4", data.to_uint8(grid), fps=8)
 
 
+def frozen_models(a, device, dtype):
+    """The base model's VAE, tokenizer and T5 (frozen, in the compute dtype) and the composer's config."""
+    try:
+        vae = VAE.from_pretrained(a.model, dtype=dtype, device=device).requires_grad_(False)
+        cfg = PRESETS[a.preset] if a.preset else weights.read_config(weights.resolve(a.model, "transformer"),
+                                                                      DiTConfig)
+        tok = Tokenizer.from_pretrained(a.model, max_length=cfg.max_text_seq_length)
+        t5 = T5Encoder.from_pretrained(a.model, dtype=dtype, device=device).requires_grad_(False)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        raise BadInput(f"--model {a.model}: {e}") from None
+    return vae, tok, t5
+
+
+def log_record(step, stats, lr, gnorm, dt, a, world, n_params, x0, text, device):
+    rec = {"step": step, "loss": stats[0].item(), "loss_fg": stats[1].item(), "loss_bg": stats[2].item(),
+           "lr": lr, "grad_norm": gnorm.item(), "s_per_step": dt, "samples_per_s": a.batch * a.grad_accum * world / dt}
+    if device.type == "cuda":
+        rec["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        tokens = x0.shape[2] * x0.shape[3] * x0.shape[4] // 4 + text.shape[1]
+        flops = 6 * n_params * tokens * a.batch * a.grad_accum * world     # matmul FLOPs, fwd + bwd (no attention)
+        rec["mfu"] = flops / dt / (989e12 * world)                         # of H100 bf16 dense peak
+    return rec
+
+
 def main(a):
+    check_flags(a)
     rank, world, device, distributed = setup_processes(a.threads)
     master = rank == 0
     say = (lambda *s: print(*s, flush=True)) if master else (lambda *s: None)
     barrier = dist.barrier if distributed else (lambda: None)
+    gather = functools.partial(gather_objects, world) if distributed else (lambda x: [x])
     out = Path(a.out)
-    if master:
-        (out / "ckpt").mkdir(parents=True, exist_ok=True)
-        weights.atomic_write_text(out / "args.json", json.dumps(vars(a), indent=2))
     cdtype = torch.bfloat16 if a.bf16 else torch.float32
     # one process: autocast to bf16 over fp32 weights; FSDP2 casts the parameters itself
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.bf16 and not distributed)
+    pool = ThreadPoolExecutor(max(1, a.workers))                            # decoding releases the GIL
 
-    # --- data, frozen VAE and text encoder --------------------------------------------------------
+    # --- data (checked before anything loads), frozen VAE and text encoder ------------------------
     H, W = a.size
-    if (a.frames - 1) % 4 or H % 16 or W % 16:
-        raise SystemExit(f"--frames {a.frames} --size {H} {W}: need 4k+1 frames and sizes that are multiples of 16")
-    ds_full = data.LayeredClips(a.data, frames=a.frames, size=(H, W), stride=a.stride)
-    if len(ds_full) == 0:
-        raise SystemExit(f"--data {a.data}: the dataset is empty (or no clip passes its metadata.csv filter)")
-    ds_val = data.LayeredClips(a.data, frames=a.frames, size=(H, W), stride=a.stride, split="val")
+    ds_full = open_dataset(a.data, a.frames, H, W, a.stride)
+    bad = check_clips(ds_full, a.frames, a.stride, rank, world, pool, gather)
+    for i, why in list(bad.items())[:5]:
+        say(f"warning: --data clip {i} skipped: {why}")
+    if not ds_full.items:
+        raise BadInput(f"--data {a.data}: no usable clip ({len(bad)} unreadable; empty, or none passes its "
+                       "metadata.csv filter)")
+    say(f"data: {len(ds_full)} clips" + (f", {len(bad)} unusable ones skipped (listed in {out}/skipped.json)"
+                                         if bad else ""))
+    ds_val = open_dataset(a.data, a.frames, H, W, a.stride, split="val")
     ds_val = ds_val if len(ds_val) else ds_full                             # the release's DAVIS clips, if any
-    vae = VAE.from_pretrained(a.model, dtype=cdtype, device=device).requires_grad_(False)
-    cfg = PRESETS[a.preset] if a.preset else weights.read_config(weights.resolve(a.model, "transformer"), DiTConfig)
-    tok = Tokenizer.from_pretrained(a.model, max_length=cfg.max_text_seq_length)
-    t5 = T5Encoder.from_pretrained(a.model, dtype=cdtype, device=device).requires_grad_(False)
+    vae, tok, t5 = frozen_models(a, device, cdtype)
+    if master:
+        (out / "ckpt").mkdir(parents=True, exist_ok=True)
+        weights.atomic_write_text(out / "args.json", json.dumps(vars(a), indent=2))
+        weights.atomic_write_text(out / "skipped.json", json.dumps(bad, indent=1))
     cache_root = Path(a.cache_dir) if a.cache_dir else out / "cache"
     texts = EmbeddingCache(cache_root / "text", tok, t5, device=device, dtype=cdtype)
     texts([""])                                                             # the empty prompt (dropout, CFG)
@@ -380,24 +505,25 @@ def main(a):
                else Augment(flip_p=a.flip_p, crop_p=a.crop_p, crop_scale=tuple(a.crop_scale)))
     cond = Conditioner(vae, texts, augment, a.fg_noise, a.bg_noise, a.text_drop, cache, a.bg_noise_latent)
     if cache is not None:                                                   # only decode what the step still encodes
-        skip = ("video", "bg") if cond.cached_bg() else ("video",)
-        ds = data.LayeredClips(a.data, frames=a.frames, size=(H, W), stride=a.stride, skip=skip)
+        ds = open_dataset(a.data, a.frames, H, W, a.stride, skip=("video", "bg") if cond.cached_bg() else ("video",))
+        ds.items = ds_full.items
 
     # --- the composer, its optimiser, resume ------------------------------------------------------
     model = build_composer(a.model, a.preset, a.seed, a.ac, distributed, a.bf16).to(device)
     opt = make_optimizer(model, a.lr, a.betas, a.eps, a.wd)
     n_params = sum(p.numel() for p in model.parameters())                  # DTensor numel is the global size
-    say(f"composer: {n_params / 1e6:.2f}M params (fp32 masters), world {world}, compute {cdtype}, AC {a.ac}, "
-        f"data {len(ds)} clips")
-    step = 0
-    if a.resume and complete_checkpoints(out):
-        ck = complete_checkpoints(out)[-1]
-        step = load_checkpoint(model, opt, ck)
-        say(f"resumed from {ck} at step {step}")
+    say(f"composer: {n_params / 1e6:.2f}M params (fp32 masters), world {world}, compute {cdtype}, AC {a.ac}")
+    step = resume(model, opt, out, distributed, say) if a.resume else 0
+    train_loop(model, opt, cond, ds, ds_val, vae, texts, step, a, out, rank, world, device, distributed, cdtype,
+               autocast, pool, n_params, say, barrier)
+    if distributed:
+        dist.destroy_process_group()
 
-    # --- the training loop --------------------------------------------------------------------------
-    sched = diffusion.Schedule()
-    pool = ThreadPoolExecutor(max(1, a.workers))                            # decoding releases the GIL
+
+def train_loop(model, opt, cond, ds, ds_val, vae, texts, step, a, out, rank, world, device, distributed, cdtype,
+               autocast, pool, n_params, say, barrier):
+    """From `step` to --steps (or --stop-at): steps, logs, finite checkpoints, validation, the export."""
+    master, sched = rank == 0, diffusion.Schedule()
     model.train()
     log = open(out / "log.jsonl", "a") if master else None
     t_last, losses = time.time(), []
@@ -413,8 +539,7 @@ def main(a):
             g = gen(a.seed, step, rank, micro)
             x0, fg, bg, text, mask_lat = cond(b, idx, g)                    # x0, fg, bg (B, 16, T', H', W')
             t = sched.sample_t(len(idx), generator=g).to(device)
-            noise = torch.randn(x0.shape, generator=g).to(x0)
-            xt = sched.add_noise(x0, noise, t)
+            xt = sched.add_noise(x0, torch.randn(x0.shape, generator=g).to(x0), t)
             if distributed:
                 model.set_requires_gradient_sync(micro == a.grad_accum - 1)   # reduce-scatter once per step
             with autocast():
@@ -433,10 +558,7 @@ def main(a):
             dist.all_reduce(stats, op=dist.ReduceOp.AVG)
         gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
         if not torch.isfinite(stats).all() or not torch.isfinite(gnorm):
-            good = complete_checkpoints(out)
-            say(f"step {step}: loss {stats.tolist()} / grad norm {gnorm.item()} is not finite; stopping. "
-                f"The last good checkpoint is {good[-1] if good else 'none'}.")
-            raise SystemExit(1)
+            stop_not_finite(out, step, f"loss {stats.tolist()} / grad norm {gnorm.item()}", say)
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
@@ -444,20 +566,15 @@ def main(a):
         losses.append(stats[0].item())
         if step % a.log_every == 0 or step == a.steps:
             dt, t_last = (time.time() - t_last) / a.log_every, time.time()
-            rec = {"step": step, "loss": stats[0].item(), "loss_fg": stats[1].item(), "loss_bg": stats[2].item(),
-                   "lr": lr, "grad_norm": gnorm.item(), "s_per_step": dt,
-                   "samples_per_s": a.batch * a.grad_accum * world / dt}
-            if device.type == "cuda":
-                rec["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-                tokens = x0.shape[2] * x0.shape[3] * x0.shape[4] // 4 + text.shape[1]
-                flops = 6 * n_params * tokens * a.batch * a.grad_accum * world     # matmul FLOPs, fwd + bwd
-                rec["mfu"] = flops / dt / (989e12 * world)                         # of H100 bf16 dense peak
+            rec = log_record(step, stats, lr, gnorm, dt, a, world, n_params, x0, text, device)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}")
             if master:
                 tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
         if step % a.ckpt_every == 0 or step == a.steps or step == a.stop_at:
+            if not params_finite(model, distributed):                  # never save, or keep, a broken model
+                stop_not_finite(out, step, "the weights", say)
             save_checkpoint(model, opt, out, step, a.keep, master, barrier)
         if a.val_every and (step % a.val_every == 0 or step == a.steps):
             validate(model, vae, texts, ds_val, out, step, a, device, cdtype, autocast, master)
@@ -468,12 +585,17 @@ def main(a):
     if step == a.steps:
         save_dtype = DTYPES[a.save_dtype or ("fp32" if a.preset else "bf16")]
         export(model, opt, out / "transformer", save_dtype, master)
-        say(f"done: {step} steps, final loss {losses[-1] if losses else float('nan'):.4f}; "
-            f"composer in {out / 'transformer'} ({save_dtype})")
+        final = f"final loss {losses[-1]:.4f}" if losses else "nothing left to train"
+        say(f"done: {step} steps, {final}; composer in {out / 'transformer'} ({save_dtype})")
     barrier()
-    if distributed:
-        dist.destroy_process_group()
+
+
+def stop_not_finite(out, step, what, say):
+    good = complete_checkpoints(out)
+    say(f"step {step}: {what} is not finite; stopping. The last good checkpoint is "
+        f"{good[-1] if good else 'none'} (resume from it with a lower --lr).")
+    raise SystemExit(1)
 
 
 if __name__ == "__main__":
-    main(parser.parse_args())
+    data.run_cli(main, parser)
