@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 import data
 import diffusion
+import lora
 import sample
 import weights
 from augment import Augment
@@ -115,6 +116,12 @@ arg("--val-guidance", type=float, default=6.0, help="text guidance of validation
 arg("--resume", action="store_true", help="continue from the newest complete checkpoint in --out/ckpt")
 arg("--stop-at", type=int, default=0, help="checkpoint and exit after this step (a job time limit); --resume continues")
 arg("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
+arg("--lora", type=int, default=0, metavar="RANK",
+    help="LoRA of this rank on every block's attention (lora.py); the widened patch projection trains in full, "
+         "the rest is frozen (bf16 with --bf16). Output: OUT/lora/ (diffusers/PEFT names). StM release: 16")
+arg("--lora-alpha", type=float, default=None, help="LoRA scale alpha/rank (default: alpha = rank; StM release: 8)")
+arg("--lora-ff", action="store_true", help="with --lora: also adapt the feed-forward layers (ff.net.0.proj, ff.net.2)")
+arg("--merge", action="store_true", help="with --lora: also write OUT/transformer/, the merged full composer")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +179,12 @@ def check_flags(a):
                 (not 0 < a.crop_scale[0] <= a.crop_scale[1], f"--crop-scale {a.crop_scale}: need 0 < LO <= HI"),
                 (a.val_every < 0 or a.val_steps < 1 or a.val_guidance < 0,
                  "--val-every >= 0, --val-steps >= 1 and --val-guidance >= 0 are needed"),
-                (a.stop_at < 0, f"--stop-at {a.stop_at}: need a step >= 0")]
+                (a.stop_at < 0, f"--stop-at {a.stop_at}: need a step >= 0"),
+                (a.lora < 0 or (a.lora_alpha is not None and not a.lora_alpha > 0),
+                 "--lora RANK >= 1 (0: off) and --lora-alpha > 0 are needed"),
+                (a.lora and a.preset, "--lora adapts --model's transformer; it cannot start from --preset"),
+                ((a.lora_ff or a.merge or a.lora_alpha is not None) and not a.lora,
+                 "--lora-alpha, --lora-ff and --merge go with --lora RANK")]
     for bad, text in problems:
         if bad:
             raise BadInput(text)
@@ -238,9 +250,11 @@ def setup_processes(threads):
     return rank, world, device, distributed
 
 
-def build_composer(model_path, preset, seed, ac, shard, bf16):
+def build_composer(model_path, preset, seed, ac, shard, bf16, lora_spec=None):
     """The 48-channel composer with fp32 master weights: a preset from scratch, or --model's transformer widened
-    (whatever dtype it is stored in). shard: FSDP2 on every block then the root, bf16 compute if asked."""
+    (whatever dtype it is stored in). shard: FSDP2 on every block then the root, bf16 compute if asked.
+    lora_spec: (rank, alpha, targets) -> LoRA (lora.py): only adapters and patch projection train (fp32); the
+    frozen rest is stored in bf16 with --bf16 (5B: 11 GB instead of 22)."""
     torch.manual_seed(seed)                                                 # same init on every rank
     if preset:
         model = DiT(PRESETS[preset])
@@ -248,6 +262,10 @@ def build_composer(model_path, preset, seed, ac, shard, bf16):
         model = DiT.from_pretrained(model_path, in_channels=48, dtype=torch.float32)  # [noisy | fg | bg]
     if model.config.in_channels != 48:
         raise SystemExit(f"the composer needs in_channels=48, got {model.config.in_channels}")
+    if lora_spec:
+        lora.add_lora(model, *lora_spec)                                    # A drawn from the seed: same on all ranks
+        for p in model.parameters():
+            p.data = p.data.to(torch.bfloat16) if bf16 and not p.requires_grad else p.data
     model.set_activation_checkpointing(ac)
     if shard:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -259,9 +277,11 @@ def build_composer(model_path, preset, seed, ac, shard, bf16):
 
 
 def make_optimizer(model, lr, betas, eps, wd):
-    """AdamW with weight decay on matrices only; its state follows the (fp32) parameters."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    """AdamW with weight decay on matrices only; its state follows the (fp32) trainable parameters (frozen ones,
+    with --lora, get no state)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
                              lr=lr, betas=tuple(betas), eps=eps, foreach=True)
 
@@ -368,7 +388,7 @@ def save_checkpoint(model, opt, out, step, keep, master, barrier):
     if master and tmp.exists():
         shutil.rmtree(tmp)
     barrier()
-    msd, osd = get_state_dict(model, opt)
+    msd, osd = get_state_dict(model, opt, options=trained_only(model))
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
     barrier()
     if master:                                          # rename last: a crash mid-save leaves only a .tmp
@@ -381,12 +401,20 @@ def save_checkpoint(model, opt, out, step, keep, master, barrier):
     barrier()
 
 
+def trained_only(model, **kw):
+    """State-dict options that leave out frozen parameters (--lora: they come from --model again, and a 5B
+    checkpoint stays ~100 MB); load_state_dict is then not strict about them. A no-op for a full fine-tune."""
+    frozen = any(not p.requires_grad for p in model.parameters())
+    return StateDictOptions(ignore_frozen_params=frozen, strict=not frozen, **kw)
+
+
 def load_checkpoint(model, opt, ck):
     """Fill model and optimiser (sharded or not) from a checkpoint folder -> its step."""
-    msd, osd = get_state_dict(model, opt)
+    msd, osd = get_state_dict(model, opt, options=trained_only(model))
     state = {"model": msd, "optim": osd}
-    dcp.load(state, checkpoint_id=str(ck))
-    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    dcp.load(state, checkpoint_id=str(ck))                      # fails on any key the checkpoint lacks
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=trained_only(model))
     return json.loads((Path(ck) / "step.json").read_text())["step"]
 
 
@@ -414,6 +442,22 @@ def export(model, opt, folder, dtype, master):
     full, _ = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if master:
         model.save_pretrained(folder, max_shard_bytes=5 * 2**30, state_dict={k: v.to(dtype) for k, v in full.items()})
+
+
+def export_lora(model, opt, out, a, dtype, master, barrier):
+    """A --lora run's output: OUT/lora/ (adapter under PEFT names, fp32; the patch projection; lora_config.json),
+    and with --merge also OUT/transformer/, the merged composer in `dtype`, loaded the way sample.py loads it."""
+    full, _ = get_state_dict(model, opt, options=trained_only(model, full_state_dict=True, cpu_offload=True))
+    if master:
+        lora.save_adapter(full, out / "lora", lora.lora_config(*lora_spec(a), a.model))
+        if a.merge:
+            lora.write_merged(out / "lora", a.model, out / "transformer", dtype)
+    barrier()
+
+
+def lora_spec(a):
+    """--lora, --lora-alpha, --lora-ff -> (rank, alpha, targets), or None without --lora."""
+    return (a.lora, a.lora_alpha or float(a.lora), lora.ATTN + (lora.FF if a.lora_ff else ())) if a.lora else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,10 +553,12 @@ def main(a):
         ds.items = ds_full.items
 
     # --- the composer, its optimiser, resume ------------------------------------------------------
-    model = build_composer(a.model, a.preset, a.seed, a.ac, distributed, a.bf16).to(device)
+    model = build_composer(a.model, a.preset, a.seed, a.ac, distributed, a.bf16, lora_spec(a)).to(device)
     opt = make_optimizer(model, a.lr, a.betas, a.eps, a.wd)
     n_params = sum(p.numel() for p in model.parameters())                  # DTensor numel is the global size
-    say(f"composer: {n_params / 1e6:.2f}M params (fp32 masters), world {world}, compute {cdtype}, AC {a.ac}")
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    say(f"composer: {n_params / 1e6:.2f}M params, {n_train / 1e6:.3f}M trained (fp32 masters), world {world}, "
+        f"compute {cdtype}, AC {a.ac}" + (f", LoRA rank {a.lora} alpha {lora_spec(a)[1]:g}" if a.lora else ""))
     step = resume(model, opt, out, distributed, say) if a.resume else 0
     train_loop(model, opt, cond, ds, ds_val, vae, texts, step, a, out, rank, world, device, distributed, cdtype,
                autocast, pool, n_params, say, barrier)
@@ -584,9 +630,14 @@ def train_loop(model, opt, cond, ds, ds_val, vae, texts, step, a, out, rank, wor
     bar.close()
     if step == a.steps:
         save_dtype = DTYPES[a.save_dtype or ("fp32" if a.preset else "bf16")]
-        export(model, opt, out / "transformer", save_dtype, master)
+        if a.lora:
+            export_lora(model, opt, out, a, save_dtype, master, barrier)
+        else:
+            export(model, opt, out / "transformer", save_dtype, master)
         final = f"final loss {losses[-1]:.4f}" if losses else "nothing left to train"
-        say(f"done: {step} steps, {final}; composer in {out / 'transformer'} ({save_dtype})")
+        where = f"composer in {out / 'transformer'} ({save_dtype})"
+        where = f"LoRA in {out / 'lora'} (fp32)" + (f", merged {where}" if a.merge else "") if a.lora else where
+        say(f"done: {step} steps, {final}; {where}")
     barrier()
 
 

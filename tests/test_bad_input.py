@@ -78,8 +78,26 @@ def clips(tmp_path_factory):
     ("out not writable", ["--fg", "{d}/fg.mp4", "--bg", "{d}/bg.mp4", "--out", "{d}/notes.txt/x"], ["notes.txt"]),
 ])
 def test_sample_bad_inputs(composer, clips, case, args, needles):
-    r = run("sample.py", ["--ckpt", composer, "--steps", "2"] + [a.format(d=clips) for a in args])
-    one_line_error(r, *needles)
+    raises_bad_input("sample", ["--ckpt", composer, "--steps", "2"] + [a.format(d=clips) for a in args], *needles)
+
+
+def raises_bad_input(script, args, *needles):
+    """main(parser.parse_args(args)) in this process raises BadInput holding every needle (the CLI prints that
+    message as its one line: test_cli_prints_one_line_and_exits_2)."""
+    import importlib
+    mod = importlib.import_module(script)
+    with pytest.raises(data.BadInput) as e:
+        mod.main(mod.parser.parse_args([str(a) for a in args]))
+    for n in needles:
+        assert n in str(e.value), (n, str(e.value))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("script", ["sample.py", "train.py"])
+def test_cli_prints_one_line_and_exits_2(composer, clips, tiny_base, tiny_data, tmp_path, script):
+    args = (["--ckpt", composer, "--fg", clips / "junk.mp4", "--bg", clips / "bg.mp4"] if script == "sample.py" else
+            ["--model", tiny_base, "--data", tmp_path / "nope", "--preset", "toy", "--out", tmp_path / "x"])
+    one_line_error(run(script, args), "junk.mp4" if script == "sample.py" else "no such dataset folder")
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +122,8 @@ def bad_ckpts(composer, tmp_path_factory):
                                            ("vaefolder", ["vaefolder"]), ("wrongshape", ["missing"]),
                                            ("nothing-here", ["nothing-here"])])
 def test_sample_bad_checkpoints(bad_ckpts, clips, tiny_base, name, needles):
-    r = run("sample.py", ["--ckpt", bad_ckpts / name, "--model", tiny_base, "--fg", clips / "fg.mp4",
-                          "--bg", clips / "bg.mp4", "--steps", "2", "--out", bad_ckpts / "o.mp4"])
-    one_line_error(r, *needles)
+    raises_bad_input("sample", ["--ckpt", bad_ckpts / name, "--model", tiny_base, "--fg", clips / "fg.mp4",
+                                "--bg", clips / "bg.mp4", "--steps", "2", "--out", bad_ckpts / "o.mp4"], *needles)
 
 
 def test_sample_keeps_duration_and_resamples_a_mask(composer, clips, tmp_path):
@@ -143,8 +160,8 @@ def write_triplets(d, lines):
 def test_sample_bad_triplet_files(composer, clips, tmp_path, lines, needles):
     for f in ("fg.mp4", "bg.mp4"):
         (tmp_path / f).symlink_to(clips / f)
-    r = run("sample.py", ["--ckpt", composer, "--triplets", write_triplets(tmp_path, lines), "--out", tmp_path / "o"])
-    one_line_error(r, *needles)
+    raises_bad_input("sample", ["--ckpt", composer, "--triplets", write_triplets(tmp_path, lines),
+                                "--out", tmp_path / "o"], *needles)
     assert not (tmp_path / "o" / "results.jsonl").exists()
 
 
@@ -184,10 +201,14 @@ def test_sample_batch_skips_bad_items_resumes_and_keeps_other_results(composer, 
 
 # ---------------------------------------------------------------------------------------------- train.py
 
+def train_args(base, d, out, *extra):
+    return ["--model", base, "--preset", "toy", "--data", d, "--out", out, "--batch", "2", "--steps", "2",
+            "--warmup", "1", "--val-every", "0", "--workers", "1", "--threads", "1", "--log-every", "1",
+            "--ckpt-every", "1"] + list(extra)
+
+
 def train(base, d, out, *extra):
-    return run("train.py", ["--model", base, "--preset", "toy", "--data", d, "--out", out, "--batch", "2",
-                            "--steps", "2", "--warmup", "1", "--val-every", "0", "--workers", "1", "--threads", "1",
-                            "--log-every", "1", "--ckpt-every", "1"] + list(extra))
+    return run("train.py", train_args(base, d, out, *extra))
 
 
 @pytest.mark.parametrize("extra, needles", [
@@ -196,9 +217,8 @@ def train(base, d, out, *extra):
     (["--resume"], ["--resume", "no complete checkpoint"]),
 ])
 def test_train_bad_flags(tiny_base, tiny_data, tmp_path, extra, needles):
-    r = train(tiny_base, tiny_data, tmp_path / "x", *extra)
-    one_line_error(r, *needles)
-    assert not (tmp_path / "x" / "log.jsonl").exists()
+    raises_bad_input("train", train_args(tiny_base, tiny_data, tmp_path / "x", *extra), *needles)
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("what, needles", [("missing", ["no such dataset folder"]), ("notdata", ["prompts.txt"]),
@@ -207,7 +227,7 @@ def test_train_bad_data_or_model(tiny_base, tiny_data, tmp_path, what, needles):
     (tmp_path / "notdata").mkdir()
     d = {"missing": tmp_path / "missing", "notdata": tmp_path / "notdata", "badmodel": tiny_data}[what]
     base = tmp_path / "notdata" if what == "badmodel" else tiny_base
-    one_line_error(train(base, d, tmp_path / "x"), *needles)
+    raises_bad_input("train", train_args(base, d, tmp_path / "x"), *needles)
 
 
 def test_train_skips_unreadable_clips_before_step_one(tiny_base, tiny_data, tmp_path):

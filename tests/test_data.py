@@ -1,5 +1,7 @@
 """data.py: video I/O, the shared mask / shape helpers, the layered dataset round trip (on toy clips), and every
 bad input. The toy world itself is tested in test_toy.py."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -193,3 +195,52 @@ def test_stm_release_and_cogvideox_layouts(tmp_path):
         data.read_lists(plain)
     with pytest.raises(FileNotFoundError, match="missing prompts.txt"):
         data.read_lists(tmp_path)
+
+
+def release_folder(root):
+    """A small dataset in the StM release's layout: <source>/{videos,fg,bg,bg-inpainted,masks}/, fg-black.txt,
+    metadata.csv (rows aligned with the lists). c0: a training clip with an inpainted clean plate; c1: a training
+    clip without one; c2: fails the main_train_foreground_volume gate; c3: validation only (is_training False)."""
+    src = root / "openvid"
+    rows, lists = [], {k: [] for k in ("prompts", "videos", "fg", "fg-black", "bg", "masks")}
+    for i in range(4):
+        c = toy.clip(20 + i)
+        holed = c["video"] * ~c["mask"][..., None]
+        for sub, name, arr in (("videos", f"c{i}.mp4", c["video"]), ("fg", f"c{i}-00.mp4", c["fg"]),
+                               ("bg", f"c{i}-bg.mp4", holed), ("masks", f"c{i}-00.mp4", data.mask_to_rgb(c["mask"]))):
+            data.write_video(src / sub / name, arr, fps=8)
+        if i == 0:
+            data.write_video(src / "bg-inpainted" / "c0-bg.mp4", c["bg"], fps=8)
+        lists["prompts"].append(toy.caption(c["sprite"], c["scene"]))
+        lists["videos"].append(f"openvid/videos/c{i}.mp4")
+        lists["fg"].append(f"openvid/fg/c{i}-00.mp4")
+        lists["fg-black"].append(f"openvid/fg/c{i}-00.mp4")
+        lists["bg"].append(f"openvid/bg/c{i}-bg.mp4")
+        lists["masks"].append(f"openvid/masks/c{i}-00.mp4")
+        rows.append(f"c{i},49,1,openvid,480,720,{i != 3},True,0.05,1,{i != 3},{i in (0, 1)},seganymo")
+    for k, v in lists.items():
+        (root / f"{k}.txt").write_text("\n".join(v) + "\n")
+    head = ("vid_name,num_frames,foreground_num,dataset_type,height,width,is_training,1fg-1bg,foreground_ratio,"
+            "num_objects,main_train,main_train_foreground_volume,mask_source")
+    (root / "metadata.csv").write_text(head + "\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def test_stm_release_layout_uses_clean_plates_and_metadata_gates(tmp_path):
+    root = release_folder(tmp_path / "rel")
+    train = data.LayeredClips(root, frames=9, size=(64, 64))
+    assert [Path(it["video"]).name for it in train.items] == ["c0.mp4", "c1.mp4"]     # c2 gated out, c3 is val
+    assert [Path(it["video"]).name for it in data.LayeredClips(root, split="val").items] == ["c3.mp4"]
+    assert len(data.LayeredClips(root, split="all")) == 4
+    # c0's bg is the inpainted clean plate (the subject's hole filled), c1 keeps its holed bg
+    assert "bg-inpainted" in train.items[0]["bg"] and "bg-inpainted" not in train.items[1]["bg"]
+    c0 = toy.clip(20)
+    bg = train[0]["bg"]                                                          # (3, T, H, W) in [-1, 1]
+    hole = torch.from_numpy(c0["mask"])[None].expand_as(bg)
+    clean = data.to_tensor(c0["bg"])
+    assert (bg[hole] - clean[hole]).abs().mean() < 0.05                         # the hole is filled, not black
+    assert (data.to_tensor(c0["video"] * ~c0["mask"][..., None])[hole] + 1).abs().max() < 1e-6   # holed one is
+    # a metadata.csv that does not align with the lists is refused
+    (root / "metadata.csv").write_text((root / "metadata.csv").read_text().rsplit("\n", 2)[0] + "\n")
+    with pytest.raises(ValueError, match="metadata.csv: 3 rows but videos.txt has 4"):
+        data.LayeredClips(root)

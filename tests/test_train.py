@@ -1,5 +1,6 @@
 """train.py: exact resume under torchrun with FSDP2 + activation checkpointing + DCP (CPU, gloo)."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -48,13 +49,20 @@ def test_torchrun_fsdp2_resume_is_exact(tiny_base, tiny_data, tmp_path):
 
 
 def test_single_process_with_cache_and_ablations(tiny_base, tiny_data, tmp_path):
-    out = tmp_path / "one"
-    run(common(tiny_base, tiny_data, out) + ["--cache-latents", "--no-augment", "--plain-loss", "--val-every", "4",
-                                             "--val-steps", "2"], nproc=0)
-    assert len(list((out / "cache").glob("latents_*/*.safetensors"))) == 12
-    assert list((out / "val").glob("*.mp4"))
-    log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
-    assert len(log) == 4 and all(r["loss"] == r["loss_fg"] for r in log)    # plain loss logs one number
+    """One process, the latent cache, validation; and the two ablation flags change what is trained: the same
+    seed and data with --plain-loss, with --no-augment, or with neither give other losses."""
+    losses = {}
+    for name, flags in (("both", ["--no-augment", "--plain-loss"]), ("noaug", ["--no-augment"]), ("full", [])):
+        out = tmp_path / name
+        run(common(tiny_base, tiny_data, out) + ["--cache-latents", "--cache-dir", str(tmp_path / "cache"),
+                                                  "--val-every", "4" if name == "both" else "0", "--val-steps", "2"]
+            + flags, nproc=0)
+        losses[name] = [json.loads(l)["loss"] for l in (out / "log.jsonl").read_text().splitlines()]
+        assert len(losses[name]) == 4 and all(math.isfinite(x) for x in losses[name])
+    assert len(list((tmp_path / "cache").glob("latents_*/*.safetensors"))) == 12        # shared, built once
+    assert list((tmp_path / "both" / "val").glob("*.mp4"))
+    assert losses["both"] != losses["noaug"]             # plain loss != identity loss on the same batches
+    assert losses["noaug"] != losses["full"]             # augmentation changes the fg the composer sees
 
 
 def test_bad_arguments_are_clear(tiny_base, tiny_data, tmp_path):
@@ -96,3 +104,16 @@ def test_bf16_base_trains_with_fp32_masters(mini_i2v, tiny_data, tmp_path, bf16)
     # the export defaults to the official weights' dtype
     sd = load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")
     assert {v.dtype for v in sd.values()} == {torch.bfloat16} and sd["patch_embed.proj.weight"].shape[1] == 48
+
+
+def test_trains_on_the_stm_release_layout(tiny_base, tmp_path):
+    """The release's folder layout: the gate keeps 2 of 4 clips for training, validation composes the
+    validation-only clip (is_training False)."""
+    from test_data import release_folder
+    root = release_folder(tmp_path / "rel")
+    out = tmp_path / "run"
+    r = run(["--model", str(tiny_base), "--preset", "toy", "--data", str(root), "--out", str(out), "--batch", "2",
+             "--steps", "1", "--warmup", "1", "--val-every", "1", "--val-steps", "2", "--workers", "1",
+             "--threads", "1", "--log-every", "1"], nproc=0)
+    assert "data: 2 clips" in r.stdout
+    assert [p.name for p in (out / "val").glob("*.mp4")] == ["step0000001_0.mp4"]     # the one validation clip
