@@ -4,8 +4,11 @@ Split: any folder of videos -> a layered-clip training set (caption, mask, fg la
     python decompose.py --videos "clips/*.mp4" --out data/mine                      # motion masks, temporal inpainting
     python decompose.py --videos DAVIS/JPEGImages/480p --masks DAVIS/Annotations/480p --segmenter gt --out data/davis
     python decompose.py --videos clips --out data/mine --segmenter sam2 --sam2 facebook/sam2.1-hiera-tiny \\
-        --captioner vlm --vlm OpenGVLab/InternVL3-1B-hf --inpainter cmd --inpaint-cmd "remover {video} {mask} {out}"
-    python decompose.py --videos clips --out data/mine --shard 3/8 --workers 4   # node 3 of 8 -> data/mine/shard-3-of-8
+        --captioner vlm --vlm OpenGVLab/InternVL3-1B-hf --inpainter minimax --remover zibojia/minimax-remover
+    python decompose.py --videos clips --out data/mine --inpainter cmd --inpaint-cmd "propainter {video} {mask} {out}"
+    torchrun --nproc_per_node=8 decompose.py --videos clips --out data/mine --segmenter sam2   # one process per GPU
+    torchrun --nnodes 4 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 decompose.py ...  # 4 nodes
+    python decompose.py --videos clips --out data/mine --shard 3/8 --workers 4   # machine 3 of 8, no network between
     python decompose.py --merge --out data/mine                                      # then join the shard folders
 
 Stages (paper Sec. 3.3, App. A; StM release settings where they apply):
@@ -17,7 +20,8 @@ Stages (paper Sec. 3.3, App. A; StM release settings where they apply):
    transformers, prompted with the motion mask's box). fg ratio outside [1%, 45%] -> skipped.
 3. caption: `file`, `vlm` (a video-capable VLM via transformers) or `template`.
 4. layers: fg = clip x mask on black; bg = the (dilated) hole filled by `temporal` (weight-free),
-   `none` (black hole) or `cmd` (an external inpainter such as MiniMax-Remover or ProPainter).
+   `minimax` (MiniMax-Remover, remover.py: 12 steps, as the StM release), `none` (black hole) or `cmd` (an
+   external inpainter such as ProPainter).
 
 The weight-free motion segmenter needs the subject to move relative to the scene: it fits the
 camera's motion, takes the per-pixel median of the aligned frames as the static scene, and
@@ -26,14 +30,21 @@ over the clip leaks into that median and comes out partial; one that stands stil
 
 Resume and scale: one metadata.jsonl record per clip (kept or skipped), appended only by the main
 process after a clip's files are written atomically, so a rerun skips finished clips and a kill
-loses at most the clips in progress. `--shard I/N` takes every N-th clip of the (deterministic)
-clip list and writes its own folder <out>/shard-I-of-N, so shards never share a file, even on
-NFS; `--merge` joins them into <out> without copying videos, adding to the clips <out> already holds.
+loses at most the clips in progress. Under torchrun, rank R of W takes every W-th clip still to do of
+the (deterministic) clip list, keeps its models on cuda:LOCAL_RANK, and appends its records to its own
+metadata.rank-R.jsonl; rank 0 joins those into metadata.jsonl (in plan order: the dataset one process
+writes) once every rank has finished, and at the start of a rerun after a kill. `--workers` adds
+processes inside each rank (CPU-only machines, no torchrun needed). `--shard I/N` is the same rule for
+machines that share no network: it takes every N-th clip and writes its own folder <out>/shard-I-of-N,
+so shards never share a file, even on NFS; `--merge` joins them into <out> without copying videos,
+adding to the clips <out> already holds.
 A rerun must use the same flags as the run that began the folder (settings.json): clips made another way
 are never mixed in. Every flag and input file is checked before the first clip (one line, exit code 2).
 """
 import argparse
+import base64
 import functools
+import html
 import importlib.util
 import inspect
 import json
@@ -55,8 +66,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from weights import atomic_write_text
-from data import (LUMA, VIDEO_EXTS, BadInput, LayeredWriter, check_out_dir, check_shape, dilate, fit_video, mask_to_rgb,
-                  probe, read_frames, read_mask, read_metadata, read_video, run_cli, video_paths, write_video)
+from data import (LUMA, VIDEO_EXTS, BadInput, LayeredWriter, Progress, Ranks, append_jsonl, check_out_dir,
+                  check_shape, dilate, fit_video, mask_to_rgb, probe, rank_records, read_frames, read_mask,
+                  read_metadata, read_video, resize_video, run_cli, video_paths, write_video)
 
 # ---- Global (camera) motion: one affine map per frame, in grid_sample's normalized coordinates ---
 # Coordinates are normalized to [-1, 1] (align_corners=False), so a warp found on a small copy
@@ -266,6 +278,34 @@ def motion_mask(video, G=None, side=256, min_diff=20.0):
     if s < 1:
         m = F.interpolate(m.float()[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0] > 0.5
     return m.numpy()
+
+
+@functools.lru_cache
+def _load_remover(path):
+    """MiniMax-Remover (remover.py), loaded once per worker: bf16 on a GPU (StM runs fp16), fp32 on CPU."""
+    import remover
+    cuda = torch.cuda.is_available()
+    return remover.Remover.from_pretrained(path, dtype=torch.bfloat16 if cuda else None,
+                                           device="cuda" if cuda else None)
+
+
+def check_remover(path):
+    """--inpainter minimax: a folder laid out like zibojia/minimax-remover, or a hub id fetchable now;
+    otherwise one line naming the offline choice."""
+    p, need = Path(path), ("vae/config.json", "transformer/config.json", "scheduler/scheduler_config.json")
+    if p.exists():
+        missing = [n for n in need if not (p / n).exists()]
+        if missing:
+            raise BadInput(f"--remover {path}: no {', '.join(missing)} here; pass a folder laid out like "
+                           "zibojia/minimax-remover (vae/ transformer/ scheduler/), or use --inpainter temporal")
+        return
+    from huggingface_hub import snapshot_download
+    try:
+        snapshot_download(str(path), allow_patterns=["vae/*", "transformer/*", "scheduler/*"])
+    except Exception as e:
+        raise BadInput(f"--remover {path}: no local folder of that name and the hub is out of reach "
+                       f"({type(e).__name__}); pass a downloaded folder, or offline use --inpainter temporal"
+                       ) from None
 
 
 @functools.lru_cache
@@ -495,6 +535,8 @@ class Settings:
     vlm_frames: int
     inpainter: str
     inpaint_cmd: str
+    remover: str
+    remover_steps: int
     dilate: int
     fps: int
     threads: int
@@ -531,6 +573,8 @@ def clip_bg(video, mask, G, st):
         return inpaint_temporal(video, hole, G)
     if st.inpainter == "cmd":
         return inpaint_cmd(st.inpaint_cmd, video, hole, st.fps)
+    if st.inpainter == "minimax":  # grows the mask itself, by a diamond of --dilate, as MiniMax-Remover's pipeline
+        return _load_remover(st.remover)(video, mask, steps=st.remover_steps, dilate=st.dilate)
     return video * ~hole[..., None]
 
 
@@ -611,7 +655,7 @@ def merge(out):
 # The flags a folder's clips depend on: a rerun (resume) or a merge must not mix clips made with other values.
 # (Paths such as --masks or --captions may move between runs, and --workers / --threads change no clip.)
 SAME_FLAGS = ("frames", "size", "strides", "max_clips", "static", "fps", "seed", "segmenter", "min_fg", "max_fg",
-              "inpainter", "dilate", "captioner", "template")
+              "inpainter", "remover_steps", "dilate", "captioner", "template")
 
 
 def check_settings(folders, want=None):
@@ -632,10 +676,66 @@ def check_settings(folders, want=None):
     return ref
 
 
+# ---- A look at the Split output ---------------------------------------------------------------
+
+PREVIEW_LAYERS = (("videos", "input"), ("masks", "mask"), ("fg", "fg"), ("bg", "bg"))
+
+
+def gif_data_uri(path, width):
+    """A video file -> a looping GIF `width` pixels wide, as a data: URI (the page needs no other file)."""
+    frames = read_video(path)[0]
+    T, H, W, _ = frames.shape
+    small = resize_video(torch.from_numpy(frames).permute(0, 3, 1, 2), max(2, round(H * width / W)), width,
+                         mode="stretch").permute(0, 2, 3, 1).numpy()
+    with tempfile.TemporaryDirectory() as d:
+        write_video(Path(d) / "v.gif", small, fps=8)
+        return "data:image/gif;base64," + base64.b64encode((Path(d) / "v.gif").read_bytes()).decode()
+
+
+def write_preview(out, max_clips=24, width=192):
+    """<out>/preview.html: one self-contained page with, per kept clip (the first `max_clips`), looping
+    input | mask | fg | bg, its caption and fg ratio, and the dataset's counts (kept, skipped by reason).
+    Each image reports when it has loaded (body data-loaded="n/N"), so a browser test can check them all."""
+    out = Path(out)
+    recs = read_metadata(out)
+    if not recs:
+        raise BadInput(f"--preview {out}: no metadata.jsonl here (not a decompose.py output folder)")
+    kept = [r for r in recs if r.get("status") == "ok"]
+    counts = Counter(r.get("status", "?") for r in recs)
+    esc = html.escape
+    rows = []
+    for r in tqdm(kept[:max_clips], desc="preview"):
+        cells = "".join(f'<figure><img alt="{name}" src="{gif_data_uri(out / r[key], width)}">'
+                        f"<figcaption>{name}</figcaption></figure>" for key, name in PREVIEW_LAYERS)
+        rows.append(f'<section><h2>{esc(str(r["id"]))}</h2><p>{esc(r.get("caption", ""))}</p>'
+                    f'<p class="meta">fg ratio {r.get("fg_ratio", 0):.1%} &middot; {r.get("frames")} frames '
+                    f'&middot; source {esc(str(r.get("source", "")))}</p><div class="row">{cells}</div></section>')
+    stats = ", ".join(f"{k}: {v}" for k, v in counts.most_common())
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Split preview: {esc(out.name)}</title>
+<style>body{{font-family:sans-serif;margin:1.5em;background:#fafafa}} .row{{display:flex;gap:8px}}
+figure{{margin:0}} figcaption{{text-align:center;font-size:12px;color:#555}}
+img{{display:block;image-rendering:pixelated}} .meta{{color:#666;font-size:13px}}
+section{{background:#fff;padding:8px 12px;margin:12px 0;border:1px solid #ddd}}</style>
+</head><body data-loaded="0/0"><h1>Split preview: {esc(str(out))}</h1>
+<p><b>{len(kept)}</b> clips kept of {len(recs)} records ({esc(stats)}); showing the first {len(rows)}.</p>
+{"".join(rows)}
+<script>
+function count() {{
+  const imgs = [...document.images];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.loaded = ok + "/" + imgs.length;
+}}
+window.addEventListener("load", count);
+</script></body></html>
+"""
+    atomic_write_text(out / "preview.html", page)
+    return out / "preview.html"
+
+
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 a_ = parser.add_argument
 a_("--videos", help="folder of videos / frame folders, a glob (quote it), or one file")
-a_("--out", required=True, help="output dataset folder (with --shard: <out>/shard-I-of-N)")
+a_("--out", help="output dataset folder (with --shard: <out>/shard-I-of-N); required but with --preview")
 a_("--frames", type=int, default=49, help="frames per clip (4k+1; 49 for CogVideoX)")
 a_("--size", type=int, nargs=2, default=[480, 720], metavar=("H", "W"), help="clip size (cover crop)")
 a_("--strides", type=int, nargs="+", default=[1, 2, 3, 4], help="frame strides to draw from (App. A)")
@@ -649,8 +749,12 @@ a_("--masks", help="--segmenter gt: folder with <stem>/ PNG folders or <stem>.mp
 a_("--sam2", default="facebook/sam2.1-hiera-tiny", help="--segmenter sam2: local folder or hub id")
 a_("--min-fg", type=float, default=0.01, help="skip clips whose fg fills less of the video than this")
 a_("--max-fg", type=float, default=0.45, help="skip clips whose fg fills more of the video than this")
-a_("--inpainter", choices=["temporal", "none", "cmd"], default="temporal", help="how the bg hole is filled")
+a_("--inpainter", choices=["temporal", "none", "cmd", "minimax"], default="temporal",
+   help="how the bg hole is filled (minimax: MiniMax-Remover, remover.py, as the StM release)")
 a_("--inpaint-cmd", help="--inpainter cmd: command with {video} {mask} {out} (mp4 paths)")
+a_("--remover", default="zibojia/minimax-remover",
+   help="--inpainter minimax: folder with vae/ transformer/ scheduler/, or hub id")
+a_("--remover-steps", type=int, default=12, help="--inpainter minimax: sampling steps (StM: 12)")
 a_("--dilate", type=int, default=6, help="grow the mask by this many pixels before inpainting")
 a_("--captioner", choices=["template", "file", "vlm"], default="template", help="where captions come from")
 a_("--captions", help="--captioner file: jsonl ({video, caption}) or tsv (stem<TAB>caption)")
@@ -661,6 +765,8 @@ a_("--workers", type=int, default=1, help="processes working on clips in paralle
 a_("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
 a_("--shard", default="0/1", help="I/N: process every N-th clip starting at I, into <out>/shard-I-of-N")
 a_("--merge", action="store_true", help="join <out>/shard-*/ into <out> and exit")
+a_("--preview", metavar="OUT", help="write OUT/preview.html (input | mask | fg | bg of the first clips, captions, "
+   "counts) for a Split output folder and exit")
 
 
 def parse_shard(spec):
@@ -694,6 +800,7 @@ def check_flags(args):
             ("--min-fg/--max-fg", f"{a.min_fg}/{a.max_fg}", 0 <= a.min_fg <= a.max_fg <= 1,
              "0 <= min <= max <= 1 (shares of the frame)"),
             ("--dilate", a.dilate, a.dilate >= 0, "at least 0 pixels"),
+            ("--remover-steps", a.remover_steps, a.remover_steps >= 1, "at least 1"),
             ("--vlm-frames", a.vlm_frames, a.vlm_frames >= 1, "at least 1"),
             ("--workers", a.workers, a.workers >= 1, "at least 1"),
             ("--threads", a.threads, a.threads >= 0, "at least 0 (0: cores / workers)")):
@@ -712,6 +819,8 @@ def check_flags(args):
                        "or a template such as '{dir}/mask.mp4'")
     if args.inpainter == "cmd":
         check_inpaint_cmd(args.inpaint_cmd)
+    if args.inpainter == "minimax":
+        check_remover(args.remover)
     if args.captioner == "vlm":
         check_weights(args.vlm, "--captioner vlm --vlm", "--captioner file --captions F (your own captions)")
     if args.segmenter == "sam2":
@@ -783,20 +892,22 @@ def check_sources(jobs, st):
                        "; add them, or leave those videos out of --videos")
 
 
-def run_jobs(todo, writer, workers):
+def run_jobs(todo, writer, workers, progress):
     """process_clip over `todo` (in `workers` processes); the main process alone appends the records, so a stop
     here (an error, Ctrl-C) keeps every finished clip and a rerun of the same command resumes."""
     pool = Pool(workers) if workers > 1 and len(todo) > 1 else None
     n0 = len(writer.done)
     try:
         results = pool.imap_unordered(process_clip, todo) if pool else map(process_clip, todo)
-        for rec in tqdm(results, total=len(todo), desc="decompose"):
+        for rec in results:
             writer.record(**rec)
+            progress.step()
     except (KeyError, FileNotFoundError, RuntimeError, OSError) as e:
         raise BadInput(f"{str(e).splitlines()[0]} (stopped; the {len(writer.done) - n0} clips finished in this run "
                        f"are kept, rerun the same command to resume)") from None
     except KeyboardInterrupt:
-        writer.finalize()
+        if progress.ranks.world == 1:                  # among several ranks, rank 0 joins the records on the rerun
+            writer.finalize()
         sys.exit(f"interrupted: the {len(writer.done) - n0} clips finished in this run are kept; "
                  "rerun the same command to resume")
     finally:
@@ -804,7 +915,43 @@ def run_jobs(todo, writer, workers):
             pool.terminate()
 
 
+class RankWriter(LayeredWriter):
+    """LayeredWriter whose records go to this rank's own file (metadata.jsonl when it runs alone): ranks never
+    append to one file, which NFS could interleave, and rank 0 joins the files (join_ranks)."""
+
+    def __init__(self, root, path):
+        super().__init__(root)
+        self.path = path
+
+    def record(self, **rec):
+        append_jsonl(self.path, rec)
+        self.done.add(rec["id"])
+
+
+def join_ranks(out, order):
+    """Rank 0, alone: the records of the per-rank files that metadata.jsonl lacks are added to it in plan `order`
+    (ids), so the dataset is the one a single process writes; then the per-rank files go. A kill between the two
+    steps is harmless: ids already in metadata.jsonl are not added twice."""
+    recs, files = rank_records(out, "metadata")
+    if not files:
+        return
+    have, pos = read_metadata(out), {k: i for i, k in enumerate(order)}
+    seen, new = {r["id"] for r in have}, {}
+    for r in recs:
+        if r["id"] not in seen:
+            new.setdefault(r["id"], r)
+    add = sorted(new.values(), key=lambda r: pos.get(r["id"], len(pos)))
+    atomic_write_text(Path(out) / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in have + add))
+    for f in files:
+        f.unlink()
+
+
 def main(args):
+    if args.preview:
+        print(f"wrote {write_preview(args.preview)}")
+        return
+    if not args.out:
+        raise BadInput("--out is required (the dataset folder to write, or with --merge to join into)")
     if args.merge:
         n, added = merge(args.out)
         print(f"merged {n} shards ({added} new records)\n{summary(args.out)}")
@@ -822,22 +969,38 @@ def main(args):
     st = Settings(**given, out=out, caption_map=caption_map, threads=threads)
     flags = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in vars(args).items() if k in SAME_FLAGS}
     check_settings([out], flags)
-    jobs, bad, notes = plan_jobs(sources, st, args.strides, args.max_clips, args.seed)
-    check_sources([j for k, j in enumerate(jobs) if k % n_shards == i], st)
+    planned, bad, notes = plan_jobs(sources, st, args.strides, args.max_clips, args.seed)
+    jobs = planned[i::n_shards]                 # --shard: the ranks' rule, for machines that share no network
+    check_sources(jobs, st)
     # every input checked: from here on the folder is written
-    writer = LayeredWriter(out)
-    if not (Path(out) / "settings.json").exists():
-        atomic_write_text(Path(out) / "settings.json", json.dumps(flags, indent=1) + "\n")
-    print("".join(n + "\n" for n in notes), end="", file=sys.stderr)
-    for src, key, err in bad:
-        print(f"skipping {err}", file=sys.stderr)
-        if key not in writer.done:
-            writer.record(id=key, source=str(src), status="unreadable", error=err)
-    todo = [j for k, j in enumerate(jobs) if k % n_shards == i and j[1] not in writer.done]
-    print(f"{len(sources)} videos, {len(jobs)} clips; shard {i}/{n_shards}: {len(todo)} to do -> {out}")
-    run_jobs(todo, writer, args.workers)
-    writer.finalize()
-    print(summary(out))
+    ranks = Ranks()
+    order = [key for _, key, _ in bad] + [j[1] for j in jobs]
+    writer = RankWriter(out, ranks.record_file(out, "metadata"))
+    if ranks.rank == 0:
+        if not (Path(out) / "settings.json").exists():
+            atomic_write_text(Path(out) / "settings.json", json.dumps(flags, indent=1) + "\n")
+        join_ranks(out, order)                  # what a killed run's ranks finished counts as done
+        writer.done |= {r["id"] for r in read_metadata(out)}
+        print("".join(n + "\n" for n in notes), end="", file=sys.stderr)
+        for src, key, err in bad:
+            print(f"skipping {err}", file=sys.stderr)
+            if key not in writer.done:
+                writer.record(id=key, source=str(src), status="unreadable", error=err)
+    ranks.wait()
+    writer.done |= {r["id"] for r in read_metadata(out)}
+    left = [j for j in jobs if j[1] not in writer.done]
+    todo, left_ids = ranks.mine(left), {j[1] for j in left}
+    print(f"{len(sources)} videos, {len(planned)} clips; shard {i}/{n_shards}: {len(left)} to do -> {out}"
+          + (f"; rank {ranks.rank}/{ranks.world}: {len(todo)}" if ranks.world > 1 else ""))
+    count = lambda: len({r["id"] for r in rank_records(out, "metadata")[0]} & left_ids)
+    progress = Progress(ranks, "decompose", len(left), len(todo), count)
+    run_jobs(todo, writer, args.workers, progress)
+    seconds = progress.close()
+    if ranks.rank == 0:
+        join_ranks(out, order)
+        writer.finalize()
+        print(f"{summary(out)}\n{len(left)} clips in {seconds:.1f}s ({len(left) / max(seconds, 1e-9):.3g} clips/s, "
+              f"{ranks.world} process(es) x {args.workers} worker(s))")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import data
 import metrics
@@ -529,6 +528,24 @@ def read_scored(out, recs, base, settings):
     return rows
 
 
+def join_metrics(out, order):
+    """Rank 0, alone: the rows the ranks appended to metrics.rank-R.jsonl that metrics.jsonl lacks are added to it,
+    in `order` (result paths: the records' order, as one process appends them); then those files go. Run at the end,
+    and at the start of a rerun after a kill, so a rank's finished scores count as done."""
+    recs, files = data.rank_records(out, "metrics")
+    if not files:
+        return
+    have = [r for _, r in read_jsonl(out / "metrics.jsonl")[0]] if (out / "metrics.jsonl").is_file() else []
+    seen, pos, new = {r.get("result") for r in have}, {k: i for i, k in enumerate(order)}, {}
+    for r in recs:
+        if r.get("result") not in seen:
+            new.setdefault(r.get("result"), r)
+    add = sorted(new.values(), key=lambda r: pos.get(r.get("result"), len(pos)))
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in have + add))
+    for f in files:
+        f.unlink()
+
+
 def main(args):
     if args.compare and not args.results:
         return compare(args.compare, args.out)
@@ -537,20 +554,28 @@ def main(args):
     out = Path(args.out or base / "eval")
     recs, skipped = read_records(args)
     settings = {k: getattr(args, k) for k in SCORE_FLAGS}
+    key = lambda r: str(_path(r["result"], base).resolve())
+    ranks = data.Ranks()                                   # torchrun: this process's share of the records
+    args.device = str(ranks.device) if ranks.world > 1 and args.device == "cuda" else args.device
+    if ranks.rank == 0:
+        join_metrics(out, [key(r) for _, r in recs])      # what a killed run's ranks scored counts as done
+    ranks.wait()
     rows = read_scored(out, [r for _, r in recs], base, settings)
     done = {r["result"] for r in rows}
-    key = lambda r: str(_path(r["result"], base).resolve())
-    todo = [(i, r) for i, r in recs if key(r) not in done]
-    if len(todo) < len(recs):
+    left = [(i, r) for i, r in recs if key(r) not in done]
+    todo, left_keys = ranks.mine(left), {key(r) for _, r in left}
+    if len(left) < len(recs) and ranks.rank == 0:
         print(f"{len(recs) - len(todo)} records already scored in {out}/metrics.jsonl are kept; scoring {len(todo)}")
     nets = load_networks(args) if todo else Networks()
     missing = [n for n, w in (("ViCLIP (M1, M4)", args.viclip), ("Swin3D (M2)", args.swin), ("RAFT (M3)", args.raft))
                if not w]
-    if missing and todo:
+    if missing and todo and ranks.rank == 0:
         print(f"no weights for {', '.join(missing)}: those metrics are skipped; weight-free measures "
               f"(bg PSNR/SSIM, fg colour histogram{', classical-flow M3' if not args.raft else ''}) are reported")
     out.mkdir(parents=True, exist_ok=True)
-    for i, rec in tqdm(todo, desc=f"evaluate {base}"):
+    count = lambda: len({r.get("result") for r in data.rank_records(out, "metrics")[0]} & left_keys)
+    progress, n_skipped = data.Progress(ranks, f"evaluate {base}", len(left), len(todo), count), len(skipped)
+    for i, rec in todo:
         try:
             row = evaluate_record(rec, base, nets, args.max_frames, args.max_side, args.toy_threshold, args.cp_radius)
         except (ValueError, KeyError, TypeError, OSError) as e:    # this record only: report it, score the rest
@@ -559,11 +584,18 @@ def main(args):
         except KeyboardInterrupt:
             sys.exit(f"interrupted: {out}/metrics.jsonl keeps the {len(rows)} records scored; rerun to resume")
         row = json_safe({**row, "result_stat": _stat(key(rec)), "settings": settings})
-        with open(out / "metrics.jsonl", "a") as f:             # one write of one line: a kill tears at most it
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        data.append_jsonl(ranks.record_file(out, "metrics"), row)    # one write of one line: a kill tears at most it
         rows.append(row)
+        progress.step()
+    seconds = progress.close()
+    if ranks.world > 1:                                    # every rank's skips; rank 0 joins the scores and reports
+        skipped = skipped[:n_skipped] + [s for mine in ranks.gather(skipped[n_skipped:]) for s in mine]
+        if ranks.rank > 0:
+            return None
+        join_metrics(out, [key(r) for _, r in recs])
+        rows = [r for _, r in read_jsonl(out / "metrics.jsonl")[0]]
+    print(f"{len(left)} records in {seconds:.1f}s ({len(left) / max(seconds, 1e-9):.3g}/s, {ranks.world} "
+          "process(es))")
     skipped.sort(key=lambda s: s["line"])
     said = [f"line {s['line']}" + (f" ({s['id']})" if s["id"] else "") + f": {s['why']}" for s in skipped]
     for msg in said:

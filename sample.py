@@ -9,7 +9,8 @@ Real scale (GPU, bf16, tiled VAE decode; the StM release's sampler settings are 
     python sample.py --model THUDM/CogVideoX-5b-I2V --ckpt runs/stm5b --fg fg.mp4 --mask mask.mp4 --bg bg.mp4 \\
         --prompt "..." --steps 50 --guidance 6 --sampler dpm
 
---ckpt is a train.py output folder, a folder holding a diffusers `transformer/`, or a hub id;
+--ckpt is a train.py output folder, a folder holding a diffusers `transformer/`, or a hub id; a train.py --lora
+output (OUT/lora/, lora.py) is put on --model's transformer (widened to 48 channels) and merged at load;
 --model gives the VAE, T5 and tokenizer (a folder laid out like THUDM/CogVideoX-5b-I2V, or a hub id).
 fg is the subject on black (its mask is where it is not black), or any video with --mask.
 Inputs of another size, length or frame rate are resampled to the model's frames and cropped to its size; the
@@ -31,6 +32,7 @@ import torch
 
 import data
 import diffusion
+import lora
 import weights
 from data import BadInput
 from dit import DiT, DiTConfig
@@ -88,8 +90,16 @@ def check_flags(a):
 
 
 def composer_folders(ckpt, model):
-    """-> (transformer folder, base model) from --ckpt/--model."""
+    """-> (transformer folder, base model) from --ckpt/--model. A LoRA folder (train.py --lora: OUT/lora/) stands
+    for the transformer folder: load_models puts it on --model's transformer."""
     p = Path(ckpt)
+    if p.exists() and not (p / "transformer").is_dir() and lora.is_adapter(p / "lora"):
+        p = p / "lora"
+    if lora.is_adapter(p):
+        try:
+            return p, model or lora.read_config(p)["base_model"]
+        except (ValueError, KeyError) as e:
+            raise BadInput(f"--ckpt {e}") from None
     if p.exists() and (p / "transformer").is_dir():
         args = p / "args.json"
         base = model or (json.loads(args.read_text()).get("model") if args.exists() else None)
@@ -108,7 +118,7 @@ def composer_folders(ckpt, model):
 def shape_of(tfolder, base, frames, size):
     """(T, H, W) to generate, from the composer's and the VAE's config.json (no weights read yet)."""
     try:
-        c = weights.read_config(tfolder, DiTConfig)
+        c = lora.composer_config(base) if lora.is_adapter(tfolder) else weights.read_config(tfolder, DiTConfig)
         space = weights.meta_model(VAE, weights.read_config(weights.resolve(base, "vae"), VAEConfig)).space
     except (FileNotFoundError, ValueError, TypeError, RuntimeError) as e:
         raise BadInput(f"could not read the model's config: {e}") from None
@@ -169,12 +179,12 @@ def check_files(job):
     return None
 
 
-def check_out(out_dir):
-    """--out must be writable: checked now, not after sampling."""
+def check_out(out_dir, probe=".write-test"):
+    """--out must be writable: checked now, not after sampling (each rank with its own probe file)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        weights.atomic_write_text(out_dir / ".write-test", "")
-        (out_dir / ".write-test").unlink()
+        weights.atomic_write_text(out_dir / probe, "")
+        (out_dir / probe).unlink()
     except OSError as e:
         raise BadInput(f"--out {out_dir}: cannot write there ({e.strerror})") from None
 
@@ -208,6 +218,24 @@ def read_results(out_dir):
         except json.JSONDecodeError:
             pass
     return recs
+
+
+def join_results(out_dir, jobs):
+    """Rank 0, alone: the records the ranks appended to results.rank-R.jsonl go into results.jsonl (replacing older
+    ones of the same id), in triplet order as one process writes them; then those files go. Run at the end, and at
+    the start of a rerun after a kill, so a rank's finished items count as done."""
+    recs, files = data.rank_records(out_dir, "results")
+    if not files:
+        return
+    records = {r["id"]: r for r in read_results(out_dir) if isinstance(r, dict) and "id" in r}
+    new = {r["id"]: r for r in recs if "id" in r}
+    for j in jobs:
+        if j["id"] in new:
+            records[j["id"]] = new.pop(j["id"])
+    records.update(new)                                    # ids of another triplet file: kept, after
+    weights.atomic_write_text(out_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records.values()))
+    for f in files:
+        f.unlink()
 
 
 def load_inputs(fg, bg, mask, T, H, W):
@@ -283,7 +311,8 @@ def reference_columns(path, vae, T, H, W, tile, device, dtype):
 
 def load_models(tfolder, base, device, dtype):
     try:
-        model = DiT.from_pretrained(tfolder, subfolder="", dtype=dtype, device=device).eval()
+        model = (lora.load_composer(tfolder, base, dtype, device) if lora.is_adapter(tfolder)   # merged at load
+                 else DiT.from_pretrained(tfolder, subfolder="", dtype=dtype, device=device).eval())
         vae = VAE.from_pretrained(base, dtype=dtype, device=device)
         tok = Tokenizer.from_pretrained(base, max_length=model.config.max_text_seq_length)
         t5 = T5Encoder.from_pretrained(base, dtype=dtype, device=device)
@@ -311,9 +340,30 @@ def jobs_of(a, T, H, W):
                                                                                                    T, H, W)}
 
 
+def read_back_rows(recs, vae, T, H, W, tile, device, dtype):
+    """Among several ranks, rank 0 stacks the grid from the first 8 compositions' <id>_grid.mp4 files (the others'
+    arrays are on other ranks), each with its reference columns as one process adds them."""
+    grid = lambda r: Path(r["result"]).with_name(Path(r["result"]).stem + "_grid.mp4")
+    return [np.concatenate([data.read_video(grid(r))[0]] + reference_columns(r.get("reference"), vae, T, H, W, tile,
+                                                                             device, dtype), 2) for r in recs[:8]]
+
+
+def plan_batches(ranks, jobs, batch, done, skipped, out_dir):
+    """-> (this rank's batches by start, its Progress, the ids to compose on all ranks). Batches are fixed by
+    position, so a resumed run draws the same noise for each item as a straight run; each rank takes every
+    world-th batch of those with work left (every rank sees the same `done`: rank 0 joined before they read)."""
+    todo = lambda i: [j["id"] for j in jobs[i:i + batch] if j["id"] not in done and j["id"] not in skipped]
+    left = [i for i in range(0, len(jobs), batch) if todo(i)]
+    mine, left_ids = ranks.mine(left), {k for i in left for k in todo(i)}
+    count = lambda: len({r.get("id") for r in data.rank_records(out_dir, "results")[0]} & left_ids)
+    return mine, data.Progress(ranks, "sample", len(left_ids), sum(len(todo(i)) for i in mine), count,
+                               every=batch, bar=ranks.world > 1), left_ids
+
+
 def main(a):
     check_flags(a)
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ranks = data.Ranks()                                   # torchrun: this process's share of --triplets
+    device = torch.device(a.device) if a.device else ranks.device
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tfolder, base = composer_folders(a.ckpt, a.model)
     T, H, W = shape_of(tfolder, base, a.frames, a.size)
@@ -322,19 +372,20 @@ def main(a):
                 "sampler": a.sampler, "guidance": a.guidance, "dynamic_cfg": a.dynamic_cfg, "seed": a.seed,
                 "frames": T, "size": [H, W]}
     jobs, out_dir, single, inputs = jobs_of(a, T, H, W)
-    check_out(out_dir)
+    check_out(out_dir, f".write-test-{ranks.rank}")
+    if not single and ranks.rank == 0:
+        join_results(out_dir, jobs)                        # what a killed run's ranks finished counts as done
+    ranks.wait()
     records, done = ({}, set()) if single else earlier_results(out_dir, jobs, settings, a.overwrite)
     skipped = {j["id"]: why for j in jobs if (why := check_files(j))}
-    for i, why in skipped.items():
+    for i, why in skipped.items() if ranks.rank == 0 else ():
         print(f"skipping {i}: {why}")
 
     model, vae, texts = load_models(tfolder, base, device, dtype)
     rows, fps0, n_new, t0 = [], None, 0, time.time()
-    # batches are fixed by position, so a resumed run draws the same noise for each item as a straight run
-    for i in range(0, len(jobs), a.batch):
+    mine, progress, left_ids = plan_batches(ranks, jobs, a.batch, done, skipped, out_dir)
+    for i in mine:
         chunk = [j for j in jobs[i:i + a.batch] if j["id"] not in skipped]
-        if all(j["id"] in done for j in chunk):
-            continue
         for j in chunk:
             try:
                 inputs[j["id"]] = inputs.get(j["id"]) or load_inputs(j["fg"], j["bg"], j.get("mask"), T, H, W)
@@ -348,7 +399,7 @@ def main(a):
         fg, bg, mask = (torch.stack([x[k] for x in ins]) for k in range(3))
         video = compose(model, vae, texts, fg, bg, mask, [j.get("prompt", "") for j in chunk], steps=a.steps,
                         sampler=a.sampler, guidance=a.guidance, dynamic_cfg=a.dynamic_cfg, seed=a.seed, tile=tile,
-                        device=device, dtype=dtype)
+                        device=device, dtype=dtype, progress=ranks.world == 1)
         for j, x, v, f, b in zip(chunk, ins, video, fg, bg):
             if j["id"] in done:                                # recomputed with its batch, not rewritten
                 continue
@@ -359,21 +410,42 @@ def main(a):
                 grid = data.to_uint8(torch.cat([f, b, v], -1))
                 data.write_video(name.with_name(name.stem + "_grid.mp4"), grid, fps)
                 data.write_video(name.with_name(name.stem + "_grid.gif"), grid, fps)
-                if len(rows) < 8:                              # with a known-correct composite (toy triplets), if given
+                if len(rows) < 8 and ranks.world == 1:         # with a known-correct composite (toy triplets), if any
                     ref = reference_columns(j.get("reference"), vae, T, H, W, tile, device, dtype)
                     rows.append(np.concatenate([grid] + ref, 2))
             records[j["id"]] = {**j, "result": str(name.resolve()), "fps": fps, "settings": settings}
+            if ranks.world > 1:                                # each rank its own file; rank 0 joins them at the end
+                data.append_jsonl(ranks.record_file(out_dir, "results"), records[j["id"]])
             n_new += 1
+            progress.step()
             print(f"wrote {name}")
-        if not single:                                         # after every batch: a kill loses at most one batch
+        if not single and ranks.world == 1:                    # after every batch: a kill loses at most one batch
             weights.atomic_write_text(out_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in
                                                                          records.values()))
+    progress.close()
+    n_new, skipped = finish_ranks(ranks, out_dir, jobs, n_new, skipped)
+    if ranks.rank > 0:
+        return
+    if ranks.world > 1 and a.grid:
+        new = [r for r in read_results(out_dir) if r.get("id") in left_ids]
+        rows, fps0 = read_back_rows(new, vae, T, H, W, tile, device, dtype), new[-1]["fps"] if new else None
     if a.grid and len(rows) > 1:
         write_grid(rows, out_dir / "grid", fps0)
     print(f"{n_new} composition(s) in {time.time() - t0:.1f}s ({a.steps} {a.sampler} steps, guidance {a.guidance}, "
           f"seed {a.seed})" + (f"; {len(done)} done before" if done else "")
-          + (f"; {len(skipped)} skipped: " + ", ".join(skipped) if skipped else ""))
+          + (f"; {len(skipped)} skipped: " + ", ".join(skipped) if skipped else "")
+          + (f"; {ranks.world} processes, {n_new / (time.time() - t0):.3g} items/s" if ranks.world > 1 else ""))
 
+
+def finish_ranks(ranks, out_dir, jobs, n_new, skipped):
+    """After every rank has finished: rank 0 joins their results (join_results) -> the compositions written and the
+    items skipped on all ranks."""
+    if ranks.world == 1:
+        return n_new, skipped
+    both = ranks.gather((n_new, skipped))
+    if ranks.rank == 0:
+        join_results(out_dir, jobs)
+    return sum(n for n, _ in both), {k: v for _, s in both for k, v in s.items()}
 
 if __name__ == "__main__":
     data.run_cli(main, parser)

@@ -13,6 +13,10 @@ Real scale, one node of 8 GPUs (multi-node: add --nnodes=N --rdzv-backend=c10d -
     torchrun --nproc_per_node=8 train.py --model THUDM/CogVideoX-5b-I2V --data data/stm \\
         --frames 49 --size 480 720 --batch 2 --grad-accum 4 --lr 5e-6 --warmup 1000 --steps 20000 \\
         --bf16 --ac --cache-latents --ckpt-every 500 --val-every 1000 --out runs/stm5b
+One GPU, LoRA (lora.py: adapters on every block's attention, the patch projection in full, the rest frozen in bf16;
+output OUT/lora/ in the diffusers LoRA format; --merge also writes OUT/transformer/):
+    python train.py --model THUDM/CogVideoX-5b-I2V --data data/stm --lora 16 --lora-alpha 8 --lr 1e-4 --batch 1 \\
+        --frames 49 --size 480 720 --warmup 100 --steps 20000 --bf16 --ac --cache-latents --out runs/stm5b-lora
 Resume: the same command plus --resume (continues from the newest complete checkpoint in --out/ckpt).
 Paper ablations (Table 4): --no-augment, --plain-loss, or both.
 
@@ -254,18 +258,18 @@ def build_composer(model_path, preset, seed, ac, shard, bf16, lora_spec=None):
     """The 48-channel composer with fp32 master weights: a preset from scratch, or --model's transformer widened
     (whatever dtype it is stored in). shard: FSDP2 on every block then the root, bf16 compute if asked.
     lora_spec: (rank, alpha, targets) -> LoRA (lora.py): only adapters and patch projection train (fp32); the
-    frozen rest is stored in bf16 with --bf16 (5B: 11 GB instead of 22)."""
+    frozen rest is loaded in bf16 with --bf16 and never exists in fp32 (5B: 11 GB instead of 22)."""
     torch.manual_seed(seed)                                                 # same init on every rank
     if preset:
         model = DiT(PRESETS[preset])
     else:
-        model = DiT.from_pretrained(model_path, in_channels=48, dtype=torch.float32)  # [noisy | fg | bg]
+        frozen = torch.bfloat16 if lora_spec and bf16 else torch.float32
+        model = DiT.from_pretrained(model_path, in_channels=48, dtype=frozen)  # [noisy | fg | bg]
     if model.config.in_channels != 48:
         raise SystemExit(f"the composer needs in_channels=48, got {model.config.in_channels}")
     if lora_spec:
         lora.add_lora(model, *lora_spec)                                    # A drawn from the seed: same on all ranks
-        for p in model.parameters():
-            p.data = p.data.to(torch.bfloat16) if bf16 and not p.requires_grad else p.data
+        model.patch_embed.proj.float()                                      # trained in full: fp32 masters
     model.set_activation_checkpointing(ac)
     if shard:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

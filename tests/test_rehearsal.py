@@ -99,12 +99,13 @@ def test_real_scale_rehearsal(mini_i2v, tmp_path):
     assert r.returncode != 0 and time.time() - t0 < 60
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert "--captioner file" in err[0] or "--segmenter motion" in err[0], err[0]
+    assert any(c in err[0] for c in ("--captioner file", "--segmenter motion", "--inpainter temporal")), err[0]
     assert not (tmp_path / "data" / "metadata.jsonl").exists()               # nothing was processed
     # ... and with the weight-free segmenter and the captions a VLM would give, it splits the real clips
     captions = tmp_path / "captions.tsv"
     captions.write_text("".join(f"{k}_stm_output\t{v}\n" for k, v in REAL_CAPTIONS.items()))
-    run(override(split, segmenter="motion", sam2=None, captioner="file", vlm=None, captions=captions, max_clips=2))
+    run(override(split, segmenter="motion", sam2=None, captioner="file", vlm=None, captions=captions,
+                 inpainter="temporal", max_clips=2))
     prompts = (tmp_path / "data" / "prompts.txt").read_text().splitlines()
     assert len(prompts) >= 4 and set(prompts) <= set(REAL_CAPTIONS.values()), prompts   # real, per-clip captions
 
