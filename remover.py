@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import weights
+from dit import TimestepEmbedding    # the same sinusoid -> Linear -> SiLU -> Linear, the same key names in Wan
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -417,16 +418,6 @@ def apply_rope(x, cos, sin):
     """Rotate adjacent pairs of x (B, heads, N, d) by the angles behind cos/sin (N, d/2), in fp32."""
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)                 # even, odd elements
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).to(x.dtype)
-
-
-class TimestepEmbedding(nn.Module):
-    def __init__(self, dim_in, dim_out):
-        super().__init__()
-        self.linear_1 = nn.Linear(dim_in, dim_out)
-        self.linear_2 = nn.Linear(dim_out, dim_out)
-
-    def forward(self, x):
-        return self.linear_2(F.silu(self.linear_1(x)))
 
 
 class ConditionEmbedder(nn.Module):
