@@ -289,25 +289,6 @@ def _load_remover(path):
                                            device="cuda" if cuda else None)
 
 
-def check_remover(path):
-    """--inpainter minimax: a folder laid out like zibojia/minimax-remover, or a hub id fetchable now;
-    otherwise one line naming the offline choice."""
-    p, need = Path(path), ("vae/config.json", "transformer/config.json", "scheduler/scheduler_config.json")
-    if p.exists():
-        missing = [n for n in need if not (p / n).exists()]
-        if missing:
-            raise BadInput(f"--remover {path}: no {', '.join(missing)} here; pass a folder laid out like "
-                           "zibojia/minimax-remover (vae/ transformer/ scheduler/), or use --inpainter temporal")
-        return
-    from huggingface_hub import snapshot_download
-    try:
-        snapshot_download(str(path), allow_patterns=["vae/*", "transformer/*", "scheduler/*"])
-    except Exception as e:
-        raise BadInput(f"--remover {path}: no local folder of that name and the hub is out of reach "
-                       f"({type(e).__name__}); pass a downloaded folder, or offline use --inpainter temporal"
-                       ) from None
-
-
 @functools.lru_cache
 def _load(cls, path):
     """Models are loaded once per process (each worker holds its own copy)."""
@@ -447,19 +428,25 @@ def _load_vlm(path):
 # ---- Clips: the plan (deterministic), reading only the frames a clip needs, one clip end to end ---
 
 
-def check_weights(path, flag, instead):
-    """Before any clip: the model a stage calls must be a local folder or a hub id whose weights can be had
-    (from the local cache, or downloaded now); otherwise one line that names the flag and the offline choice."""
+REMOVER_FILES = ("vae/config.json", "transformer/config.json", "scheduler/scheduler_config.json")
+
+
+def check_weights(path, flag, instead, need=("config.json",), patterns=None, library="transformers"):
+    """Before any clip: the model a stage calls must be a local folder holding `need`, or a hub id whose weights
+    (`patterns`: only those files) can be had from the local cache or downloaded now; `library`: the optional
+    package the stage loads it with. Otherwise one line that names the flag and the offline choice."""
     p = Path(path)
     if p.exists():
-        if not (p / "config.json").exists():
-            raise BadInput(f"{flag} {path}: no config.json in this folder; pass a model folder, or use {instead}")
+        missing = [n for n in need if not (p / n).exists()]
+        if missing:
+            raise BadInput(f"{flag} {path}: no {', '.join(missing)} in this folder; pass a model folder, "
+                           f"or use {instead}")
         return
-    if importlib.util.find_spec("transformers") is None:
-        raise BadInput(f"{flag} needs transformers (pip install transformers), or use {instead}")
+    if library and importlib.util.find_spec(library) is None:
+        raise BadInput(f"{flag} needs {library} (pip install {library}), or use {instead}")
     from huggingface_hub import snapshot_download
     try:
-        snapshot_download(str(path))
+        snapshot_download(str(path), allow_patterns=patterns)
     except Exception as e:
         raise BadInput(f"{flag} {path}: no local folder of that name and the hub is out of reach "
                          f"({type(e).__name__}); pass a downloaded folder, or offline use {instead}") from None
@@ -819,8 +806,9 @@ def check_flags(args):
                        "or a template such as '{dir}/mask.mp4'")
     if args.inpainter == "cmd":
         check_inpaint_cmd(args.inpaint_cmd)
-    if args.inpainter == "minimax":
-        check_remover(args.remover)
+    if args.inpainter == "minimax":                 # a folder laid out like zibojia/minimax-remover, or that hub id
+        check_weights(args.remover, "--remover", "--inpainter temporal", need=REMOVER_FILES,
+                      patterns=["vae/*", "transformer/*", "scheduler/*"], library=None)
     if args.captioner == "vlm":
         check_weights(args.vlm, "--captioner vlm --vlm", "--captioner file --captions F (your own captions)")
     if args.segmenter == "sam2":

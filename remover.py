@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import weights
-from dit import TimestepEmbedding    # the same sinusoid -> Linear -> SiLU -> Linear, the same key names in Wan
+from dit import GELU, TimestepEmbedding    # the same modules and key names in Wan (ff.net.0.proj, linear_1/2)
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -462,17 +462,6 @@ class Attention(nn.Module):
         k = apply_rope(split(self.norm_k(self.to_k(x))), *rope)
         out = F.scaled_dot_product_attention(q, k, split(self.to_v(x)))
         return self.to_out[0](out.transpose(1, 2).flatten(2))           # (B, N, D)
-
-
-class GELU(nn.Module):
-    """Linear then tanh-approximated GELU (the checkpoint keeps the Linear inside as `.proj`)."""
-
-    def __init__(self, dim_in, dim_out):
-        super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out)
-
-    def forward(self, x):
-        return F.gelu(self.proj(x), approximate="tanh")
 
 
 class FeedForward(nn.Module):

@@ -179,16 +179,6 @@ def check_files(job):
     return None
 
 
-def check_out(out_dir, probe=".write-test"):
-    """--out must be writable: checked now, not after sampling (each rank with its own probe file)."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        weights.atomic_write_text(out_dir / probe, "")
-        (out_dir / probe).unlink()
-    except OSError as e:
-        raise BadInput(f"--out {out_dir}: cannot write there ({e.strerror})") from None
-
-
 def earlier_results(out_dir, jobs, settings, overwrite):
     """-> (all records of results.jsonl by id, the ids of `jobs` already done with these settings and inputs).
     A job whose output file holds another run's result (other settings or inputs) is refused: never overwritten
@@ -372,7 +362,7 @@ def main(a):
                 "sampler": a.sampler, "guidance": a.guidance, "dynamic_cfg": a.dynamic_cfg, "seed": a.seed,
                 "frames": T, "size": [H, W]}
     jobs, out_dir, single, inputs = jobs_of(a, T, H, W)
-    check_out(out_dir, f".write-test-{ranks.rank}")
+    data.check_out_dir(out_dir)                               # writable: checked now, not after sampling
     if not single and ranks.rank == 0:
         join_results(out_dir, jobs)                        # what a killed run's ranks finished counts as done
     ranks.wait()

@@ -1,4 +1,6 @@
 """Shared fixtures: a tiny base model folder (CogVideoX layout) and a tiny toy dataset, made by the tests."""
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -79,3 +81,13 @@ def mini_i2v(tmp_path_factory):
              "vae": ["diffusers", "AutoencoderKLCogVideoX"]}
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
     return out
+
+
+def kill_all(tag):
+    """SIGKILL every process whose command line holds `tag`: torchrun and each of its workers (a node dies)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and tag.encode() in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass

@@ -5,7 +5,6 @@ ends with every item exactly once (data.Ranks, data.Progress, the per-rank recor
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import decompose
 import evaluate
 import sample
 import toy
+from conftest import kill_all
 from dit import DiT, PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,12 +53,7 @@ def kill_when_written(p, folder, stem, tag):
     while not any(f.stat().st_size for f in Path(folder).glob(f"{stem}.rank-*.jsonl")):
         assert p.poll() is None and time.time() - t0 < 120, "no record appeared"
         time.sleep(0.02)
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and tag.encode() in (proc / "cmdline").read_bytes():
-                os.kill(int(proc.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            pass
+    kill_all(tag)
     p.wait()
     return data.rank_records(folder, stem)[0]
 

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REAL_CAPTIONS
+from conftest import REAL_CAPTIONS, kill_all
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "real"
@@ -66,16 +65,6 @@ def run(cmd, timeout=600, ok=True):
     if ok:
         assert r.returncode == 0, " ".join(cmd) + "\n" + r.stdout[-3000:] + r.stderr[-3000:]
     return r
-
-
-def kill_all(tag):
-    """SIGKILL every process whose command line holds `tag`: torchrun and each of its workers (a node dies)."""
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and tag.encode() in (proc / "cmdline").read_bytes():
-                os.kill(int(proc.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            pass
 
 
 def python(cmd):
