@@ -5,18 +5,32 @@ Evaluate compositions: the paper's metrics (Table 1-2), weight-free fallbacks, e
     python evaluate.py --results results/real --viclip OpenGVLab/ViCLIP-L-14-hf \\
         --swin swin3d_b_1k-24f7c7c6.pth --raft raft_large_C_T_SKHT_V2-ff5fadd5.pth   # M1-M4 as in the StM release
     python evaluate.py --compare results/full results/no-aug results/no-aug/eval --out cmp   # runs side by side
+    python evaluate.py --results Organized_Results --layout released --method gen-recomposer  # the paper's own outputs
+    python evaluate.py --judge results/stm results/copy-paste --judge-model Qwen/Qwen2.5-VL-7B-Instruct --out jd
+    GEMINI_API_KEY=... python evaluate.py --judge results/stm results/copy-paste --backend gemini   # as the paper
+    python evaluate.py --study results/stm results/copy-paste --study-n 25 --out study   # a static site for people
+    python evaluate.py --tally study answers/*.json                    # their exported answers -> win / tie / lose
 
 --results is a folder with results.jsonl as sample.py --triplets writes it: one line per composite with
 `fg` (subject on black, or any video with `mask`), `bg`, `prompt`, `result` (the generated video) and,
 for toy triplets, `expect` (what a correct composite satisfies). Relative paths are relative to the folder.
 Inputs are resampled to the generated video's frames and size (data.fit_video).
+--layout released reads the paper's released result folders as they are: sample-*/ holding fg.mp4, bg.mp4,
+prompt.txt and one <method>.mp4 per method (--method picks one; two for --judge / --study over the same folder).
+--results and --compare (with --out) also write report.html: the table, a bar chart per metric, and per triplet the
+input videos, the toy's correct composite and each run's result with its metrics; it opens from disk.
+Pairwise preference (the paper's Table 3, Figures 7-8; judge.py, report.py): --judge asks a VLM, per triplet and
+criterion, the paper's instruction with only that criterion's references and the two results in a seeded random
+order; --study writes the same questions as a web form for people, --tally counts their exported answers. Both give
+win / tie / lose of RUN_A against RUN_B per criterion, as a table and a stacked-bar plot (SVG).
 Library use: evaluate_record(rec, base, Networks(...), ...) scores one record with explicit settings.
 A record whose videos are missing or unreadable is skipped and reported (stderr and summary.md / .json); each
 scored record is appended to metrics.jsonl at once, so a stopped run resumes where it stopped; an eval folder
 holding scores made with other flags is refused, never overwritten. Unusable flags: one line, exit code 2.
 
-Every generated video is re-segmented into fg / bg layers (video x mask on black) by the same weight-free
-segmenter as the Split stage (decompose.motion_mask), then, as in the StM release (evaluation/metrics):
+Every generated video is re-segmented into fg / bg layers (video x mask on black) by the same segmenter as the
+Split stage (--segmenter: the weight-free decompose.motion_mask, or SAM 2 prompted with its box; the report names
+it), then, as in the StM release (evaluation/metrics):
   M1 fg / bg identity  cos(ViCLIP(gen fg), ViCLIP(input fg)); cos(ViCLIP(gen bg), ViCLIP(input bg with the gen fg
                        region blacked out))                                              (--viclip)
   M2 action            KL(p(input fg) || p(gen fg)), Kinetics-400 softmax of Swin3D-B      (--swin)
@@ -61,7 +75,7 @@ import data
 import metrics
 import toy
 from data import BadInput
-from decompose import largest_component, motion_mask, shadow_like
+from decompose import largest_component, motion_mask, sam2_mask, shadow_like
 from weights import atomic_write_text
 
 # (key, column label, arrow): the order of the summary table
@@ -333,11 +347,19 @@ class Networks:
 # one record, a whole run
 
 
-def evaluate_record(rec, base, nets, max_frames=0, max_side=0, toy_threshold=40.0, cp_radius=None):
+def segment(video, segmenter="motion", sam2=None):
+    """A generated video's subject mask, by the same segmenter as the Split stage (decompose.clip_mask): the
+    weight-free motion segmenter, or SAM 2 prompted with its box (the paper re-segments with its own decomposer)."""
+    mask = motion_mask(video)
+    return sam2_mask(video, mask, sam2) if segmenter == "sam2" else mask
+
+
+def evaluate_record(rec, base, nets, max_frames=0, max_side=0, toy_threshold=40.0, cp_radius=None,
+                    segmenter="motion", sam2=None):
     """One results.jsonl record (paths relative to `base`) -> its metrics; nets: a Networks.
-    max_frames / max_side / toy_threshold / cp_radius: as the flags of the same names."""
+    max_frames / max_side / toy_threshold / cp_radius / segmenter / sam2: as the flags of the same names."""
     gen, fg, bg, mask, geom = load_record(rec, base, max_frames, max_side)
-    gen_mask = motion_mask(gen)                                   # the Split stage's segmenter, for every video
+    gen_mask = segment(gen, segmenter, sam2)
     out = {"id": rec.get("id"), "result": str(_path(rec["result"], base).resolve()), "frames": len(gen),
            "size": list(gen.shape[1:3]), "gen_fg_ratio": float(gen_mask.mean())}
     out.update(nets(gen, fg, bg, gen_mask, rec.get("prompt", "")))
@@ -376,8 +398,9 @@ def table(runs):
 
 
 def load_run(path):
-    """An eval folder (metrics.jsonl) or a results folder (its eval/metrics.jsonl) -> (name, summary). Lines a
-    stopped run left half-written are left out, with a warning."""
+    """An eval folder (metrics.jsonl) or a results folder (its eval/metrics.jsonl) -> (name, summary, rows); the
+    summary keeps where the records came from (summary.json's source). Lines a stopped run left half-written are
+    left out, with a warning."""
     p = Path(path)
     for f in (p / "metrics.jsonl", p / "eval" / "metrics.jsonl", p):
         if f.is_file():
@@ -385,7 +408,13 @@ def load_run(path):
             for _, msg in problems:
                 print(f"warning: {msg}", file=sys.stderr)
             name = f.parent.parent.name if f.parent.name == "eval" else f.parent.name
-            return name, summarise([r for _, r in rows])
+            try:
+                old = json.loads((f.parent / "summary.json").read_text())
+            except (OSError, ValueError):
+                old = {}
+            rows = [r for _, r in rows]
+            extra = {k: old[k] for k in ("source", "segmenter") if isinstance(old, dict) and k in old}
+            return old.get("name", name) if isinstance(old, dict) else name, {**summarise(rows), **extra}, rows
     raise BadInput(f"--compare {path}: no metrics.jsonl there (run python evaluate.py --results {path} first)")
 
 
@@ -410,37 +439,93 @@ ap("--toy-threshold", type=float, default=40.0, help="toy subject = |gen - input
 ap("--cp-radius", type=float, default=None,
    help="copy-paste radius in pixels (default 5%% of the shorter side, at least 2)")
 ap("--limit", type=int, default=0, help="evaluate only the first N records (0 = all)")
+ap("--layout", choices=("results", "released"), default="results",
+   help="results: a folder holding results.jsonl (sample.py --triplets); released: the paper's released result "
+        "folders, sample-*/ holding fg.mp4, bg.mp4, prompt.txt and one <method>.mp4 per method")
+ap("--method", nargs="+", metavar="NAME", help="with --layout released: the method video to score (e.g. "
+   "gen-recomposer); with --judge / --study two names, run A's and run B's (one name: the same for both)")
+ap("--segmenter", choices=("motion", "sam2"), default="motion",
+   help="how each generated video is split into fg / bg layers before M1-M3: the Split stage's weight-free motion "
+        "segmenter, or SAM 2 prompted with its box (needs --sam2; the paper re-segments with its own decomposer)")
+ap("--sam2", help="SAM 2 weights for --segmenter sam2 (a folder or hub id, e.g. facebook/sam2.1-hiera-tiny)")
+# pairwise preference (judge.py, report.py): the paper's Table 3 and Figures 7-8
+ap("--judge", nargs=2, metavar=("RUN_A", "RUN_B"),
+   help="VLM judge: compare two runs over the same triplets on the paper's six criteria -> OUT/answers.jsonl "
+        "(resumable), judge.md, judge.svg, judge.json (default OUT: RUN_A/judge-<name of RUN_B>)")
+ap("--backend", choices=("qwen", "gemini"), default="qwen",
+   help="the judge: a local VLM through transformers (Qwen2.5-VL family), or Gemini through google-genai (key in "
+        "GEMINI_API_KEY or GOOGLE_API_KEY), as in the paper")
+ap("--judge-model", help="the judge's weights: a folder or hub id (default Qwen/Qwen2.5-VL-7B-Instruct) or the "
+                         "Gemini model id (default gemini-2.5-pro)")
+ap("--judge-frames", type=int, default=8, help="frames per video shown to a local judge (Gemini gets the files)")
+ap("--seed", type=int, default=0, help="the A/B order: shuffled per question (--judge) or example (--study) from it")
+ap("--study", nargs=2, metavar=("RUN_A", "RUN_B"),
+   help="user study: write a static site (OUT/site/index.html, videos beside it) with the paper's form; the A/B "
+        "key stays in OUT/key.json, outside the site")
+ap("--study-n", type=int, default=0, help="examples in the study, a seeded random subset (0 = all; the paper: 25)")
+ap("--tally", nargs="+", metavar=("DIR", "ANSWERS"),
+   help="DIR (a --study OUT) and the answers-*.json files people exported -> DIR/tally.md, tally.svg, tally.json")
 
 
 def compare(paths, out=None):
-    """Summaries of several runs side by side (printed; written to <out>/compare.md if out)."""
+    """Summaries of several runs side by side (printed; with out, also <out>/compare.md and report.html)."""
     if out:
         data.check_out_dir(out)
-    runs = dict(load_run(r) for r in paths)
-    text = table(runs)
+    runs = {}
+    for r in paths:
+        name, summary, rows = load_run(r)
+        runs[name if name not in runs else f"{name} ({r})"] = (summary, rows)
+    text = table({k: v[0] for k, v in runs.items()})
     print(text, end="")
+    segs = {v[0].get("segmenter") for v in runs.values()} - {None}
+    if len(segs) > 1:
+        print("warning: the runs were split into layers by different segmenters: " + "; ".join(sorted(segs)),
+              file=sys.stderr)
     if out:
         atomic_write_text(Path(out) / "compare.md", text)
-    return runs
+        html = write_report(Path(out), {k: v[0] for k, v in runs.items()}, {k: v[1] for k, v in runs.items()},
+                            "compare: " + ", ".join(runs) + (f" ({'; '.join(sorted(segs))})" if segs else ""))
+        print(f"-> {out}/compare.md, {html.name}")
+    else:
+        print("(add --out DIR for compare.md and report.html)")
+    return {k: v[0] for k, v in runs.items()}
 
 
 # The flags a score depends on: an eval folder holds the scores of one setting, so that its summary means one thing
 SCORE_FLAGS = ("viclip", "viclip_config", "bpe", "swin", "swin_config", "raft", "raft_config", "max_frames",
-               "max_side", "toy_threshold", "cp_radius")
+               "max_side", "toy_threshold", "cp_radius", "segmenter", "sam2")
+
+
+MODES = ("results", "compare", "judge", "study", "tally")
+
+
+def default_out(args):
+    """Where a mode writes when --out is not given."""
+    if args.judge or args.study:
+        a, b = args.judge or args.study
+        tag = "judge" if args.judge else "study"
+        other = args.method[-1] if args.layout == "released" and args.method else Path(b).resolve().name
+        return Path(a) / f"{tag}-{other}"
+    if args.layout == "released":
+        return Path(args.results) / f"eval-{args.method[0]}"
+    return Path(args.results) / "eval"
 
 
 def check_flags(args):
     """Flag values that cannot work end the run here, in one line, before anything is read or loaded."""
-    if args.compare and args.results:
-        raise BadInput("give --results DIR (score a run) or --compare RUN ... (tabulate scored runs), not both")
-    if not args.results:
-        raise BadInput("give --results DIR (the folder holding results.jsonl), or --compare RUN ...")
+    given = [m for m in MODES if getattr(args, m)]
+    if len(given) != 1:
+        both = f"{' and '.join('--' + m for m in given)}: not both; " if given else ""
+        raise BadInput(f"{both}give --results DIR (score a run), or one of --compare RUN ... (tabulate scored runs), "
+                       "--judge RUN_A RUN_B, --study RUN_A RUN_B, --tally DIR ANSWERS...")
     a = args
     for flag, val, ok, rule in (("--max-frames", a.max_frames, a.max_frames >= 0, "at least 0 (0 = all)"),
                                 ("--max-side", a.max_side, a.max_side >= 0, "at least 0 (0 = native)"),
                                 ("--limit", a.limit, a.limit >= 0, "at least 0 (0 = all)"),
                                 ("--toy-threshold", a.toy_threshold, 0 <= a.toy_threshold < 255, "in [0, 255)"),
-                                ("--cp-radius", a.cp_radius, a.cp_radius is None or a.cp_radius > 0, "above 0")):
+                                ("--cp-radius", a.cp_radius, a.cp_radius is None or a.cp_radius > 0, "above 0"),
+                                ("--judge-frames", a.judge_frames, a.judge_frames >= 1, "at least 1"),
+                                ("--study-n", a.study_n, a.study_n >= 0, "at least 0 (0 = all)")):
         if not ok:
             raise BadInput(f"{flag} {val}: must be {rule}")
     try:
@@ -449,23 +534,66 @@ def check_flags(args):
         raise BadInput(f"--device {args.device}: not a torch device; use cpu or cuda (cuda:1, ...)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BadInput(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
-    base = Path(args.results)
-    if not (base / "results.jsonl").is_file():
-        raise BadInput(f"--results {base}: no results.jsonl there (write it with sample.py --triplets FILE "
-                       f"--out {base})")
-    data.check_out_dir(args.out or base / "eval", "--out")
+    if args.segmenter == "sam2" and not args.sam2:
+        raise BadInput("--segmenter sam2 needs --sam2 (SAM 2 weights: a folder or a hub id such as "
+                       "facebook/sam2.1-hiera-tiny), or use --segmenter motion (weight-free)")
+    if args.sam2 and args.segmenter == "sam2":
+        from decompose import check_weights
+        check_weights(args.sam2, "--sam2", "--segmenter motion (weight-free)")
+    nmethods = 2 if args.judge or args.study else 1
+    if args.method and len(args.method) > nmethods:
+        raise BadInput(f"--method {' '.join(args.method)}: at most {nmethods} name(s) here")
+    if args.layout == "released" and not args.method and (args.results or args.judge or args.study):
+        raise BadInput("--layout released needs --method NAME (the <method>.mp4 to read in each sample-*/ folder)")
+    if args.method and args.layout != "released":
+        raise BadInput("--method picks a video in the released layout's sample-*/ folders; add --layout released")
+    if args.results and args.layout == "results" and not (Path(args.results) / "results.jsonl").is_file():
+        raise BadInput(f"--results {args.results}: no results.jsonl there (write it with sample.py --triplets FILE "
+                       f"--out {args.results}; the paper's released folders: --layout released --method NAME)")
+    if args.tally:
+        if len(args.tally) < 2:
+            raise BadInput(f"--tally {args.tally[0]}: give the study folder and then the answers-*.json files")
+        return
+    if not args.compare:
+        data.check_out_dir(args.out or default_out(args), "--out")
 
 
-def read_records(args):
-    """results.jsonl -> (records to score as (line, record), skipped as {line, id, why}): the first --limit records;
-    one whose video is missing or unreadable is skipped and reported. None usable: BadInput."""
-    src = Path(args.results) / "results.jsonl"
-    rows, problems = read_jsonl(src)
+def released_records(folder, method):
+    """The paper's released result folders, read as they are (as the StM release's evaluation reads them):
+    <folder>/sample-*/ holding fg.mp4 (the subject on black), bg.mp4, prompt.txt, optionally mask.mp4, and one
+    <method>.mp4 per method -> results.jsonl-style records (absolute paths; id = the sample folder's name)."""
+    folder = Path(folder)
+    samples = sorted(d for d in folder.glob("sample-*") if d.is_dir()) if folder.is_dir() else []
+    if not samples:
+        raise BadInput(f"{folder}: no sample-*/ folders there (--layout released reads sample-*/ holding fg.mp4, "
+                       "bg.mp4, prompt.txt and one <method>.mp4 per method)")
+    methods = sorted({f.stem for d in samples for f in d.glob("*.mp4")} - {"fg", "bg", "mask", "fg_cb"})
+    if method not in methods:
+        raise BadInput(f"--method {method}: {'not in' if method else 'name one of the methods in'} {folder} "
+                       f"(its sample folders hold: {', '.join(methods) or 'no method videos'})")
+    recs = []
+    for d in samples:
+        rec = {"id": d.name, "fg": str(d / "fg.mp4"), "bg": str(d / "bg.mp4"), "result": str(d / f"{method}.mp4"),
+               "prompt": (d / "prompt.txt").read_text().strip() if (d / "prompt.txt").is_file() else ""}
+        recs.append({**rec, "mask": str(d / "mask.mp4")} if (d / "mask.mp4").is_file() else rec)
+    return recs
+
+
+def read_records(folder, limit=0, layout="results", method=None):
+    """A run -> (records to score as (line, record), skipped as {line, id, why}): results.jsonl in `folder`
+    (sample.py --triplets), or with layout "released" the paper's sample-*/ folders and one method's videos (line =
+    the sample's position). The first `limit` records (0 = all); one whose video is missing or unreadable is
+    skipped and reported. None usable: BadInput."""
+    src = Path(folder) / "results.jsonl"
+    if layout == "released":
+        rows, problems, src = list(enumerate(released_records(folder, method), 1)), [], Path(folder)
+    else:
+        rows, problems = read_jsonl(src)
     skipped = [{"line": i, "id": None, "why": m.split(": ", 1)[1]} for i, m in problems]
     good, seen = [], {}
-    for i, rec in rows[:args.limit or None]:
-        why = check_record(rec, src.parent)
-        key = None if why else _path(rec["result"], src.parent).resolve()
+    for i, rec in rows[:limit or None]:
+        why = check_record(rec, Path(folder))
+        key = None if why else _path(rec["result"], Path(folder)).resolve()
         if key in seen:
             why = f"the same result as line {seen[key]}, scored once"
         elif key is not None:
@@ -480,6 +608,30 @@ def read_records(args):
         raise BadInput(f"{src}: none of its {len(rows)} records can be scored{first}; "
                        "each needs readable result, fg and bg videos")
     return good, skipped
+
+
+def pair_runs(run_a, run_b, layout="results", methods=(None, None)):
+    """Two runs over the same triplets -> (pairs, (only in A, only in B)) for the judge and the user study: one
+    dict per triplet in both, matched by id (else by fg, bg and prompt), with absolute paths: id, fg, bg, mask,
+    prompt, a and b (the two results), and the toy's reference / expect where the record has them."""
+    def load(folder, method):
+        recs = [r for _, r in read_records(folder, 0, layout, method)[0]]
+        base = Path(folder)
+        absolute = lambda r, k: str(_path(r[k], base).resolve()) if r.get(k) else None
+        key = lambda r: r.get("id") or "|".join([absolute(r, "fg"), absolute(r, "bg"), r.get("prompt", "")])
+        return {key(r): {**r, **{k: absolute(r, k) for k in ("fg", "bg", "mask", "result", "reference")}}
+                for r in recs}
+    a, b = load(run_a, methods[0]), load(run_b, methods[1])
+    pairs = [{**{k: v for k, v in r.items() if k != "result"}, "id": str(r.get("id") or f"{i:04d}"),
+              "prompt": r.get("prompt", ""), "a": r["result"], "b": b[k]["result"]}
+             for i, (k, r) in enumerate(a.items()) if k in b]
+    if not pairs:
+        raise BadInput(f"{run_a} and {run_b}: no triplet in both (matched by id, else by fg, bg and prompt); "
+                       "compare two runs over the same triplets")
+    if any(p["a"] == p["b"] for p in pairs):
+        raise BadInput(f"{run_a} and {run_b}: the two runs are the same videos; give two different runs (with "
+                       "--layout released, two methods: --method NAME_A NAME_B)")
+    return pairs, (len(a) - len(pairs), len(b) - len(pairs))
 
 
 def load_networks(args):
@@ -508,9 +660,11 @@ def read_scored(out, recs, base, settings):
     f = out / "metrics.jsonl"
     old, problems = read_jsonl(f) if f.is_file() else ([], [])
     rows = [r for _, r in old]
-    other = [r for r in rows if r.get("settings") != settings]
+    # rows from before --segmenter existed were made with the motion segmenter
+    was_of = lambda r: {"segmenter": "motion", "sam2": None, **r["settings"]} if r.get("settings") else None
+    other = [r for r in rows if was_of(r) != settings]
     if other:
-        was = other[0].get("settings") or {}
+        was = was_of(other[0]) or {}
         diff = [k for k in SCORE_FLAGS if was.get(k) != settings[k]] if was else ["none recorded: an older evaluate.py"]
         raise BadInput(f"{f}: holds {len(other)} scores made with other flags ({', '.join(diff)}); they are kept: "
                        "pass another --out, or the same flags to add to them")
@@ -546,13 +700,65 @@ def join_metrics(out, order):
         f.unlink()
 
 
+def run_judge(args):
+    """--judge RUN_A RUN_B: the VLM judge over the triplets both runs hold (judge.py)."""
+    import judge
+    pairs, names, out = pairs_of(args, args.judge)
+    settings = {"backend": args.backend, "model": args.judge_model, "seed": args.seed,
+                "frames": args.judge_frames if args.backend == "qwen" else None}
+    if args.backend == "gemini":
+        vlm = judge.GeminiJudge(args.judge_model or "gemini-2.5-pro")
+    else:
+        from decompose import check_weights
+        path = args.judge_model or "Qwen/Qwen2.5-VL-7B-Instruct"
+        check_weights(path, "--judge-model", "--backend gemini (GEMINI_API_KEY)")
+        vlm = judge.QwenJudge(path, args.device, frames=args.judge_frames)
+    t = judge.judge_pairs(vlm, pairs, out, args.seed, judge.KEYS, *names, settings=settings)
+    print(judge.tally_table(t, *names), end="")
+    print(f"-> {out}/judge.md, judge.svg, judge.json, answers.jsonl")
+    return t
+
+
+def pairs_of(args, runs):
+    """The pairs of --judge / --study RUN_A RUN_B, the runs' names and the output folder; says what is unmatched."""
+    methods = (args.method or [None]) * 2 if args.layout == "released" else (None, None)
+    methods = methods[:1] * 2 if args.method and len(args.method) == 1 else methods[:2]
+    pairs, (only_a, only_b) = pair_runs(*runs, args.layout, methods)
+    if only_a or only_b:
+        print(f"warning: {only_a} triplets only in {runs[0]} and {only_b} only in {runs[1]} are left out; "
+              f"comparing {len(pairs)}", file=sys.stderr)
+    names = [m or Path(r).resolve().name for r, m in zip(runs, methods)]
+    names = names if names[0] != names[1] else [f"{n} ({r})" for n, r in zip(names, runs)]
+    return pairs[:args.limit or None], names, Path(args.out or default_out(args))
+
+
 def main(args):
-    if args.compare and not args.results:
-        return compare(args.compare, args.out)
     check_flags(args)
+    if args.compare:
+        return compare(args.compare, args.out)
+    if args.judge:
+        return run_judge(args)
+    if args.study:
+        import report
+        pairs, names, out = pairs_of(args, args.study)
+        page = report.write_study(pairs, out, *names, seed=args.seed, n=args.study_n or None)
+        print(f"study of {min(len(pairs), args.study_n or len(pairs))} examples: open {page} (share {page.parent}; "
+              f"keep {out / 'key.json'}), then python evaluate.py --tally {out} answers-*.json")
+        return page
+    if args.tally:
+        import judge
+        import report
+        t = report.tally_study(args.tally[0], args.tally[1:])
+        print(judge.tally_table(t, *json.loads((Path(args.tally[0]) / "key.json").read_text())["names"]), end="")
+        return t
+    return score(args)
+
+
+def score(args):
+    """--results: score every record of a run (resumable; torchrun shares the records), then the summary."""
     base = Path(args.results)
-    out = Path(args.out or base / "eval")
-    recs, skipped = read_records(args)
+    out = Path(args.out or default_out(args))
+    recs, skipped = read_records(base, args.limit, args.layout, (args.method or [None])[0])
     settings = {k: getattr(args, k) for k in SCORE_FLAGS}
     key = lambda r: str(_path(r["result"], base).resolve())
     ranks = data.Ranks()                                   # torchrun: this process's share of the records
@@ -577,7 +783,8 @@ def main(args):
     progress, n_skipped = data.Progress(ranks, f"evaluate {base}", len(left), len(todo), count), len(skipped)
     for i, rec in todo:
         try:
-            row = evaluate_record(rec, base, nets, args.max_frames, args.max_side, args.toy_threshold, args.cp_radius)
+            row = evaluate_record(rec, base, nets, args.max_frames, args.max_side, args.toy_threshold, args.cp_radius,
+                                  args.segmenter, args.sam2)
         except (ValueError, KeyError, TypeError, OSError) as e:    # this record only: report it, score the rest
             skipped.append({"line": i, "id": rec.get("id"), "why": f"{type(e).__name__}: {e}"})
             continue
@@ -598,20 +805,52 @@ def main(args):
           "process(es))")
     skipped.sort(key=lambda s: s["line"])
     said = [f"line {s['line']}" + (f" ({s['id']})" if s["id"] else "") + f": {s['why']}" for s in skipped]
+    src = base / "results.jsonl" if args.layout == "results" else base
     for msg in said:
-        print(f"warning: skipped {Path(args.results) / 'results.jsonl'} {msg}", file=sys.stderr)
+        print(f"warning: skipped {src} {msg}", file=sys.stderr)
     notes = [f"{r.get('id')}: {n}" for r in rows for n in r.get("notes", [])]
     for n in notes:
         print(f"warning: {n}", file=sys.stderr)
-    summary = {**summarise(rows), "skipped": skipped, "notes": notes}
+    # where the records came from, so that --compare can show each triplet's videos
+    source = {"folder": str(base.resolve()), "layout": args.layout, "method": (args.method or [None])[0]}
+    name = args.name or (source["method"] if args.layout == "released" else base.resolve().name)
+    summary = {**summarise(rows), "name": name, "skipped": skipped, "notes": notes, "source": source,
+               "segmenter": SEGMENTERS[args.segmenter].format(sam2=args.sam2)}
     atomic_write_text(out / "summary.json", json.dumps(json_safe(summary), indent=1))
-    note = f"\nNo weights for {', '.join(missing)}: \"weight-free\" columns are the fallbacks.\n" if missing else ""
-    note += "\nSkipped (not scored) results.jsonl records:\n" + "".join(f"- {m}\n" for m in said) if said else ""
+    note = f"\nLayers of the generated videos: {summary['segmenter']}.\n"
+    note += f"\nNo weights for {', '.join(missing)}: \"weight-free\" columns are the fallbacks.\n" if missing else ""
+    note += f"\nSkipped (not scored) {src.name} records:\n" + "".join(f"- {m}\n" for m in said) if said else ""
     note += "\nNotes:\n" + "".join(f"- {n}\n" for n in notes) if notes else ""
-    name = args.name or base.resolve().name
     atomic_write_text(out / "summary.md", f"# {args.results}\n\n" + table({name: summary}) + note + "\n")
     print(table({name: summary}), end="")
+    html = write_report(out, {name: summary}, {name: rows}, f"{args.results}: {summary['segmenter']}")
+    print(f"-> {out}/summary.md, summary.json, metrics.jsonl, {html.name}")
     return summary
+
+
+SEGMENTERS = {"motion": "the Split stage's weight-free motion segmenter (decompose.motion_mask)",
+              "sam2": "SAM 2 ({sam2}) prompted with the motion segmenter's box, as the Split stage's --segmenter sam2"}
+
+
+def write_report(out, summaries, rows, title):
+    """OUT/report.html (report.py): the summary table, a bar chart per metric, and per triplet its input videos,
+    the toy's correct composite where there is one, and each run's result with its metrics. summaries / rows: by run
+    name, a summary (with its "source") and the metrics.jsonl rows."""
+    import report
+    runs = []
+    for name, summary in summaries.items():
+        src, by_result, triplets = summary.get("source"), {r.get("result"): r for r in rows[name]}, []
+        if src:                              # the records again, for their input videos (paths made absolute)
+            base = Path(src["folder"])
+            for _, rec in read_records(base, 0, src["layout"], src["method"])[0]:
+                row = by_result.get(str(_path(rec["result"], base).resolve()))
+                if row is not None:
+                    files = {k: str(_path(rec[k], base).resolve()) if rec.get(k) else None
+                             for k in ("fg", "bg", "mask", "reference")}
+                    triplets.append({**row, **files, "id": rec.get("id") or row.get("id"),
+                                     "prompt": rec.get("prompt", "")})
+        runs.append({"name": name, "summary": summary, "rows": triplets})
+    return report.write_report(out, runs, COLUMNS, title)
 
 
 if __name__ == "__main__":

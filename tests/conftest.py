@@ -91,3 +91,24 @@ def kill_all(tag):
                 os.kill(int(proc.name), signal.SIGKILL)
         except (OSError, ProcessLookupError):
             pass
+
+
+def tiny_sam2(path, S=64):
+    """A tiny random SAM 2 video model (transformers' Sam2VideoModel) saved to `path`, as hub checkpoints are."""
+    import transformers as tf
+    cfg = tf.Sam2VideoConfig(
+        vision_config=dict(backbone_config=dict(
+            model_type="sam2_hiera_det_model", hidden_size=12, num_attention_heads=1, image_size=[S, S],
+            blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[12, 24, 48, 96], num_attention_heads_per_stage=[1] * 4,
+            window_size_per_stage=[4] * 4, global_attention_blocks=[3],
+            window_positional_embedding_background_size=[4, 4]),
+            backbone_channel_list=[96, 48, 24, 12], backbone_feature_sizes=[[S // 4] * 2, [S // 8] * 2, [S // 16] * 2],
+            fpn_hidden_size=128),
+        prompt_encoder_config=dict(hidden_size=128, image_size=S, patch_size=16),
+        mask_decoder_config=dict(hidden_size=128, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+        image_size=S, memory_attention_hidden_size=128, memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=64, memory_attention_rope_feat_sizes=[S // 16] * 2,
+        memory_encoder_hidden_size=128, mask_downsampler_embed_dim=128, memory_fuser_embed_dim=128,
+        memory_fuser_intermediate_dim=64)      # memory channels stay 64: SAM 2 hard-codes them
+    tf.Sam2VideoModel(cfg).eval().save_pretrained(path)
+    return path
