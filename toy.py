@@ -65,6 +65,10 @@ COLOURS = {"red": (220, 40, 40), "yellow": (235, 210, 40), "white": (240, 240, 2
 TINTS = {"at noon": (1.0, 1.0, 1.0), "at sunset": (1.2, 0.82, 0.6),
          "at night": (0.5, 0.6, 0.95), "in green fog": (0.8, 1.05, 0.85)}
 BAND_RGB = {"sky": (120, 170, 235), "water": (30, 90, 150), "land": (90, 150, 60)}
+# Never drawn: a colour and a light outside the world the shipped models were trained on, for tuning a composer
+# toward something new (`toy.py data --colour cyan`; README, "One GPU: LoRA")
+NOVEL_COLOURS = {"cyan": (40, 200, 210)}
+NOVEL_TINTS = {"under violet light": (1.1, 0.7, 1.3)}
 SHADOW_GAIN = 0.5           # a shadow halves the surface's brightness
 
 
@@ -180,11 +184,16 @@ def caption(sprite, scene):
     return f"{art} {sprite['colour']} {sprite['kind']} {VERBS[sprite['kind']]} {scene['tint_name']}"
 
 
-def clip(seed, T=9, H=64, W=64):
-    """One toy clip, a pure function of `seed`: video, fg, bg, mask, caption and the scene and sprite drawn."""
+def clip(seed, T=9, H=64, W=64, colour=None, tint=None):
+    """One toy clip, a pure function of `seed`: video, fg, bg, mask, caption and the scene and sprite drawn.
+    colour / tint: this sprite colour / scene light instead of the drawn one (every other draw is the same)."""
     rng = np.random.default_rng(seed)
     scene = random_scene(rng, H, W)
+    if tint:
+        scene = {**scene, "tint_name": tint, "tint": {**TINTS, **NOVEL_TINTS}[tint]}
     sprite = random_sprite(rng, scene, H, W, T)
+    if colour:
+        sprite = {**sprite, "colour": colour, "rgb": {**COLOURS, **NOVEL_COLOURS}[colour]}
     video, fg, bg, mask, _ = render(scene, sprite, T, H, W)
     return {"video": video, "fg": fg, "bg": bg, "mask": mask, "caption": caption(sprite, scene),
             "scene": scene, "sprite": sprite}
@@ -223,27 +232,29 @@ def expected_shadow(kind, centres, size, H, W):
 # ---------------------------------------------------------------------------------------------
 
 
-def write_data(out, clips, T=9, H=64, W=64, seed=0, fps=8):
-    """A layered-clip dataset (data.LayeredClips reads it) of `clips` toy clips; resumable."""
+def write_data(out, clips, T=9, H=64, W=64, seed=0, fps=8, colour=None, tint=None):
+    """A layered-clip dataset (data.LayeredClips reads it) of `clips` toy clips; resumable. colour / tint: every
+    sprite in this colour / every scene under this light (see clip)."""
     w = data.LayeredWriter(out)
     for i in tqdm(range(clips), desc=f"toy world -> {out}"):
         cid = f"toy{seed:03d}_{i:06d}"
         if cid in w.done:
             continue
-        c = clip(seed * 1_000_003 + i, T, H, W)
+        c = clip(seed * 1_000_003 + i, T, H, W, colour, tint)
         w.add(cid, c["caption"], c["video"], c["fg"], c["bg"], c["mask"], fps=fps, source="toy",
               scene=c["scene"], sprite=c["sprite"])
     return w.finalize()
 
 
-def write_triplets(out, n, T=9, H=64, W=64, seed=10_000, fps=8):
+def write_triplets(out, n, T=9, H=64, W=64, seed=10_000, fps=8, colour=None, tint=None):
     """Cross-combination test triplets: the sprite (fg + mask) of clip A, the background of an
     unrelated clip B, a prompt, and what a correct composite must satisfy (`expect`), plus one
-    correct composite for reference. Writes <out>/triplets.jsonl and <out>/<id>/*.mp4."""
+    correct composite for reference. Writes <out>/triplets.jsonl and <out>/<id>/*.mp4.
+    colour / tint: every sprite A in this colour / every scene B under this light."""
     out = Path(out)
     lines = []
     for i in tqdm(range(n), desc=f"toy triplets -> {out}"):
-        a, b = clip(seed + 2 * i, T, H, W), clip(seed + 2 * i + 1, T, H, W)
+        a, b = clip(seed + 2 * i, T, H, W, colour=colour), clip(seed + 2 * i + 1, T, H, W, tint=tint)
         rng = np.random.default_rng(seed + 2 * i)
         ref_sprite = place_sprite(rng, a["sprite"], b["scene"], H, W, T)
         ref = render(b["scene"], ref_sprite, T, H, W)[0]
@@ -426,6 +437,11 @@ for name in ("data", "triplets"):
     p.add_argument("--seed", type=int, default=0 if name == "data" else 10_000,
                    help="random seed (clips are a pure function of it)")
     p.add_argument("--fps", type=int, default=8, help="frame rate of the written videos")
+    p.add_argument("--colour", choices=list(COLOURS) + list(NOVEL_COLOURS), default=None,
+                   help="every sprite in this colour (cyan: never in the shipped models' training)")
+    p.add_argument("--tint", choices=list(TINTS) + list(NOVEL_TINTS), default=None,
+                   help="every scene under this light (" + ", ".join(f"'{t}'" for t in NOVEL_TINTS) + ": never in the "
+                        "shipped models' training)")
 p = sub.add_parser("base", help="build the toy base model folder (tokenizer, T5, VAE, scheduler)")
 p.add_argument("--out", required=True, help="folder to write (replaced atomically if it exists)")
 p.add_argument("--vae-steps", type=int, default=1200, help="VAE training steps")
@@ -463,11 +479,13 @@ p.add_argument("--threads", type=int, default=1,
 
 def main(args):
     if args.cmd == "data":
-        n = write_data(args.out, args.clips, args.frames, *args.size, seed=args.seed, fps=args.fps)
+        n = write_data(args.out, args.clips, args.frames, *args.size, seed=args.seed, fps=args.fps,
+                       colour=args.colour, tint=args.tint)
         print(f"wrote {n} clips to {args.out}")
         return n
     if args.cmd == "triplets":
-        lines = write_triplets(args.out, args.n, args.frames, *args.size, seed=args.seed, fps=args.fps)
+        lines = write_triplets(args.out, args.n, args.frames, *args.size, seed=args.seed, fps=args.fps,
+                               colour=args.colour, tint=args.tint)
         print(f"wrote {args.n} triplets to {args.out}/triplets.jsonl")
         return lines
     torch.set_num_threads(args.threads)
