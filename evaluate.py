@@ -550,6 +550,14 @@ def check_flags(args):
     if args.results and args.layout == "results" and not (Path(args.results) / "results.jsonl").is_file():
         raise BadInput(f"--results {args.results}: no results.jsonl there (write it with sample.py --triplets FILE "
                        f"--out {args.results}; the paper's released folders: --layout released --method NAME)")
+    for flag in ("judge", "study"):
+        for run in getattr(args, flag) or ():
+            if args.layout == "results" and not (Path(run) / "results.jsonl").is_file():
+                raise BadInput(f"--{flag} {run}: no results.jsonl there (write it with sample.py --triplets FILE --out "
+                               f"{run}; the paper's released folders: --layout released --method NAME_A NAME_B)")
+    if (args.compare or args.tally) and (args.layout != "results" or args.method):
+        raise BadInput("--layout / --method choose what --results, --judge or --study read; --compare and --tally "
+                       "read scored or answered folders as they are")
     if args.tally:
         if len(args.tally) < 2:
             raise BadInput(f"--tally {args.tally[0]}: give the study folder and then the answers-*.json files")

@@ -210,7 +210,11 @@ BAD_EVAL_FLAGS = [(["--limit", "-1"], "--limit -1"), (["--max-frames", "-2"], "-
                   (["--max-side", "-1"], "--max-side -1"), (["--cp-radius", "0"], "--cp-radius 0"),
                   (["--toy-threshold", "-5"], "--toy-threshold"), (["--device", "nonsense"], "--device nonsense"),
                   (["--swin", "NOPE.pth"], "NOPE.pth"), (["--raft", "RAFT", "--raft-config", "NOCFG"], "NOCFG"),
-                  (["--compare", "X"], "not both"),
+                  (["--compare", "X"], "not both"), (["--judge", "X", "Y"], "not both"),
+                  (["--segmenter", "sam2"], "--segmenter sam2 needs --sam2"),
+                  (["--segmenter", "sam2", "--sam2", "NOSAM"], "--sam2 NOSAM"),
+                  (["--method", "stm"], "add --layout released"), (["--layout", "released"], "needs --method"),
+                  (["--judge-frames", "0"], "--judge-frames 0"), (["--study-n", "-1"], "--study-n -1"),
                   pytest.param(["--device", "cuda"], "CUDA is not available",
                                marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"))]
 
@@ -234,6 +238,16 @@ def test_bad_eval_inputs(tmp_path, triplets):
     (tmp_path / "file").write_text("x")
     with pytest.raises(BadInput, match="--out .*is a file"):
         score("--results", results(tmp_path / "res", triplets[:1]), "--out", tmp_path / "file")
+    good = results(tmp_path / "res", triplets[:1])
+    for flags, words in ((["--judge", tmp_path / "nope", good], "--judge .*nope: no results.jsonl"),
+                         (["--study", good, tmp_path / "nope"], "--study .*nope: no results.jsonl"),
+                         (["--judge", good, good], "the two runs are the same videos"),
+                         (["--tally", good], "give the study folder and then"),
+                         (["--tally", good, good / "results.jsonl"], "no readable key.json"),
+                         (["--compare", good, "--layout", "released"], "--layout / --method choose"),
+                         (["--results", tmp_path, "--layout", "released", "--method", "x"], "no sample-\\*/ folders")):
+        with pytest.raises(BadInput, match=words):
+            score(*flags)
     res = results(tmp_path / "allbad", [{**triplets[0], "result": str(tmp_path / "gone.mp4")}, "not json\n"])
     with pytest.raises(BadInput, match="none of its 1 records can be scored"):
         score("--results", res)
