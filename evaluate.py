@@ -721,7 +721,10 @@ def run_judge(args):
         path = args.judge_model or "Qwen/Qwen2.5-VL-7B-Instruct"
         check_weights(path, "--judge-model", "--backend gemini (GEMINI_API_KEY)")
         vlm = judge.QwenJudge(path, args.device, frames=args.judge_frames)
-    t = judge.judge_pairs(vlm, pairs, out, args.seed, judge.KEYS, *names, settings=settings)
+    try:
+        t = judge.judge_pairs(vlm, pairs, out, args.seed, judge.KEYS, *names, settings=settings)
+    except RuntimeError as e:                     # the judge failed (network, quota): the answers so far are kept
+        raise BadInput(str(e)) from None
     print(judge.tally_table(t, *names), end="")
     print(f"-> {out}/judge.md, judge.svg, judge.json, answers.jsonl")
     return t

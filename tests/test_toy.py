@@ -94,6 +94,26 @@ def test_triplets(tmp_path):
     assert t["expect"]["tint"] == list(toy.clip(10_001)["scene"]["tint"])   # ... under the light of clip 10001
 
 
+def test_novel_colour_and_light(tmp_path):
+    """--colour / --tint change the sprite's colour / the scene's light and nothing else a clip draws; a novel one
+    never appears in the usual world; triplets expect the new colour under the new light."""
+    for seed in (3, 41):
+        a, b = toy.clip(seed), toy.clip(seed, colour="cyan", tint="under violet light")
+        assert np.array_equal(a["mask"], b["mask"]) and a["sprite"]["x0"] == b["sprite"]["x0"]
+        assert b["sprite"]["rgb"] == toy.NOVEL_COLOURS["cyan"] and b["scene"]["tint"] == (1.1, 0.7, 1.3)
+        assert b["caption"].startswith("a cyan ") and b["caption"].endswith("under violet light")
+        lit = b["video"][b["mask"]].astype(float).mean(0)                # the sprite is drawn in the new colour
+        assert lit[2] > lit[0] + 60 and not np.array_equal(a["video"], b["video"])
+    assert not set(toy.NOVEL_COLOURS) & set(toy.COLOURS) and not set(toy.NOVEL_TINTS) & set(toy.TINTS)
+    assert all(toy.clip(s)["sprite"]["colour"] in toy.COLOURS for s in range(30))
+    r = toy.main(toy.parser.parse_args(["triplets", "--out", str(tmp_path / "t"), "--n", "2", "--colour", "cyan",
+                                        "--tint", "under violet light"]))
+    assert all(t["expect"]["rgb"] == [40, 200, 210] and t["expect"]["tint"] == [1.1, 0.7, 1.3]
+               for t in json.loads(json.dumps(r)))
+    base = toy.write_triplets(tmp_path / "u", 2)                      # the same triplets otherwise
+    assert [t["expect"]["track"] for t in base] == [t["expect"]["track"] for t in r]
+
+
 def test_cli_and_the_data_py_aliases(tmp_path):
     """`python toy.py data|triplets` and the old `python data.py toy|triplets` write the same files."""
     run = lambda *a: subprocess.run([sys.executable, *map(str, a)], cwd=ROOT, capture_output=True, text=True)
