@@ -16,6 +16,7 @@ rewritten from it (atomically) by `LayeredWriter.finalize`, so a killed writer n
 them misaligned.
 """
 import argparse
+import atexit
 import csv
 import glob
 import json
@@ -68,6 +69,14 @@ class Ranks:
         self.device = torch.device("cuda", int(env.get("LOCAL_RANK", 0)) % gpus) if gpus else torch.device("cpu")
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+            atexit.register(self.close)
+
+    def close(self):
+        """Leave the process group; run at exit. A rank that ends while rank 0 still writes the summary must stop its
+        gloo threads itself: left to the interpreter's teardown they can abort the process ("terminate called without
+        an active exception", exit -6), and torchrun then fails the whole job (seen once in CI; pytorch#179291)."""
+        if self.dist.is_initialized():
+            self.dist.destroy_process_group()
 
     def mine(self, items):
         """Items i with i % world == rank: the same list on every rank gives each item to exactly one."""
