@@ -20,6 +20,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from urllib.parse import quote
@@ -81,9 +82,15 @@ function restore() {
   for (const r of radios()) r.checked = (a[r.name.split("/")[0]] || {})[r.name.split("/")[1]] === r.value;
   show(answers());
 }
+function subject() {      // one random id per browser and study: a second export replaces the first in the tally
+  let s = localStorage.getItem(STORE + "/subject");
+  if (!s) localStorage.setItem(STORE + "/subject", s = crypto.randomUUID ? crypto.randomUUID() : String(Math.random()));
+  return s;
+}
 function exportAnswers() {
   const a = answers();
-  const doc = {study: STUDY, answers: a, answered: count(a), total: total(), exported: new Date().toISOString()};
+  const doc = {study: STUDY, subject: subject(), answers: a, answered: count(a), total: total(),
+               exported: new Date().toISOString()};
   const url = URL.createObjectURL(new Blob([JSON.stringify(doc, null, 1)], {type: "application/json"}));
   const link = Object.assign(document.createElement("a"), {href: url, download: "answers-" + STUDY + ".json"});
   document.body.appendChild(link); link.click(); link.remove();
@@ -229,7 +236,8 @@ def write_study(pairs, out, name_a, name_b, seed=0, n=None):
 
 
 def _read_answers(f, key):
-    """One subject's export -> [(example id, criterion, choice)]; anything off is one BadInput naming the file."""
+    """One subject's export -> (the document, [(example id, criterion, choice)]); anything off is one BadInput
+    naming the file."""
     try:
         doc = json.loads(Path(f).read_text())
     except OSError as e:
@@ -251,7 +259,7 @@ def _read_answers(f, key):
             if choice not in ("A", "B", "N"):
                 raise BadInput(f"{f}: {ex}/{crit}: unknown choice {choice!r} (expected A, B or N)")
             out.append((ex, crit, choice))
-    return out
+    return doc, out
 
 
 def tally_study(out, files):
@@ -264,7 +272,19 @@ def tally_study(out, files):
         raise BadInput(f"--tally {out}: no readable key.json there ({e}); pass the --out of evaluate.py --study")
     if not files:
         raise BadInput(f"--tally {out}: no answer files given")
-    answers = [_read_answers(f, key) for f in files]      # every file checked before anything is written
+    latest = {}                                           # every file checked before anything is written
+    for i, f in enumerate(files):
+        doc, per = _read_answers(f, key)
+        who = doc.get("subject") or f"file {i}"           # a file without a subject id (made by hand): its own
+        if who in latest:
+            was = latest[who]
+            keep = (doc, per, f) if str(doc.get("exported", "")) >= str(was[0].get("exported", "")) else was
+            print(f"warning: {was[2]} and {f} are exports of the same subject: {keep[2]} (the later) counts",
+                  file=sys.stderr)
+            latest[who] = keep
+        else:
+            latest[who] = (doc, per, f)
+    answers = [per for _, per, _ in latest.values()]
     rows = [{"id": key["examples"][ex]["id"], "criterion": crit,
              "winner": judge.winner(choice, key["examples"][ex]["a_left"])}
             for per in answers for ex, crit, choice in per]
@@ -273,12 +293,12 @@ def tally_study(out, files):
     clean = {c: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in s.items()}
              for c, s in t.items()}
     atomic_write_text(out / "tally.json", json.dumps({"study": key["study"], "names": [a, b],
-                                                      "subjects": len(files), "answers": len(rows),
+                                                      "subjects": len(answers), "answers": len(rows),
                                                       "files": [str(f) for f in files], "tally": clean}, indent=1))
-    atomic_write_text(out / "tally.md", f"# User study: {a} vs {b}\n\n{len(files)} subjects, {len(rows)} answers "
+    atomic_write_text(out / "tally.md", f"# User study: {a} vs {b}\n\n{len(answers)} subjects, {len(rows)} answers "
                                         f"over {len(key['examples'])} examples ({key['study']}).\n\n"
                       + judge.tally_table(t, a, b))
-    svg = judge.stacked_bars_svg({f"{a} vs {b}": t}, title=f"User study ({len(files)} subjects)")
+    svg = judge.stacked_bars_svg({f"{a} vs {b}": t}, title=f"User study ({len(answers)} subjects)")
     atomic_write_text(out / "tally.svg", svg)
     return t
 

@@ -218,6 +218,7 @@ def test_study_round_trip_in_chromium(study, tmp_path):
     assert [f.name for f in files] == [f"answers-{key['study']}.json"]
     doc = json.loads(files[0].read_text())
     assert doc["study"] == key["study"] and doc["answers"] == answers and doc["answered"] == doc["total"] == 18
+    assert len(doc["subject"]) >= 8                                           # one id per browser, for the tally
     t = report.tally_study(out, files)
     for c in judge.KEYS:
         assert t[c]["n"] == 3 and t[c]["invalid"] == 0
@@ -238,6 +239,17 @@ def test_tally_partial_and_errors(study, tmp_path):
     t = report.tally_study(out, [f, f])
     assert t["overall"]["n"] == 2 and t["overall"]["win"] == (1.0 if a_left else 0.0)
     assert t["fg_motion"]["tie"] == 1.0 and t["bg_identity"]["n"] == 0
+    # the same person exporting twice (a partial, then all) counts once, by the later export; two people twice
+    docs = {"p1.json": ("ann", "2026-01-01T10:00:00Z", "B"), "p2.json": ("ann", "2026-01-01T11:00:00Z", "A"),
+            "p3.json": ("bob", "2026-01-01T09:00:00Z", "A")}
+    for name, (who, when, choice) in docs.items():
+        (tmp_path / name).write_text(json.dumps({"study": sid, "subject": who, "exported": when,
+                                                 "answers": {"ex02": {"overall": choice}}}))
+    t = report.tally_study(out, [tmp_path / n for n in docs])
+    assert t["overall"]["n"] == 2 and t["overall"]["win"] == (1.0 if a_left else 0.0)       # ann's "B" is gone
+    assert json.loads((out / "tally.json").read_text())["subjects"] == 2
+    t = report.tally_study(out, [tmp_path / "p2.json", tmp_path / "p1.json"])               # order does not matter
+    assert t["overall"]["n"] == 1 and t["overall"]["win"] == (1.0 if a_left else 0.0)
     bad = {"other.json": {"study": "study-0000000000", "answers": {}},
            "choice.json": {"study": sid, "answers": {"ex01": {"overall": "C"}}},
            "example.json": {"study": sid, "answers": {"ex77": {"overall": "A"}}},
