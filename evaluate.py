@@ -29,7 +29,7 @@ scored record is appended to metrics.jsonl at once, so a stopped run resumes whe
 holding scores made with other flags is refused, never overwritten. Unusable flags: one line, exit code 2.
 
 Every generated video is re-segmented into fg / bg layers (video x mask on black) by the same segmenter as the
-Split stage (--segmenter: the weight-free decompose.motion_mask, or SAM 2 prompted with its box; the report names
+Split stage (--segmenter: the weight-free segment.motion_mask, or SAM 2 prompted with its box; the report names
 it), then, as in the StM release (evaluation/metrics):
   M1 fg / bg identity  cos(ViCLIP(gen fg), ViCLIP(input fg)); cos(ViCLIP(gen bg), ViCLIP(input bg with the gen fg
                        region blacked out))                                              (--viclip)
@@ -75,7 +75,7 @@ import data
 import metrics
 import toy
 from data import BadInput
-from decompose import largest_component, motion_mask, sam2_mask, shadow_like
+from segment import largest_component, motion_mask, sam2_mask, shadow_like
 from weights import atomic_write_text
 
 # (key, column label, arrow): the order of the summary table
@@ -347,7 +347,7 @@ class Networks:
 # one record, a whole run
 
 
-def segment(video, segmenter="motion", sam2=None):
+def subject_mask(video, segmenter="motion", sam2=None):
     """A generated video's subject mask, by the same segmenter as the Split stage (decompose.clip_mask): the
     weight-free motion segmenter, or SAM 2 prompted with its box (the paper re-segments with its own decomposer)."""
     mask = motion_mask(video)
@@ -359,7 +359,7 @@ def evaluate_record(rec, base, nets, max_frames=0, max_side=0, toy_threshold=40.
     """One results.jsonl record (paths relative to `base`) -> its metrics; nets: a Networks.
     max_frames / max_side / toy_threshold / cp_radius / segmenter / sam2: as the flags of the same names."""
     gen, fg, bg, mask, geom = load_record(rec, base, max_frames, max_side)
-    gen_mask = segment(gen, segmenter, sam2)
+    gen_mask = subject_mask(gen, segmenter, sam2)
     out = {"id": rec.get("id"), "result": str(_path(rec["result"], base).resolve()), "frames": len(gen),
            "size": list(gen.shape[1:3]), "gen_fg_ratio": float(gen_mask.mean())}
     out.update(nets(gen, fg, bg, gen_mask, rec.get("prompt", "")))
@@ -839,7 +839,7 @@ def score(args):
     return summary
 
 
-SEGMENTERS = {"motion": "the Split stage's weight-free motion segmenter (decompose.motion_mask)",
+SEGMENTERS = {"motion": "the Split stage's weight-free motion segmenter (segment.motion_mask)",
               "sam2": "SAM 2 ({sam2}) prompted with the motion segmenter's box, as the Split stage's --segmenter sam2"}
 
 

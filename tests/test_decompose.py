@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import decompose
+import segment
 from conftest import tiny_sam2
 from data import dilate, mask_to_rgb, read_lists, read_mask, read_metadata, write_video
 from toy import clip as toy_clip
@@ -44,7 +45,7 @@ def moving_clips(n=4, T=33, S=96):
 def test_motion_segmenter_iou():
     ious = []
     for c in moving_clips():
-        m, g = decompose.motion_mask(c["video"]), c["mask"]
+        m, g = segment.motion_mask(c["video"]), c["mask"]
         ious.append(((m & g).sum((1, 2)) / np.maximum((m | g).sum((1, 2)), 1)).mean())
     print("motion segmenter IoU per clip", np.round(ious, 3))
     assert np.mean(ious) >= 0.8, ious
@@ -70,20 +71,20 @@ def test_shadow_like_and_largest_component():
     frames[0, 0, 0] = bg[0, 0, 0] * 0.5                                 # a shadow: darker, same hue
     frames[0, 0, 1] = torch.tensor([100.0, 200, 200])                    # darker in red only: a subject's colour
     frames[0, 0, 2] = bg[0, 0, 2] * 0.95                                # barely darker: not a shadow
-    sh = decompose.shadow_like(frames, bg, -1)
+    sh = segment.shadow_like(frames, bg, -1)
     assert sh.shape == (2, 4, 4) and sh.sum() == 1 and sh[0, 0, 0]
-    assert torch.equal(decompose.shadow_like(frames.permute(0, 3, 1, 2), bg.permute(0, 3, 1, 2), 1), sh)
+    assert torch.equal(segment.shadow_like(frames.permute(0, 3, 1, 2), bg.permute(0, 3, 1, 2), 1), sh)
     m = torch.zeros(3, 8, 8, dtype=torch.bool)
     m[0, 1, 1] = True                                                    # a one-pixel blob
     m[1, 4:6, 4:6] = m[2, 5:7, 5:7] = True                               # one blob moving through two frames
-    big = decompose.largest_component(m)
+    big = segment.largest_component(m)
     assert big.sum() == 8 and not big[0].any() and torch.equal(big[1:], m[1:])
-    assert not decompose.largest_component(torch.zeros(2, 4, 4, dtype=torch.bool)).any()
+    assert not segment.largest_component(torch.zeros(2, 4, 4, dtype=torch.bool)).any()
 
 
 def test_global_motion_recovers_pan():
     c = toy_clip(1, 17, 64, 96)
-    G = decompose.global_motion(c["video"])
+    G = segment.global_motion(c["video"])
     pan = c["scene"]["pan"]
     off = np.array([round(abs(pan) * t) if pan >= 0 else round(abs(pan) * (16 - t)) for t in range(17)])
     assert np.abs(G[:, 0, 2].numpy() * 96 / 2 - (off - off[8])).max() < 0.05
@@ -93,7 +94,7 @@ def test_sam2_tiny_random_model(tmp_path):
     pytest.importorskip("transformers")
     tiny_sam2(tmp_path / "sam2")
     c = toy_clip(3, 9, 64, 96)
-    m = decompose.sam2_mask(c["video"], c["mask"], str(tmp_path / "sam2"))
+    m = segment.sam2_mask(c["video"], c["mask"], str(tmp_path / "sam2"))
     assert m.shape == c["mask"].shape and m.dtype == bool
 
 
