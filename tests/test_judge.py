@@ -309,3 +309,20 @@ def test_evaluate_judge_command_line(tmp_path, capsys):
     with pytest.raises(BadInput, match="--judge-model .*no config.json"):
         evaluate.main(evaluate.parser.parse_args(argv[:3] + ["--judge-model", str(tmp_path), "--out",
                                                              str(tmp_path / "x")]))
+
+
+def test_instructions_are_the_papers_verbatim():
+    """judge.CRITERIA's instructions and references against the appendix table in ../shared/reference (skipped where
+    that folder is absent): the same six, in the same order, the same words."""
+    import re
+    from pathlib import Path
+    ref = Path(__file__).resolve().parents[2] / "shared" / "reference" / "judge-prompts.md"
+    if not ref.is_file():
+        pytest.skip("../shared/reference not present")
+    rows = [line for line in ref.read_text().splitlines() if re.match(r"\| [a-f] \|", line)]
+    assert len(rows) == len(CRITERIA) == 6
+    for row, (key, name, refs, instruction, _) in zip(rows, CRITERIA):
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        assert cells[1] == name, key
+        assert cells[2] == " + ".join(f"Reference {'Foreground' if r == 'fg' else 'Background'}" for r in refs), key
+        assert cells[3].strip('"').replace("\\*", "*") == instruction, key
