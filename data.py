@@ -131,6 +131,41 @@ def append_jsonl(path, rec):
         os.fsync(f.fileno())
 
 
+def read_jsonl(path):
+    """A JSON-lines file -> (objects as (line number, dict), problems as (line number, one-line message)). A torn
+    last line (its writer stopped mid-line) and lines that are not JSON objects are reported and left out."""
+    try:
+        lines = Path(path).read_text().split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"{path}: cannot be read ({type(e).__name__}); give a JSON-lines file") from None
+    rows, problems = [], []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            rows.append((i, obj))
+        elif i == len(lines):                                 # no newline after it: the writer was stopped
+            problems.append((i, f"{path}:{i}: torn last line (its writer was stopped mid-line), left out"))
+        else:
+            problems.append((i, f"{path}:{i}: not a JSON object, left out"))
+    return rows, problems
+
+
+
+def drop_problem_lines(path, rows, problems):
+    """Before a resumed job appends to `path`: warn about each line read_jsonl left out (a torn last line, a line
+    that is not a JSON object) and rewrite the file as `rows` (its good objects), so the next record starts on a
+    line of its own and every later read is clean."""
+    for _, msg in problems:
+        print(f"warning: {msg}", file=sys.stderr)
+    if problems:
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
 class Progress:
     """A batch job's progress: one tqdm bar on rank 0 for the items of every rank (rank 0 reads `count()`, the
     items done so far on all ranks, from the record files every few seconds), a log line per rank every `every` of

@@ -125,30 +125,6 @@ def load_record(rec, base, max_frames=0, max_side=0):
     return gen, fg, bg, mask, (s, (round(w * s) - W) // 2, (round(h * s) - H) // 2)
 
 
-def read_jsonl(path):
-    """A JSON-lines file -> (objects as (line number, dict), problems as (line number, one-line message)). A torn
-    last line (its writer stopped mid-line) and lines that are not JSON objects are reported and left out."""
-    try:
-        lines = Path(path).read_text().split("\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"{path}: cannot be read ({type(e).__name__}); give a JSON-lines file") from None
-    rows, problems = [], []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            obj = None
-        if isinstance(obj, dict):
-            rows.append((i, obj))
-        elif i == len(lines):                                 # no newline after it: the writer was stopped
-            problems.append((i, f"{path}:{i}: torn last line (its writer was stopped mid-line), left out"))
-        else:
-            problems.append((i, f"{path}:{i}: not a JSON object, left out"))
-    return rows, problems
-
-
 def check_record(rec, base):
     """Why a results record cannot be scored (one line), or None. Reads only the videos' headers."""
     for k in ("result", "fg", "bg", "mask"):
@@ -404,7 +380,7 @@ def load_run(path):
     p = Path(path)
     for f in (p / "metrics.jsonl", p / "eval" / "metrics.jsonl", p):
         if f.is_file():
-            rows, problems = read_jsonl(f)
+            rows, problems = data.read_jsonl(f)
             for _, msg in problems:
                 print(f"warning: {msg}", file=sys.stderr)
             name = f.parent.parent.name if f.parent.name == "eval" else f.parent.name
@@ -596,7 +572,7 @@ def read_records(folder, limit=0, layout="results", method=None):
     if layout == "released":
         rows, problems, src = list(enumerate(released_records(folder, method), 1)), [], Path(folder)
     else:
-        rows, problems = read_jsonl(src)
+        rows, problems = data.read_jsonl(src)
     skipped = [{"line": i, "id": None, "why": m.split(": ", 1)[1]} for i, m in problems]
     good, seen = [], {}
     for i, rec in rows[:limit or None]:
@@ -666,7 +642,7 @@ def read_scored(out, recs, base, settings):
     as its record is scored, so a stopped run keeps them; a torn last line is dropped, with a warning. Rows made
     with other flags, or of a result rewritten since, are never mixed in nor removed: one line, another --out."""
     f = out / "metrics.jsonl"
-    old, problems = read_jsonl(f) if f.is_file() else ([], [])
+    old, problems = data.read_jsonl(f) if f.is_file() else ([], [])
     rows = [r for _, r in old]
     # rows from before --segmenter existed were made with the motion segmenter
     was_of = lambda r: {"segmenter": "motion", "sam2": None, **r["settings"]} if r.get("settings") else None
@@ -683,10 +659,7 @@ def read_scored(out, recs, base, settings):
         raise BadInput(f"{f}: scores {stale[0]}{f' (and {len(stale) - 1} more)' if stale[1:] else ''} as it was "
                        "before it was rewritten; they are kept: pass another --out to score the new results, or "
                        "delete that file")
-    for _, msg in problems:
-        print(f"warning: {msg}", file=sys.stderr)
-    if problems:                                  # drop the torn line before appending after it
-        atomic_write_text(f, "".join(json.dumps(r) + "\n" for r in rows))
+    data.drop_problem_lines(f, rows, problems)
     return rows
 
 
@@ -697,7 +670,7 @@ def join_metrics(out, order):
     recs, files = data.rank_records(out, "metrics")
     if not files:
         return
-    have = [r for _, r in read_jsonl(out / "metrics.jsonl")[0]] if (out / "metrics.jsonl").is_file() else []
+    have = [r for _, r in data.read_jsonl(out / "metrics.jsonl")[0]] if (out / "metrics.jsonl").is_file() else []
     seen, pos, new = {r.get("result") for r in have}, {k: i for i, k in enumerate(order)}, {}
     for r in recs:
         if r.get("result") not in seen:
@@ -811,7 +784,7 @@ def score(args):
         if ranks.rank > 0:
             return None
         join_metrics(out, [key(r) for _, r in recs])
-        rows = [r for _, r in read_jsonl(out / "metrics.jsonl")[0]]
+        rows = [r for _, r in data.read_jsonl(out / "metrics.jsonl")[0]]
     print(f"{len(left)} records in {seconds:.1f}s ({len(left) / max(seconds, 1e-9):.3g}/s, {ranks.world} "
           "process(es))")
     skipped.sort(key=lambda s: s["line"])

@@ -268,8 +268,7 @@ class GeminiJudge:
 def _read_answers(f, settings):
     """The answers an earlier run left in `f` (resume). A torn last line is dropped, with a warning; answers asked
     with other settings are never mixed in nor removed: one line, another --out."""
-    from evaluate import read_jsonl                    # here: evaluate.py imports this file
-    old, problems = read_jsonl(f) if f.is_file() else ([], [])
+    old, problems = data.read_jsonl(f) if f.is_file() else ([], [])
     rows = [r for _, r in old]
     other = [r for r in rows if r.get("settings") != settings]
     if other:
@@ -278,10 +277,7 @@ def _read_answers(f, settings):
                 if was.get(k) != settings.get(k)]
         raise BadInput(f"{f}: holds {len(other)} answers asked with other settings ({'; '.join(diff)}); they are "
                        "kept: pass another --out, or the same settings to resume")
-    for _, msg in problems:
-        print(f"warning: {msg}", file=sys.stderr)
-    if problems:                                       # drop the torn line before appending after it
-        atomic_write_text(f, "".join(json.dumps(r) + "\n" for r in rows))
+    data.drop_problem_lines(f, rows, problems)
     return rows
 
 
