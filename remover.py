@@ -319,10 +319,7 @@ class WanVAE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id, subfolder="vae", dtype=None, device=None):
-        folder = weights.resolve(path_or_hub_id, subfolder)
-        model = weights.meta_model(cls, weights.read_config(folder, WanVAEConfig))
-        sd = weights.read_state_dict(folder, WEIGHTS_NAME)
-        return weights.load_into(model, sd, folder, dtype=dtype, device=device).eval()
+        return weights.load_pretrained(cls, WanVAEConfig, path_or_hub_id, subfolder, WEIGHTS_NAME, dtype, device)
 
     def save_pretrained(self, folder):
         weights.write_config(folder, self.config, extra={"_class_name": "AutoencoderKLWan"})
@@ -538,10 +535,7 @@ class RemoverDiT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id, subfolder="transformer", dtype=None, device=None):
-        folder = weights.resolve(path_or_hub_id, subfolder)
-        model = weights.meta_model(cls, weights.read_config(folder, RemoverConfig))
-        sd = weights.read_state_dict(folder, WEIGHTS_NAME)
-        return weights.load_into(model, sd, folder, dtype=dtype, device=device).eval()
+        return weights.load_pretrained(cls, RemoverConfig, path_or_hub_id, subfolder, WEIGHTS_NAME, dtype, device)
 
     def save_pretrained(self, folder, max_shard_bytes=None):
         weights.save_state_dict(self.state_dict(), folder, WEIGHTS_NAME, max_shard_bytes)

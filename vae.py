@@ -334,10 +334,7 @@ class VAE(nn.Module):
     def from_pretrained(cls, path_or_hub_id, subfolder="vae", dtype=None, device=None):
         """A diffusers-format VAE folder (config.json + diffusion_pytorch_model.safetensors, or shards),
         a base-model folder holding `subfolder`, or a hub id."""
-        folder = weights.resolve(path_or_hub_id, subfolder)
-        model = weights.meta_model(cls, weights.read_config(folder, VAEConfig))
-        sd = weights.read_state_dict(folder, WEIGHTS_NAME)
-        return weights.load_into(model, sd, folder, dtype=dtype, device=device).eval()
+        return weights.load_pretrained(cls, VAEConfig, path_or_hub_id, subfolder, WEIGHTS_NAME, dtype, device)
 
     def save_pretrained(self, folder):
         weights.write_config(folder, self.config, extra={"_class_name": "AutoencoderKLCogVideoX"})

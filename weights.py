@@ -153,6 +153,14 @@ def atomic_write_text(path, text):
     os.replace(tmp, path)
 
 
+def load_pretrained(cls, config_cls, path_or_hub_id, subfolder, weights_name, dtype=None, device=None):
+    """The whole `from_pretrained` of a model with nothing to convert: find the folder, build `cls` from its
+    config.json on meta, fill it from the (sharded) safetensors with strict checks, eval mode."""
+    folder = resolve(path_or_hub_id, subfolder)
+    model = meta_model(cls, read_config(folder, config_cls))
+    return load_into(model, read_state_dict(folder, weights_name), folder, dtype=dtype, device=device).eval()
+
+
 def meta_model(cls, config):
     """Build `cls(config)` on the meta device: no memory, no init cost; `load_into` fills it."""
     with torch.device("meta"):
