@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny base model folder (CogVideoX layout) and a tiny toy dataset, made by the tests."""
+import json
 import os
 import signal
+import string
 import sys
 from pathlib import Path
 
@@ -112,3 +114,48 @@ def tiny_sam2(path, S=64):
         memory_fuser_intermediate_dim=64)      # memory channels stay 64: SAM 2 hard-codes them
     tf.Sam2VideoModel(cfg).eval().save_pretrained(path)
     return path
+
+
+def tiny_vlm(path, family="qwen2_vl"):
+    """A tiny random Qwen2-VL (family "qwen2_vl", the captioner's tests) or Qwen2.5-VL ("qwen2_5_vl", the judge's)
+    saved the way hub checkpoints are, built offline: the model, a character-level tokenizer from `tokenizers`, the
+    PIL image processor at 56x56 pixels (4 tokens a frame), the chat template and processor_config.json. No
+    processor object is saved: without torchvision, transformers 5 cannot build a Qwen-VL processor (it requires a
+    video processor), which is what decompose._load_vlm works around. -> (path, the vision-start token id)."""
+    tf = pytest.importorskip("transformers")
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+               "<|video_pad|>"]
+    vocab = {w: i for i, w in enumerate(special + ["[UNK]"] + list(string.printable))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Split(Regex("."), behavior="isolated"), decoders.Fuse()
+    tok = tf.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="<|im_end|>",
+                                     pad_token="<|endoftext|>", extra_special_tokens=special[1:])
+    ids = {k: vocab[f"<|{k}|>"]
+           for k in ("image_pad", "video_pad", "vision_start", "vision_end", "endoftext", "im_end")}
+    qwen25 = family == "qwen2_5_vl"
+    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048 if qwen25 else 512,
+                rope_parameters=dict(rope_type="default", rope_theta=1e4, mrope_section=[2, 3, 3]),
+                bos_token_id=ids["endoftext"], eos_token_id=ids["im_end"], pad_token_id=ids["endoftext"])
+    vision = (dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32, patch_size=14,
+                   spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[0]) if qwen25
+              else dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
+                        spatial_merge_size=2, temporal_patch_size=2))
+    config, model, processor = ((tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration, "Qwen2_5_VLProcessor")
+                                if qwen25 else (tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration,
+                                                "Qwen2VLProcessor"))
+    cfg = config(text_config=text, vision_config=vision, image_token_id=ids["image_pad"],
+                 video_token_id=ids["video_pad"], vision_start_token_id=ids["vision_start"],
+                 vision_end_token_id=ids["vision_end"])
+    torch.manual_seed(0)
+    model(cfg).eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56).save_pretrained(path)
+    (path / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+        "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    (path / "processor_config.json").write_text(json.dumps({"processor_class": processor}))
+    return path, ids["vision_start"]

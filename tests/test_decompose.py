@@ -1,6 +1,5 @@
 """decompose.py: motion segmenter IoU and inpainter PSNR on the toy world (panning camera), the SAM 2
 and VLM-caption paths with tiny random models loaded by path, kill-and-resume, shards + merge, bad inputs."""
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import torch
 
 import decompose
 import segment
-from conftest import tiny_sam2
+from conftest import tiny_sam2, tiny_vlm
 from data import dilate, mask_to_rgb, read_lists, read_mask, read_metadata, write_video
 from toy import clip as toy_clip
 
@@ -98,47 +97,8 @@ def test_sam2_tiny_random_model(tmp_path):
     assert m.shape == c["mask"].shape and m.dtype == bool
 
 
-def tiny_vlm(path):
-    """A tiny random Qwen2-VL saved the way hub checkpoints are (model, tokenizer, image processor, chat
-    template, processor_config.json), built offline: a character-level tokenizer from `tokenizers`, the
-    PIL image processor. No processor object is saved: without torchvision, transformers 5 cannot build
-    Qwen2VLProcessor (it requires a video processor), which is what decompose._load_vlm works around."""
-    import string
-    tf = pytest.importorskip("transformers")
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-               "<|video_pad|>"]
-    vocab = {w: i for i, w in enumerate(special + ["[UNK]"] + list(string.printable))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Split(Regex("."), behavior="isolated"), decoders.Fuse()
-    tok = tf.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="<|im_end|>",
-                                     pad_token="<|endoftext|>", extra_special_tokens=special[1:])
-    ids = {k: vocab[f"<|{k}|>"]
-           for k in ("image_pad", "video_pad", "vision_start", "vision_end", "endoftext", "im_end")}
-    cfg = tf.Qwen2VLConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         rope_parameters=dict(rope_type="default", rope_theta=1e4, mrope_section=[2, 3, 3]),
-                         bos_token_id=ids["endoftext"], eos_token_id=ids["im_end"], pad_token_id=ids["endoftext"]),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2),
-        image_token_id=ids["image_pad"], video_token_id=ids["video_pad"], vision_start_token_id=ids["vision_start"],
-        vision_end_token_id=ids["vision_end"])
-    torch.manual_seed(0)
-    tf.Qwen2VLForConditionalGeneration(cfg).eval().save_pretrained(path)
-    tok.save_pretrained(path)
-    Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56).save_pretrained(path)   # 4 tokens per frame
-    (path / "chat_template.jinja").write_text(
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == 'image' %}"
-        "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    (path / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}))
-    return path
-
-
 def test_vlm_captioner_tiny_random_model(tmp_path):
-    vlm = tiny_vlm(tmp_path / "vlm")
+    vlm, _ = tiny_vlm(tmp_path / "vlm")
     video = toy_clip(2, 9, 64, 64)["video"]
     caps = []
     for _ in range(2):                          # reload each time: loading and greedy decoding are deterministic

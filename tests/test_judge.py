@@ -3,7 +3,6 @@ answers.jsonl -> judge.json / .md / .svg); a fake Gemini client checks request a
 check that the A/B shuffle is undone, resume after a kill, and the one-line messages for missing extras."""
 import enum
 import json
-import string
 import sys
 import types
 import zlib
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 import judge
+from conftest import tiny_vlm
 from data import BadInput, write_video
 from judge import ANSWER_FORMAT, CRITERIA, KEYS, a_first, judge_pairs, parse_answer, winner
 from toy import clip as toy_clip
@@ -30,45 +30,8 @@ def read_rows(out):
     return [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
 
 
-def tiny_qwen25(path):
-    """A tiny random Qwen2.5-VL saved as hub checkpoints are (model, character-level tokenizer, PIL image processor
-    at 56x56 pixels: 4 tokens a frame, chat template, processor_config.json), built offline."""
-    tf = pytest.importorskip("transformers")
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-               "<|video_pad|>"]
-    vocab = {w: i for i, w in enumerate(special + ["[UNK]"] + list(string.printable))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Split(Regex("."), behavior="isolated"), decoders.Fuse()
-    tok = tf.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="<|im_end|>",
-                                     pad_token="<|endoftext|>", extra_special_tokens=special[1:])
-    ids = {k: vocab[f"<|{k}|>"]
-           for k in ("image_pad", "video_pad", "vision_start", "vision_end", "endoftext", "im_end")}
-    cfg = tf.Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-                         rope_parameters=dict(rope_type="default", rope_theta=1e4, mrope_section=[2, 3, 3]),
-                         bos_token_id=ids["endoftext"], eos_token_id=ids["im_end"], pad_token_id=ids["endoftext"]),
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[0]),
-        image_token_id=ids["image_pad"], video_token_id=ids["video_pad"], vision_start_token_id=ids["vision_start"],
-        vision_end_token_id=ids["vision_end"])
-    torch.manual_seed(0)
-    tf.Qwen2_5_VLForConditionalGeneration(cfg).eval().save_pretrained(path)
-    tok.save_pretrained(path)
-    Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56).save_pretrained(path)
-    (path / "chat_template.jinja").write_text(
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == 'image' %}"
-        "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    (path / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2_5_VLProcessor"}))
-    return path, ids["vision_start"]
-
-
 def test_tiny_qwen25_end_to_end(tmp_path):
-    vlm, vision_start = tiny_qwen25(tmp_path / "vlm")
+    vlm, vision_start = tiny_vlm(tmp_path / "vlm", "qwen2_5_vl")
     pairs = []
     for i in range(2):
         p = {"id": f"toy{i}", "prompt": "a toy"}
@@ -278,7 +241,7 @@ def test_evaluate_judge_command_line(tmp_path, capsys):
     """`python evaluate.py --judge RUN_A RUN_B` over two results folders (in process), on the tiny model; a rerun
     asks nothing and gives the same table."""
     import evaluate
-    vlm, _ = tiny_qwen25(tmp_path / "vlm")
+    vlm, _ = tiny_vlm(tmp_path / "vlm", "qwen2_5_vl")
     runs = {k: tmp_path / k for k in ("stm", "copy")}
     for r, d in enumerate(runs.values()):
         recs = []
