@@ -17,18 +17,14 @@ import decompose
 import evaluate
 import toy
 from data import BadInput
+from conftest import single_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--frames", "9", "--size", "64", "64", "--strides", "1", "2", "--threads", "1", "--dilate", "2",
         "--min-fg", "0", "--max-clips", "1", "--inpainter", "none"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+one_thread = single_thread()
 
 
 def split(*argv):

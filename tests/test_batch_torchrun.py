@@ -19,7 +19,7 @@ import decompose
 import evaluate
 import sample
 import toy
-from conftest import kill_all
+from conftest import kill_all, single_thread
 from dit import DiT, PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,12 +28,7 @@ SPLIT = ["--frames", "9", "--size", "64", "64", "--strides", "1", "2", "--thread
          "--min-fg", "0", "--max-clips", "2", "--inpainter", "none"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()            # the in-process single runs compute as each torchrun worker does
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+one_thread = single_thread()
 
 
 def torchrun(script, *argv, wait=True):

@@ -12,19 +12,14 @@ import torch
 
 import decompose
 import segment
-from conftest import tiny_sam2, tiny_vlm
+from conftest import single_thread, tiny_sam2, tiny_vlm
 from data import dilate, mask_to_rgb, read_lists, read_mask, read_metadata, write_video
 from toy import clip as toy_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()            # many tiny ops: one thread is faster on a busy 2-core box
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+one_thread = single_thread()
 
 
 def moving_clips(n=4, T=33, S=96):

@@ -22,22 +22,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import remover as R  # noqa: E402
 import weights  # noqa: E402
+from conftest import rel, single_thread  # noqa: E402
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convs: on a shared 2-core box one thread is faster than two fighting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def rel(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
+one_thread = single_thread("module")
 
 
 def kwargs(cfg):

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vae  # noqa: E402
 import weights  # noqa: E402
+from conftest import rel, single_thread  # noqa: E402
 from vae import PRESETS, VAE, VAEConfig, WEIGHTS_NAME  # noqa: E402
 from figures import parity  # noqa: E402  (tests/figures.py: the README's parity table)
 
@@ -46,17 +47,7 @@ def randomize_(model, seed=0):
     return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These convs are tiny: on a shared 2-core box one thread is 3-4x faster than two fighting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def rel(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
+one_thread = single_thread("module")
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
