@@ -523,14 +523,13 @@ def check_flags(args):
         raise BadInput("--layout released needs --method NAME (the <method>.mp4 to read in each sample-*/ folder)")
     if args.method and args.layout != "released":
         raise BadInput("--method picks a video in the released layout's sample-*/ folders; add --layout released")
-    if args.results and args.layout == "results" and not (Path(args.results) / "results.jsonl").is_file():
-        raise BadInput(f"--results {args.results}: no results.jsonl there (write it with sample.py --triplets FILE "
-                       f"--out {args.results}; the paper's released folders: --layout released --method NAME)")
-    for flag in ("judge", "study"):
-        for run in getattr(args, flag) or ():
-            if args.layout == "results" and not (Path(run) / "results.jsonl").is_file():
-                raise BadInput(f"--{flag} {run}: no results.jsonl there (write it with sample.py --triplets FILE --out "
-                               f"{run}; the paper's released folders: --layout released --method NAME_A NAME_B)")
+    for flag, runs in (("results", [args.results] if args.results else []), ("judge", args.judge or []),
+                       ("study", args.study or [])):
+        for run in runs if args.layout == "results" else []:
+            if not (Path(run) / "results.jsonl").is_file():
+                names = "NAME" if flag == "results" else "NAME_A NAME_B"
+                raise BadInput(f"--{flag} {run}: no results.jsonl there (write it with sample.py --triplets FILE "
+                               f"--out {run}; the paper's released folders: --layout released --method {names})")
     if (args.compare or args.tally) and (args.layout != "results" or args.method):
         raise BadInput("--layout / --method choose what --results, --judge or --study read; --compare and --tally "
                        "read scored or answered folders as they are")
@@ -594,17 +593,19 @@ def read_records(folder, limit=0, layout="results", method=None):
     return good, skipped
 
 
+def absolute_videos(rec, base, keys=("fg", "bg", "mask", "result", "reference")):
+    """A record's video paths (relative to `base` or absolute), resolved: {key: absolute path or None}."""
+    return {k: str(_path(rec[k], base).resolve()) if rec.get(k) else None for k in keys}
+
+
 def pair_runs(run_a, run_b, layout="results", methods=(None, None)):
     """Two runs over the same triplets -> (pairs, (only in A, only in B)) for the judge and the user study: one
     dict per triplet in both, matched by id (else by fg, bg and prompt), with absolute paths: id, fg, bg, mask,
     prompt, a and b (the two results), and the toy's reference / expect where the record has them."""
     def load(folder, method):
         recs = [r for _, r in read_records(folder, 0, layout, method)[0]]
-        base = Path(folder)
-        absolute = lambda r, k: str(_path(r[k], base).resolve()) if r.get(k) else None
-        key = lambda r: r.get("id") or "|".join([absolute(r, "fg"), absolute(r, "bg"), r.get("prompt", "")])
-        return {key(r): {**r, **{k: absolute(r, k) for k in ("fg", "bg", "mask", "result", "reference")}}
-                for r in recs}
+        recs = [{**r, **absolute_videos(r, Path(folder))} for r in recs]
+        return {r.get("id") or "|".join([r["fg"], r["bg"], r.get("prompt", "")]): r for r in recs}
     a, b = load(run_a, methods[0]), load(run_b, methods[1])
     pairs = [{**{k: v for k, v in r.items() if k != "result"}, "id": str(r.get("id") or f"{i:04d}"),
               "prompt": r.get("prompt", ""), "a": r["result"], "b": b[k]["result"]}
@@ -829,8 +830,7 @@ def write_report(out, summaries, rows, title):
             for _, rec in read_records(base, 0, src["layout"], src["method"])[0]:
                 row = by_result.get(str(_path(rec["result"], base).resolve()))
                 if row is not None:
-                    files = {k: str(_path(rec[k], base).resolve()) if rec.get(k) else None
-                             for k in ("fg", "bg", "mask", "reference")}
+                    files = absolute_videos(rec, base, ("fg", "bg", "mask", "reference"))
                     triplets.append({**row, **files, "id": rec.get("id") or row.get("id"),
                                      "prompt": rec.get("prompt", "")})
         runs.append({"name": name, "summary": summary, "rows": triplets})
