@@ -20,6 +20,7 @@ import atexit
 import csv
 import glob
 import json
+import math
 import os
 import sys
 import tempfile
@@ -154,6 +155,15 @@ def read_jsonl(path):
             problems.append((i, f"{path}:{i}: not a JSON object, left out"))
     return rows, problems
 
+
+
+def json_safe(v):
+    """NaN / inf -> None (JSON's null), through dicts and lists: json.dumps would write a bare NaN, not JSON."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    return [json_safe(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
 def drop_problem_lines(path, rows, problems):

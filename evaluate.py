@@ -74,7 +74,7 @@ import torch
 import data
 import metrics
 import toy
-from data import BadInput
+from data import BadInput, json_safe
 from segment import largest_component, motion_mask, sam2_mask, shadow_like
 from weights import atomic_write_text
 
@@ -142,15 +142,6 @@ def check_record(rec, base):
         if n == 0:
             return f"{k} {p}: no frames"
     return None
-
-
-def json_safe(v):
-    """NaN / inf -> None (JSON's null), through dicts and lists: json.dumps would write a bare NaN, not JSON."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: json_safe(x) for k, x in v.items()}
-    return [json_safe(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
 def centroids(mask):

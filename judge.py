@@ -333,10 +333,9 @@ def judge_pairs(judge, pairs, out, seed=0, criteria=KEYS, name_a="A", name_b="B"
     final = [first_of[i, c] for i in ids for c in criteria if (i, c) in first_of]
     t = tally(final, criteria)
     invalid = [{k: r[k] for k in ("id", "criterion", "reply")} for r in final if r["winner"] == "invalid"]
-    nan_none = {c: {k: (None if v != v else v) for k, v in s.items()} for c, s in t.items()}
-    atomic_write_text(out / "judge.json", json.dumps({"a": name_a, "b": name_b, "questions": len(final),
-                                                      "tally": nan_none, "invalid": invalid, "settings": settings},
-                                                     indent=2) + "\n")
+    atomic_write_text(out / "judge.json", json.dumps(data.json_safe({
+        "a": name_a, "b": name_b, "questions": len(final), "tally": t, "invalid": invalid, "settings": settings}),
+        indent=2) + "\n")
     md = [f"# VLM judge: {name_a} vs {name_b}\n", f"{len(pairs)} triplets x {len(criteria)} criteria = {len(final)} "
           f"questions, A/B order shuffled per question (seed {seed}); settings: `{json.dumps(settings)}`\n",
           tally_table(t, name_a, name_b)]

@@ -290,11 +290,9 @@ def tally_study(out, files):
             for per in answers for ex, crit, choice in per]
     t = judge.tally(rows)
     a, b = key["names"]
-    clean = {c: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in s.items()}
-             for c, s in t.items()}
-    atomic_write_text(out / "tally.json", json.dumps({"study": key["study"], "names": [a, b],
-                                                      "subjects": len(answers), "answers": len(rows),
-                                                      "files": [str(f) for f in files], "tally": clean}, indent=1))
+    atomic_write_text(out / "tally.json", json.dumps(data.json_safe({
+        "study": key["study"], "names": [a, b], "subjects": len(answers), "answers": len(rows),
+        "files": [str(f) for f in files], "tally": t}), indent=1))
     atomic_write_text(out / "tally.md", f"# User study: {a} vs {b}\n\n{len(answers)} subjects, {len(rows)} answers "
                                         f"over {len(key['examples'])} examples ({key['study']}).\n\n"
                       + judge.tally_table(t, a, b))
