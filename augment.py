@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from data import LUMA
+from plumbing.video import LUMA, check_aligned, read_mask, read_video, to_tensor, to_uint8, write_video
 
 
 @dataclass
@@ -118,17 +118,16 @@ def _hue_rotate(x, turns):
 
 
 if __name__ == "__main__":
-    import data
     ap = argparse.ArgumentParser(description="Augment one fg layer + mask and write the result (for a look).")
     ap.add_argument("fg", help="foreground video (subject on black)")
     ap.add_argument("mask", help="mask video or PNG folder")
     ap.add_argument("out", help="output mp4/gif: original | augmented, side by side")
     ap.add_argument("--seed", type=int, default=0, help="random seed")
     a = ap.parse_args()
-    fg, fps = data.read_video(a.fg)
-    mask = data.read_mask(a.mask)
-    data.check_aligned(fg, mask, a.fg, a.mask)
-    x, m = data.to_tensor(fg), torch.from_numpy(mask).float()[None]
+    fg, fps = read_video(a.fg)
+    mask = read_mask(a.mask)
+    check_aligned(fg, mask, a.fg, a.mask)
+    x, m = to_tensor(fg), torch.from_numpy(mask).float()[None]
     y, _ = Augment(flip_p=1, crop_p=1, jitter_p=1)(x, m, torch.Generator().manual_seed(a.seed))
-    data.write_video(a.out, data.to_uint8(torch.cat([x, y], -1)), fps)
+    write_video(a.out, to_uint8(torch.cat([x, y], -1)), fps)
     print(f"wrote {a.out}")

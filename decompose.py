@@ -40,11 +40,7 @@ A rerun must use the same flags as the run that began the folder (settings.json)
 are never mixed in. Every flag and input file is checked before the first clip (one line, exit code 2).
 """
 import argparse
-import base64
 import functools
-import html
-import importlib.util
-import inspect
 import json
 import os
 import shlex
@@ -60,18 +56,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from segment import _load, global_motion, mosaic, motion_mask, push_pull, sam2_mask, unmosaic
-from weights import atomic_write_text
-from data import (VIDEO_EXTS, BadInput, LayeredWriter, Progress, Ranks, append_jsonl, check_out_dir,
-                  check_shape, dilate, fit_video, mask_to_rgb, probe, rank_records, read_frames, read_mask,
-                  read_metadata, read_video, resize_video, run_cli, video_paths, write_video)
+from others import pages
+from others.hf import vlm_caption
+from others.segment import global_motion, mosaic, motion_mask, push_pull, sam2_mask, unmosaic
+from plumbing import weights
+from plumbing.cli import BadInput, check_out_dir, run_cli
+from plumbing.dataset import LayeredWriter, read_metadata
+from plumbing.files import atomic_write_text
+from plumbing.ranks import Progress, Ranks
+from plumbing.records import append_jsonl, rank_records
+from plumbing.video import (VIDEO_EXTS, check_shape, dilate, fit_video, mask_to_rgb, probe, read_frames, read_mask,
+    read_video,  video_paths, write_video)
 
 @functools.lru_cache
 def _load_remover(path):
     """MiniMax-Remover (remover.py), loaded once per worker: bf16 on a GPU (StM runs fp16), fp32 on CPU."""
-    import remover
+    from others import remover
     cuda = torch.cuda.is_available()
     return remover.Remover.from_pretrained(path, dtype=torch.bfloat16 if cuda else None,
                                            device="cuda" if cuda else None)
@@ -132,72 +133,10 @@ def read_captions(path):
     return out
 
 
-def vlm_caption(frames, model_path, n=8, prompt="Describe the video in detail", max_new_tokens=256):
-    """Caption a clip with a video-capable VLM through transformers (optional): `n` frames at segment
-    centres, each introduced as "Frame-i: <image>" as in the StM release's InternVL prompt (greedy)."""
-    model, proc = _load_vlm(model_path)
-    idx = ((np.arange(n) + 0.5) * len(frames) / n).astype(int)
-    content = [c for i in range(n) for c in ({"type": "text", "text": f"Frame-{i + 1}: "}, {"type": "image"})]
-    content.append({"type": "text", "text": "\n" + prompt})
-    text = proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-    inputs = proc(text=[text], images=[[np.asarray(frames[i]) for i in idx]], return_tensors="pt")
-    with torch.no_grad():
-        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return " ".join(proc.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].split())
-
-
-@functools.lru_cache
-def _load_vlm(path):
-    """-> (model, processor). Without torchvision, transformers 5 cannot build a video processor, and
-    so no processor that holds one (InternVL, Qwen2-VL, LLaVA-OneVision, SmolVLM): the frames go in as
-    images, so such a processor is assembled from its tokenizer and (PIL) image processor instead."""
-    try:
-        import transformers as tf
-    except ImportError:
-        raise SystemExit("--captioner vlm needs transformers (pip install transformers)") from None
-    model = _load(tf.AutoModelForImageTextToText, path)
-    try:
-        return model, tf.AutoProcessor.from_pretrained(path)
-    except (ImportError, ValueError, TypeError, AttributeError):
-        if tf.utils.is_torchvision_available():
-            raise
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
-    cls = PROCESSOR_MAPPING[type(model.config)]
-    cls = type(cls.__name__, (cls,), {"check_argument_for_proper_class": lambda self, name, arg: None})
-    tok = tf.AutoTokenizer.from_pretrained(path)
-    cfg = Path(path) / "processor_config.json"
-    kw = {k: v for k, v in (json.loads(cfg.read_text()) if cfg.exists() else {}).items()
-          if k in inspect.signature(cls.__init__).parameters and k not in ("image_processor", "tokenizer")}
-    kw.update(video_processor=None) if "video_processor" in cls.get_attributes() else None
-    return model, cls(image_processor=tf.AutoImageProcessor.from_pretrained(path), tokenizer=tok,
-                      chat_template=kw.pop("chat_template", None) or tok.chat_template, **kw)
-
-
 # ---- Clips: the plan (deterministic), reading only the frames a clip needs, one clip end to end ---
 
 
 REMOVER_FILES = ("vae/config.json", "transformer/config.json", "scheduler/scheduler_config.json")
-
-
-def check_weights(path, flag, instead, need=("config.json",), patterns=None, library="transformers"):
-    """Before any clip: the model a stage calls must be a local folder holding `need`, or a hub id whose weights
-    (`patterns`: only those files) can be had from the local cache or downloaded now; `library`: the optional
-    package the stage loads it with. Otherwise one line that names the flag and the offline choice."""
-    p = Path(path)
-    if p.exists():
-        missing = [n for n in need if not (p / n).exists()]
-        if missing:
-            raise BadInput(f"{flag} {path}: no {', '.join(missing)} in this folder; pass a model folder, "
-                           f"or use {instead}")
-        return
-    if library and importlib.util.find_spec(library) is None:
-        raise BadInput(f"{flag} needs {library} (pip install {library}), or use {instead}")
-    from huggingface_hub import snapshot_download
-    try:
-        snapshot_download(str(path), allow_patterns=patterns)
-    except Exception as e:
-        raise BadInput(f"{flag} {path}: no local folder of that name and the hub is out of reach "
-                         f"({type(e).__name__}); pass a downloaded folder, or offline use {instead}") from None
 
 
 def source_keys(paths):
@@ -411,62 +350,6 @@ def check_settings(folders, want=None):
     return ref
 
 
-# ---- A look at the Split output ---------------------------------------------------------------
-
-PREVIEW_LAYERS = (("videos", "input"), ("masks", "mask"), ("fg", "fg"), ("bg", "bg"))
-
-
-def gif_data_uri(path, width):
-    """A video file -> a looping GIF `width` pixels wide, as a data: URI (the page needs no other file)."""
-    frames = read_video(path)[0]
-    T, H, W, _ = frames.shape
-    small = resize_video(torch.from_numpy(frames).permute(0, 3, 1, 2), max(2, round(H * width / W)), width,
-                         mode="stretch").permute(0, 2, 3, 1).numpy()
-    with tempfile.TemporaryDirectory() as d:
-        write_video(Path(d) / "v.gif", small, fps=8)
-        return "data:image/gif;base64," + base64.b64encode((Path(d) / "v.gif").read_bytes()).decode()
-
-
-def write_preview(out, max_clips=24, width=192):
-    """<out>/preview.html: one self-contained page with, per kept clip (the first `max_clips`), looping
-    input | mask | fg | bg, its caption and fg ratio, and the dataset's counts (kept, skipped by reason).
-    Each image reports when it has loaded (body data-loaded="n/N"), so a browser test can check them all."""
-    out = Path(out)
-    recs = read_metadata(out)
-    if not recs:
-        raise BadInput(f"--preview {out}: no metadata.jsonl here (not a decompose.py output folder)")
-    kept = [r for r in recs if r.get("status") == "ok"]
-    counts = Counter(r.get("status", "?") for r in recs)
-    esc = html.escape
-    rows = []
-    for r in tqdm(kept[:max_clips], desc="preview"):
-        cells = "".join(f'<figure><img alt="{name}" src="{gif_data_uri(out / r[key], width)}">'
-                        f"<figcaption>{name}</figcaption></figure>" for key, name in PREVIEW_LAYERS)
-        rows.append(f'<section><h2>{esc(str(r["id"]))}</h2><p>{esc(r.get("caption", ""))}</p>'
-                    f'<p class="meta">fg ratio {r.get("fg_ratio", 0):.1%} &middot; {r.get("frames")} frames '
-                    f'&middot; source {esc(str(r.get("source", "")))}</p><div class="row">{cells}</div></section>')
-    stats = ", ".join(f"{k}: {v}" for k, v in counts.most_common())
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Split preview: {esc(out.name)}</title>
-<style>body{{font-family:sans-serif;margin:1.5em;background:#fafafa}} .row{{display:flex;gap:8px}}
-figure{{margin:0}} figcaption{{text-align:center;font-size:12px;color:#555}}
-img{{display:block;image-rendering:pixelated}} .meta{{color:#666;font-size:13px}}
-section{{background:#fff;padding:8px 12px;margin:12px 0;border:1px solid #ddd}}</style>
-</head><body data-loaded="0/0"><h1>Split preview: {esc(str(out))}</h1>
-<p><b>{len(kept)}</b> clips kept of {len(recs)} records ({esc(stats)}); showing the first {len(rows)}.</p>
-{"".join(rows)}
-<script>
-function count() {{
-  const imgs = [...document.images];
-  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
-  document.body.dataset.loaded = ok + "/" + imgs.length;
-}}
-window.addEventListener("load", count);
-</script></body></html>
-"""
-    atomic_write_text(out / "preview.html", page)
-    return out / "preview.html"
-
-
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 a_ = parser.add_argument
 a_("--videos", help="folder of videos / frame folders, a glob (quote it), or one file")
@@ -555,12 +438,12 @@ def check_flags(args):
     if args.inpainter == "cmd":
         check_inpaint_cmd(args.inpaint_cmd)
     if args.inpainter == "minimax":                 # a folder laid out like zibojia/minimax-remover, or that hub id
-        check_weights(args.remover, "--remover", "--inpainter temporal", need=REMOVER_FILES,
+        weights.check_weights(args.remover, "--remover", "--inpainter temporal", need=REMOVER_FILES,
                       patterns=["vae/*", "transformer/*", "scheduler/*"], library=None)
     if args.captioner == "vlm":
-        check_weights(args.vlm, "--captioner vlm --vlm", "--captioner file --captions F (your own captions)")
+        weights.check_weights(args.vlm, "--captioner vlm --vlm", "--captioner file --captions F (your own captions)")
     if args.segmenter == "sam2":
-        check_weights(args.sam2, "--segmenter sam2 --sam2", "--segmenter motion, or --segmenter gt --masks DIR")
+        weights.check_weights(args.sam2, "--segmenter sam2 --sam2", "--segmenter motion, or --segmenter gt --masks DIR")
     msg = check_shape(args.frames, *args.size, "CogVideoX")
     if msg:
         print(f"warning: {msg}", file=sys.stderr)
@@ -684,7 +567,7 @@ def join_ranks(out, order):
 
 def main(args):
     if args.preview:
-        print(f"wrote {write_preview(args.preview)}")
+        print(f"wrote {pages.write_preview(args.preview)}")
         return
     if not args.out:
         raise BadInput("--out is required (the dataset folder to write, or with --merge to join into)")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-import weights
+from plumbing import weights
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import weights
+from plumbing import weights
+from plumbing.files import atomic_write_text
 from dit import DiT, DiTConfig
 
 ATTN = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")   # in every block; diffusers' CogVideoX targets
@@ -115,7 +116,7 @@ def save_adapter(sd, folder, config):
     os.chmod(tmp, 0o644)
     os.replace(tmp, folder / WEIGHTS)
     weights.save_state_dict({k: v.float() for k, v in sd.items() if k.startswith("patch_embed.proj.")}, folder, PATCH)
-    weights.atomic_write_text(folder / CONFIG, json.dumps(config, indent=2) + "\n")
+    atomic_write_text(folder / CONFIG, json.dumps(config, indent=2) + "\n")
 
 
 def is_adapter(folder):

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-import weights
+from plumbing import weights
 
 # -----------------------------------------------------------------------------------------------
 # tokenizer

@@ -1,13 +1,13 @@
 """
-The toy world: its rendering, its layered datasets and test triplets, the exact answers evaluate.py scores
-with, and the toy base model (a folder laid out like `THUDM/CogVideoX-5b-I2V`, so the very same loaders and
-train.py / sample.py code paths run on the CPU).
+The toy world: its rendering, its layered datasets and test triplets, the exact answers and the scores of a
+composite against them (toy.metrics: evaluate.py's toy_* columns), and the toy base model (a folder laid out like
+`THUDM/CogVideoX-5b-I2V`, so the very same loaders and train.py / sample.py code paths run on the CPU).
 
     python toy.py data --out data/toy --clips 2048                    # a layered training set (1 min)
     python toy.py triplets --out data/toy-test --n 32                 # held-out cross-combination test triplets
     python toy.py base --out /tmp/tb --vae-steps 2                    # a smoke build of the base model in seconds
 
-(`python data.py toy|triplets ...` are aliases of the first two.) The shipped assets/toy-base, in three runs
+(`python toy.py data|triplets ...` are aliases of the first two.) The shipped assets/toy-base, in three runs
 (140 min on a 2-core CPU; killed? the same command + --resume):
 
     python toy.py base --out runs/toy-base-v2 --sprite-margin 0 --batch 4 --vae-steps 2000 --minutes 24 --threads 2
@@ -20,8 +20,8 @@ The world. A scene is three horizontal bands (sky / water / land) whose boundari
 texture, a camera pan and a global light tint. A sprite (bird, boat or car; one of several colours) moves
 inside the band it belongs to, is lit by the scene tint and casts a shadow (boats and cars). Because every
 layer is rendered separately, fg, bg and mask are exact, and a cross-combination (sprite of clip A into
-scene B) has a known set of correct answers: the sprite's geometry, shading and shadow below are public so
-that evaluate.py scores against the renderer itself, not a copy of it.
+scene B) has a known set of correct answers: the sprite's geometry, shading and shadow below are public, and
+toy.metrics scores a generated composite against the renderer itself, not a copy of it.
 
 The base model folder:
 <out>/tokenizer/spiece.model       SentencePiece trained on every toy caption (colour x kind x verb x tint) + a few
@@ -49,10 +49,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import data
+from plumbing.dataset import LayeredClips, LayeredWriter
+from plumbing.files import atomic_write_text
+from plumbing.video import LUMA, dilate, mask_to_rgb, to_tensor, write_video
+from others.metrics import masked_psnr
+from others.segment import largest_component, shadow_like
 import text
 import vae as V
-from weights import atomic_write_text
 
 # ---------------------------------------------------------------------------------------------
 # The world: scenes, sprites, rendering
@@ -228,14 +231,125 @@ def expected_shadow(kind, centres, size, H, W):
 
 
 # ---------------------------------------------------------------------------------------------
+# Scores of a generated composite against the exact answers (evaluate.py's toy_* columns)
+# ---------------------------------------------------------------------------------------------
+# The toy world renders the bg exactly, so the generated subject is found as |gen - input bg| > threshold (max over
+# RGB, 0-255; evaluate.py --toy-threshold) minus cast-shadow-like pixels (uniform darkening), largest space-time
+# component. The expected sprite shape, colour and shadow come from the renderer (sprite_model, expected_shadow):
+#   shape IoU      mean over frames of IoU(input sprite mask, gen subject mask moved onto the input's centroid;
+#                  best of the 3x3 whole-pixel shifts there). Sub-pixel rasterisation keeps a perfect one ~0.6-0.8
+#   colour err     RGB distance of the subject's mean colour (over its core: the half of its pixels most unlike
+#                  the bg, as H.264's 4:2:0 chroma smears edges) to the exact expected one, rgb x tint x shading
+#   track err      RMS over frames of (gen centroid track - its mean) - (expected track - its mean), pixels
+#   bg PSNR        gen vs input bg outside the subject (dilated 1) and its expected shadow
+#   affordance     share of frames whose subject centroid row lies in allowed_rows (missing subject = fail)
+#   aff. (moved)   the same, over the records whose input fg lies outside allowed_rows (most frames), so the
+#                  subject has to move; the others count as None. Copying the fg scores 0 here
+#   copy-paste     share of frames whose subject centroid is within cp_radius (evaluate.py --cp-radius) of the
+#                  input fg's centroid
+#   tint match     1 if the subject's colour is closer to rgb x target tint than to rgb x source tint; null where
+#                  the two differ by < 20 (black or saturated sprites), so those records do not count
+#   shadow ok      darkening of the bg in the expected shadow ellipse > 0.2 where a shadow is expected, < 0.2 else
+
+
+def centroids(mask):
+    """bool (T,H,W) -> float (T,2) (x, y) per frame; nan where the frame is empty."""
+    m = torch.as_tensor(np.asarray(mask)).float()
+    n = m.sum((1, 2))
+    ys, xs = torch.arange(m.shape[1]).float(), torch.arange(m.shape[2]).float()
+    c = torch.stack([(m.sum(1) * xs).sum(1), (m.sum(2) * ys).sum(1)], 1) / n[:, None]
+    return torch.where(n[:, None] > 0, c, torch.tensor(float("nan"))).numpy()
+
+
+def subject(gen, bg, threshold):
+    """The generated subject: pixels far from the input bg that are not a uniform darkening (shadow)."""
+    g, b = (torch.as_tensor(np.asarray(v)).float() for v in (gen, bg))
+    return largest_component(((g - b).abs().amax(-1) > threshold) & ~shadow_like(g, b, -1)).numpy()
+
+
+def shape_iou(subj, mask, c_gen, c_in):
+    """Mean over frames of IoU(input mask, gen subject moved so that its centroid sits on the input's; the best
+    of the 3x3 whole-pixel shifts around it); 0 when no frame holds both."""
+    ious = []
+    for t in np.flatnonzero(~np.isnan(c_gen[:, 0]) & ~np.isnan(c_in[:, 0])):
+        dx, dy = np.round(c_in[t] - c_gen[t]).astype(int)
+        moved = [np.roll(subj[t], (dy + i, dx + j), (0, 1)) for i in (-1, 0, 1) for j in (-1, 0, 1)]
+        ious.append(max((m & mask[t]).sum() / max(1, (m | mask[t]).sum()) for m in moved))
+    return float(np.mean(ious)) if ious else 0.0
+
+
+def colour_scores(gen, bg, subj, col_target, col_source):
+    """The subject's mean colour vs the exact one under the target scene's light and under the source's."""
+    if not subj.any():
+        return {"toy_colour_err": float("nan"), "toy_tint_match": 0.0}
+    # core pixels: the half most unlike the bg (edges are smeared by the codec's 4:2:0 chroma)
+    diff = np.abs(gen.astype(np.float32) - bg).max(-1)
+    mean = gen[subj & (diff >= np.median(diff[subj]))].astype(np.float64).mean(0)
+    d_t, d_s = float(np.linalg.norm(mean - col_target)), float(np.linalg.norm(mean - col_source))
+    return {"toy_colour_err": d_t, "toy_colour_err_source": d_s, "toy_subject_rgb": [round(float(v), 1) for v in mean],
+            # undecidable where the two tints give nearly the same colour (e.g. a black or saturated sprite)
+            "toy_tint_match": None if np.linalg.norm(col_target - col_source) < 20 else float(d_t < d_s)}
+
+
+def placement_scores(c_gen, c_in, expect, geom, cp_radius):
+    """Motion up to placement, affordance and the copy-paste shortcut (frames without a subject count as failures)."""
+    s, _, top = geom
+    found, out = ~np.isnan(c_gen[:, 0]), {}
+    track = np.asarray(expect["track"], np.float64)
+    track = track[np.linspace(0, len(track) - 1, len(c_gen)).round().astype(int)] * s
+    if found.sum() >= 1:
+        a, b = c_gen[found] - c_gen[found].mean(0), track[found] - track[found].mean(0)
+        out["toy_track_err"] = float(np.sqrt(((a - b) ** 2).sum(1).mean()))
+    else:
+        out["toy_track_err"] = float("nan")
+    y0, y1 = [v * s - top for v in expect["allowed_rows"]]
+    in_rows = lambda y: (y >= y0) & (y < y1)                                # NaN (no subject) -> False
+    out["toy_affordance"] = float(np.mean(found & in_rows(c_gen[:, 1])))
+    # the same, only where the input fg sits outside its band (copying it cannot be right): None elsewhere;
+    # judged on the frames where the input fg is present
+    y_in = c_in[~np.isnan(c_in[:, 1]), 1]
+    in_band = np.mean(in_rows(y_in)) if len(y_in) else 1.0
+    out["toy_affordance_moved"] = out["toy_affordance"] if in_band < 0.5 else None
+    near = np.linalg.norm(np.nan_to_num(c_gen - c_in, nan=1e9), axis=1) <= cp_radius
+    out["toy_copy_paste"] = float(np.mean(found & near))
+    return out
+
+
+def metrics(gen, fg, bg, mask, expect, geom, threshold=40.0, cp_radius=None):
+    """The exact toy-world scores of one composite (see above): gen, fg, bg uint8 (T,H,W,3) and the input mask
+    (T,H,W) at the generated video's size, `expect` as write_triplets records it, and geom = (s, left, top) mapping
+    input pixel coordinates to the generated video's (x_gen = x_in * s - left; evaluate.load_record)."""
+    s = geom[0]
+    T, H, W = gen.shape[:3]
+    size = expect["size"] * s
+    cp_radius = cp_radius if cp_radius is not None else max(2.0, 0.05 * min(H, W))
+    subj = subject(gen, bg, threshold)
+    c_gen, c_in = centroids(subj), centroids(mask)
+    offset, (col_target, col_source) = sprite_model(expect["kind"], size, expect["rgb"],
+                                                    [expect["tint"], expect["source_tint"]])
+    out = {"toy_found": float((~np.isnan(c_gen[:, 0])).mean()), "toy_shape_iou": shape_iou(subj, mask, c_gen, c_in)}
+    out.update(colour_scores(gen, bg, subj, col_target, col_source))
+    out.update(placement_scores(c_gen, c_in, expect, geom, cp_radius))
+    # shadow: darkening of the bg where render would cast it, placed by the subject's centroid
+    ell = expected_shadow(expect["kind"], c_gen - offset, size, H, W)
+    lum = lambda v: (v.astype(np.float64) * LUMA).sum(-1)
+    dark = float(1 - lum(gen)[ell].mean() / max(1e-6, lum(bg)[ell].mean())) if ell.any() else float("nan")
+    out["toy_shadow_darkening"] = dark
+    out["toy_shadow_ok"] = float(dark > 0.2) if expect["shadow"] else float(not dark > 0.2)
+    keep = ~dilate(torch.as_tensor(subj), 1).numpy() & ~(ell if expect["shadow"] else False)
+    out["toy_bg_psnr"] = masked_psnr(gen, bg, keep)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # Datasets: a layered training set, cross-combination test triplets
 # ---------------------------------------------------------------------------------------------
 
 
 def write_data(out, clips, T=9, H=64, W=64, seed=0, fps=8, colour=None, tint=None):
-    """A layered-clip dataset (data.LayeredClips reads it) of `clips` toy clips; resumable. colour / tint: every
+    """A layered-clip dataset (LayeredClips reads it) of `clips` toy clips; resumable. colour / tint: every
     sprite in this colour / every scene under this light (see clip)."""
-    w = data.LayeredWriter(out)
+    w = LayeredWriter(out)
     for i in tqdm(range(clips), desc=f"toy world -> {out}"):
         cid = f"toy{seed:03d}_{i:06d}"
         if cid in w.done:
@@ -259,10 +373,10 @@ def write_triplets(out, n, T=9, H=64, W=64, seed=10_000, fps=8, colour=None, tin
         ref_sprite = place_sprite(rng, a["sprite"], b["scene"], H, W, T)
         ref = render(b["scene"], ref_sprite, T, H, W)[0]
         d = out / f"t{i:04d}"
-        files = {"fg": a["fg"], "mask": data.mask_to_rgb(a["mask"]), "bg": b["bg"], "reference": ref,
+        files = {"fg": a["fg"], "mask": mask_to_rgb(a["mask"]), "bg": b["bg"], "reference": ref,
                  "source": a["video"]}
         for k, v in files.items():
-            data.write_video(d / f"{k}.mp4", v, fps)
+            write_video(d / f"{k}.mp4", v, fps)
         lines.append({"id": d.name, **{k: f"{d.name}/{k}.mp4" for k in ("fg", "mask", "bg")},
                       "prompt": caption(a["sprite"], b["scene"]), "reference": f"{d.name}/reference.mp4",
                       "expect": expectation(a, b, T)})
@@ -303,7 +417,7 @@ TRAIN_SEED0, HELDOUT_SEED0, SCALE_SEED0 = 10**6, 900_000, 800_000  # disjoint se
 def batch(seeds, T, H, W, masks=False):
     """-> videos (B, 3, T, H, W) in [-1, 1] [, sprite masks (B, 1, T, H, W) in {0, 1}]."""
     cs = [clip(s, T, H, W) for s in seeds]
-    x = torch.stack([data.to_tensor(c["video"]) for c in cs])
+    x = torch.stack([to_tensor(c["video"]) for c in cs])
     return (x, torch.stack([torch.from_numpy(c["mask"]).float()[None] for c in cs])) if masks else x
 
 
@@ -374,7 +488,7 @@ def train_vae(vae, T, H, W, *, steps, minutes, batch_size, lr, warmup, kl, sprit
         x, m = batch(range(s0, s0 + batch_size), T, H, W, masks=True)
         y, mean, logvar = vae(x)                                    # the decoder must tolerate posterior noise
         kl_loss = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).mean()
-        w = 1 + sprite_weight * data.dilate(m, sprite_margin)          # (B, 1, T, H, W) per-pixel weight
+        w = 1 + sprite_weight * dilate(m, sprite_margin)          # (B, 1, T, H, W) per-pixel weight
         loss = (w * ((y - x).abs() + (y - x) ** 2)).mean() / w.mean() + kl * kl_loss
         for g in opt.param_groups:
             g["lr"] = lr_at(step, progress(step), lr, warmup)
@@ -401,7 +515,7 @@ def calibrate(vae, T, H, W, scale_clips, eval_clips):
         scores += [psnr(yi[None], xi[None]) for yi, xi in zip(y, x)]
         sprite += [psnr(yi[None], xi[None], mi[None]) for yi, xi, mi in zip(y, x, m)]
         # each sprite and 3 px around it: scored inside only, a VAE that dilates sprites would look good
-        near += [psnr(yi[None], xi[None], di[None]) for yi, xi, di in zip(y, x, data.dilate(m, 3))]
+        near += [psnr(yi[None], xi[None], di[None]) for yi, xi, di in zip(y, x, dilate(m, 3))]
     return scores, sprite, near
 
 

@@ -3,7 +3,7 @@ Merge: train the StM composer (paper §3.4, §4.1). A CogVideoX-I2V DiT reads [n
 latents (48 channels) and learns to rebuild the original clip from its split layers.
 
 Toy world, CPU (the default base model is the toy one shipped in assets/toy-base):
-    python data.py toy --out data/toy --clips 2048
+    python toy.py data --out data/toy --clips 2048
     python train.py --data data/toy --out runs/toy
     python train.py --data data/toy --preset toy-l --cache-latents --cache-dir runs/cache --steps 2800 --warmup 100 \\
         --lr 1e-3 --fg-noise -2.0 --flip-p 0 --crop-scale 0.8 1.25 --text-drop 0.1 --bg-noise-latent \\
@@ -17,7 +17,8 @@ One GPU, LoRA (lora.py: adapters on every block's attention, the patch projectio
 output OUT/lora/ in the diffusers LoRA format; --merge also writes OUT/transformer/):
     python train.py --model THUDM/CogVideoX-5b-I2V --data data/stm --lora 16 --lora-alpha 8 --lr 1e-4 --batch 1 \\
         --frames 49 --size 480 720 --warmup 100 --steps 20000 --bf16 --ac --cache-latents --out runs/stm5b-lora
-Resume: the same command plus --resume (continues from the newest complete checkpoint in --out/ckpt).
+Resume: the same command plus --resume (continues from the newest good checkpoint in --out/ckpt; an --out that holds
+a run is refused without it, and a recipe flag that differs from the run's args.json needs --resume-with-new-flags).
 Paper ablations (Table 4): --no-augment, --plain-loss, or both.
 
 Precision: the trainable weights and AdamW's state are fp32 whatever dtype the base checkpoint is stored in
@@ -27,9 +28,12 @@ in one process. The frozen VAE and T5 run in the compute dtype.
 
 Outputs in --out: log.jsonl, ckpt/step_NNNNNNN (distributed checkpoints), val/*.mp4, and at the end
 transformer/ (diffusers format, --save-dtype: sample.py --ckpt OUT, or CogVideoXTransformer3DModel.from_pretrained).
+A checkpoint counts as good once the step after it had a finite loss (its step.json says "good": true).
+What --resume trusts: a checkpoint's .metadata (a pickle) is loaded only if its sha256 matches the one step.json
+recorded at save time and every other pickled value only through torch.load(weights_only=True), which refuses a
+swapped or altered file but not someone who can rewrite step.json as well, so keep --out writable by you alone.
 """
 import argparse
-import contextlib
 import functools
 import hashlib
 import json
@@ -39,21 +43,26 @@ import shutil
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from safetensors import SafetensorError
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from tqdm import tqdm
 
-import data
+from plumbing.cli import BadInput, check_out_dir, run_cli
+from plumbing.dataset import LayeredClips
+from plumbing.video import IMAGE_EXTS, check_shape, probe, to_uint8, write_video
 import diffusion
 import lora
-import sample
-import weights
+import composer
+from plumbing import weights
+from plumbing.files import atomic_write_text
 from augment import Augment
-from data import BadInput
 from dit import DiT, DiTConfig, PRESETS
 from text import EmbeddingCache, T5Encoder, Tokenizer
 from vae import VAE
@@ -69,7 +78,7 @@ arg("--model", default=str(ROOT / "assets" / "toy-base"),
     help="base model: folder laid out like THUDM/CogVideoX-5b-I2V, or a hub id")
 arg("--preset", default=None, choices=list(PRESETS),
     help="train the composer from scratch with this DiT preset instead of widening --model's transformer (toy)")
-arg("--data", required=True, help="layered-clip dataset folder (data.py toy / decompose.py / the StM release's)")
+arg("--data", required=True, help="layered-clip dataset folder (toy.py data / decompose.py / the StM release's)")
 arg("--out", default="runs/stm", help="output folder: logs, checkpoints, final transformer/")
 arg("--frames", type=int, default=9, help="frames per clip (4k+1; 49 for CogVideoX)")
 arg("--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"), help="frame size (480 720 for CogVideoX)")
@@ -117,7 +126,12 @@ arg("--val-every", type=int, default=500, help="steps between validation videos 
 arg("--val-steps", type=int, default=50, help="sampler steps of validation videos (StM release: 50)")
 arg("--val-sampler", default="dpm", choices=["ddim", "dpm"], help="sampler of validation videos (StM release: dpm)")
 arg("--val-guidance", type=float, default=6.0, help="text guidance of validation videos (StM release: 6.0)")
-arg("--resume", action="store_true", help="continue from the newest complete checkpoint in --out/ckpt")
+arg("--resume", action="store_true", help="continue from the newest good checkpoint in --out/ckpt")
+arg("--resume-with-new-flags", action="store_true",
+    help="with --resume: continue although recipe flags (model, data, shape, optimiser, loss, noise, augmentation, "
+         "seed, ...) differ from the run's args.json, e.g. a lower --lr after a NaN; the new values apply from the "
+         "resumed step on. Without it such a resume is refused (--steps, --stop-at, logging, checkpoint, validation "
+         "and speed flags may always change)")
 arg("--stop-at", type=int, default=0, help="checkpoint and exit after this step (a job time limit); --resume continues")
 arg("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
 arg("--lora", type=int, default=0, metavar="RANK",
@@ -128,118 +142,182 @@ arg("--lora-ff", action="store_true", help="with --lora: also adapt the feed-for
 arg("--merge", action="store_true", help="with --lora: also write OUT/transformer/, the merged full composer")
 
 
+def main(a):
+    check_flags(a)                                                          # every flag, --out and --resume, first
+    run = setup_processes(a)
+    out, say = run.out, run.say
+
+    # --- data (checked before anything loads), frozen VAE and text encoder ------------------------
+    H, W = a.size
+    ds_full = open_dataset(a.data, a.frames, H, W, a.stride)
+    bad = check_clips(run, ds_full)
+    for i, why in list(bad.items())[:5]:
+        say(f"warning: --data clip {i} skipped: {why}")
+    if not ds_full.items:
+        raise BadInput(f"--data {a.data}: no usable clip ({len(bad)} unreadable; empty, or none passes its "
+                       "metadata.csv filter)")
+    say(f"data: {len(ds_full)} clips" + (f", {len(bad)} unusable ones skipped (listed in {out}/skipped.json)"
+                                         if bad else ""))
+    ds_val = open_dataset(a.data, a.frames, H, W, a.stride, split="val")
+    ds_val = ds_val if len(ds_val) else ds_full                             # the release's DAVIS clips, if any
+    vae, tok, t5 = frozen_models(run)
+    if run.master:
+        (out / "ckpt").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "args.json", json.dumps(vars(a), indent=2))
+        atomic_write_text(out / "skipped.json", json.dumps(bad, indent=1))
+    cache_root = Path(a.cache_dir) if a.cache_dir else out / "cache"
+    texts = EmbeddingCache(cache_root / "text", tok, t5, device=run.device, dtype=run.dtype)
+    texts([""])                                                             # the empty prompt (dropout, CFG)
+    cache, ds = None, ds_full
+    if a.cache_latents:
+        cache = latent_cache_dir(cache_root, ds_full.items, vae, a.frames, H, W, a.stride)
+        cache_latents(ds_full, vae, texts, cache, run.rank, run.world, run.device, run.dtype, run.master)
+        run.barrier()
+        t5.to("cpu")                                                        # every caption is cached now
+    augment = (Augment(flip_p=0, crop_p=0, jitter_p=0) if a.no_augment
+               else Augment(flip_p=a.flip_p, crop_p=a.crop_p, crop_scale=tuple(a.crop_scale)))
+    cond = Conditioner(vae, texts, augment, fg_noise=a.fg_noise, bg_noise=a.bg_noise, text_drop=a.text_drop,
+                       cache=cache, bg_noise_latent=a.bg_noise_latent)
+    if cache is not None:                                                   # only decode what the step still encodes
+        ds = open_dataset(a.data, a.frames, H, W, a.stride, skip=("video", "bg") if cond.cached_bg() else ("video",))
+        ds.items = ds_full.items
+
+    # --- the composer, its optimiser, resume ------------------------------------------------------
+    model = build_composer(a.model, a.preset, a.seed, a.ac, run.distributed, a.bf16, lora_spec(a)).to(run.device)
+    opt = make_optimizer(model, a.lr, a.betas, a.eps, a.wd)
+    n_params = sum(p.numel() for p in model.parameters())                  # DTensor numel is the global size
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    say(f"composer: {n_params / 1e6:.2f}M params, {n_train / 1e6:.3f}M trained (fp32 masters), world {run.world}, "
+        f"compute {run.dtype}, AC {a.ac}" + (f", LoRA rank {a.lora} alpha {lora_spec(a)[1]:g}" if a.lora else ""))
+    step = resume(run, model, opt) if a.resume else 0
+    train_loop(run, model, opt, cond, ds, ds_val, step)
+    if run.distributed:
+        dist.destroy_process_group()
+
+
+def train_loop(run, model, opt, cond, ds, ds_val, step):
+    """From `step` to --steps (or --stop-at): steps, logs, checkpoints (each confirmed good by the next step's finite
+    loss), validation, the export."""
+    a, sched = run.a, diffusion.Schedule()
+    n_params = sum(p.numel() for p in model.parameters())
+    model.train()
+    log = open_log(run, step)
+    t_last, losses = time.time(), []
+    unconfirmed = step or None                       # the checkpoint whose weights this step's loss tests, if any
+    bar = tqdm(total=a.steps, initial=step, desc="train", disable=not run.master, dynamic_ncols=True)
+    while step < a.steps:
+        lr = lr_at(step, a.lr, a.warmup, a.steps, a.min_lr)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        stats = torch.zeros(3, device=run.device)
+        for micro in range(a.grad_accum):
+            idx = batch_indices(len(ds), step, micro, run.rank, run.world, a.batch, a.grad_accum, a.seed)
+            b = collate(list(run.pool.map(ds.__getitem__, idx)))
+            g = gen(a.seed, step, run.rank, micro)
+            x0, fg, bg, text, mask_lat = cond(b, idx, g)                    # x0, fg, bg (B, 16, T', H', W')
+            t = sched.sample_t(len(idx), generator=g).to(run.device)
+            xt = sched.add_noise(x0, torch.randn(x0.shape, generator=g).to(x0), t)
+            if run.distributed:
+                model.set_requires_gradient_sync(micro == a.grad_accum - 1)   # reduce-scatter once per step
+            with run.autocast():
+                v = model(torch.cat([xt, fg, bg], 1), text, t)               # (B, 16, T', H', W')
+            x0_hat = sched.x0_from_v(xt.float(), v.float(), t)
+            w = sched.loss_weight(t).to(run.device)
+            if a.plain_loss:
+                loss = diffusion.plain_loss(x0_hat, x0, w)
+                fg_l = bg_l = loss.detach()
+            else:
+                loss, fg_l, bg_l = diffusion.identity_loss(x0_hat, x0.float(), mask_lat, w, a.alpha)
+            (loss / a.grad_accum).backward()
+            stats += torch.stack([loss.detach(), fg_l, bg_l]).float() / a.grad_accum
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip if a.clip > 0 else float("inf"))
+        if run.distributed:
+            dist.all_reduce(stats, op=dist.ReduceOp.AVG)
+        gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
+        if not torch.isfinite(stats).all() or not torch.isfinite(gnorm):
+            stop_not_finite(run, step, f"loss {stats.tolist()} / grad norm {gnorm.item()}", refute=unconfirmed)
+        if unconfirmed is not None:                  # finite weights can still be useless: good once this is finite
+            judge_checkpoint(run, unconfirmed, good=True)
+            unconfirmed = None
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        losses.append(stats[0].item())
+        if step % a.log_every == 0 or step == a.steps:
+            dt, t_last = (time.time() - t_last) / a.log_every, time.time()
+            rec = log_record(run, stats, gnorm, x0, text, step=step, lr=lr, dt=dt, n_params=n_params)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}")
+            if run.master:
+                tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+        if step % a.ckpt_every == 0 or step == a.steps or step == a.stop_at:
+            if not params_finite(model, run.distributed):                  # never save, or keep, a broken model
+                stop_not_finite(run, step, "the weights")
+            save_checkpoint(run, model, opt, step)
+            unconfirmed = step
+        if a.val_every and (step % a.val_every == 0 or step == a.steps):
+            validate(run, model, cond.vae, cond.texts, ds_val, step)
+        if step == a.stop_at:
+            run.say(f"stopping at step {step} as asked (--stop-at); continue with --resume")
+            break
+    bar.close()
+    if step == a.steps:
+        where = export(run, model, opt)
+        final = f"final loss {losses[-1]:.4f}" if losses else "nothing left to train"
+        run.say(f"done: {step} steps, {final}; {where}")
+    run.barrier()
+
+
 # ---------------------------------------------------------------------------------------------
-# Schedules and seeded draws
+# The run: flags, processes, output folder
 
 
-def lr_at(step, lr, warmup, steps, min_lr=0.0):
-    """Linear warm-up to lr, then cosine down to min_lr at `steps`."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    p = min(1.0, (step - warmup) / max(1, steps - warmup))
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * p))
+@dataclass
+class Run:
+    """What every part of a training run shares besides the models: the parsed flags `a`, this process's place in
+    the job (torchrun's rank and world; `distributed` when torchrun started it), its device, the compute dtype and
+    the threads that decode clips. The defaults are one CPU process."""
+    a: argparse.Namespace
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    distributed: bool = False
+    dtype: torch.dtype = torch.float32                  # compute dtype; the trained weights are fp32 masters always
+    pool: ThreadPoolExecutor = None                     # decoding releases the GIL
+
+    @property
+    def out(self):
+        return Path(self.a.out)
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    def say(self, *s):
+        if self.master:
+            print(*s, flush=True)
+
+    def barrier(self):
+        if self.distributed:
+            dist.barrier()
+
+    def gather(self, x):
+        """Every rank's `x`, on every rank."""
+        if not self.distributed:
+            return [x]
+        out = [None] * self.world
+        dist.all_gather_object(out, x)
+        return out
+
+    def autocast(self):
+        """One process: autocast to bf16 over the fp32 weights; under torchrun FSDP2 casts the parameters itself."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.a.bf16 and not self.distributed)
 
 
-def gen(*key):
-    """A generator seeded by (seed, step, rank, ...): draws never depend on the past, so resume is
-    exact. (hashlib, not hash(): Python salts str hashes per process.)"""
-    return torch.Generator().manual_seed(int(hashlib.sha256(repr(key).encode()).hexdigest()[:15], 16))
-
-
-@functools.lru_cache(maxsize=4)
-def epoch_order(n, seed, epoch):
-    return torch.randperm(n, generator=gen(seed, "epoch", epoch)).tolist()
-
-
-def batch_indices(n, step, micro, rank, world, batch, grad_accum, seed):
-    """Sample ids of one micro-batch: epochs are seeded permutations, consumed in global order, so the
-    ranks and micro-steps of one optimiser step read disjoint slices of it."""
-    first = step * batch * grad_accum * world + (micro * world + rank) * batch
-    return [epoch_order(n, seed, k // n)[k % n] for k in range(first, first + batch)]
-
-
-def noisy(x, mean, g):
-    """x + sigma * eps with sigma = exp(N(mean, 0.5)), one sigma per call (as StM and CogVideoX)."""
-    if mean == float("-inf"):
-        return x
-    sigma = math.exp(mean + 0.5 * torch.randn((), generator=g).item())
-    return x + sigma * torch.randn(x.shape, generator=g).to(x)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checking what the user gave, before any compute
-
-
-def check_flags(a):
-    """One line for a flag value that cannot work, before anything loads."""
-    msg = data.check_shape(a.frames, *a.size, "--frames/--size")
-    problems = [(msg, msg),
-                (min(a.steps, a.batch, a.grad_accum, a.ckpt_every, a.keep, a.log_every) < 1,
-                 "--steps, --batch, --grad-accum, --ckpt-every, --keep and --log-every must be at least 1"),
-                (not 0 < a.lr < float("inf"), f"--lr {a.lr}: need a positive, finite learning rate"),
-                (a.stride < 1, f"--stride {a.stride}: need at least 1"),
-                (not all(0 <= p <= 1 for p in (a.text_drop, a.flip_p, a.crop_p, a.alpha)),
-                 "--text-drop, --flip-p, --crop-p and --alpha are probabilities/weights in [0, 1]"),
-                (not 0 < a.crop_scale[0] <= a.crop_scale[1], f"--crop-scale {a.crop_scale}: need 0 < LO <= HI"),
-                (a.val_every < 0 or a.val_steps < 1 or a.val_guidance < 0,
-                 "--val-every >= 0, --val-steps >= 1 and --val-guidance >= 0 are needed"),
-                (a.stop_at < 0, f"--stop-at {a.stop_at}: need a step >= 0"),
-                (a.lora < 0 or (a.lora_alpha is not None and not a.lora_alpha > 0),
-                 "--lora RANK >= 1 (0: off) and --lora-alpha > 0 are needed"),
-                (a.lora and a.preset, "--lora adapts --model's transformer; it cannot start from --preset"),
-                ((a.lora_ff or a.merge or a.lora_alpha is not None) and not a.lora,
-                 "--lora-alpha, --lora-ff and --merge go with --lora RANK")]
-    for bad, text in problems:
-        if bad:
-            raise BadInput(text)
-    if a.resume and not complete_checkpoints(a.out):
-        raise BadInput(f"--resume: no complete checkpoint in {Path(a.out) / 'ckpt'} (is --out right? a new run "
-                       "needs no --resume)")
-
-
-def open_dataset(root, frames, H, W, stride, split="train", skip=()):
-    try:
-        return data.LayeredClips(root, frames=frames, size=(H, W), stride=stride, split=split, skip=skip)
-    except (FileNotFoundError, ValueError) as e:
-        raise BadInput(f"--data {e}") from None
-
-
-def clip_problem(item, frames, stride):
-    """-> None, or why one clip cannot be read at `frames` frames (its files are probed, not decoded)."""
-    need = (frames - 1) * stride + 1
-    for key in ("video", "fg", "bg", "mask"):
-        try:
-            n, _ = data.probe(item[key])
-        except (FileNotFoundError, ValueError) as e:
-            return f"{key}: {e}"
-        if n < need:
-            return f"{key}: {item[key]} has {n} frames, {need} are needed (--frames {frames} --stride {stride})"
-    return None
-
-
-def check_clips(ds, frames, stride, rank, world, pool, gather):
-    """Probe every clip's files (this rank's share, in the decode threads) and drop the unusable ones from `ds`,
-    the same ones on every rank -> {index: why}. A missing file then never stops training mid-run."""
-    mine = [i for i in range(len(ds)) if i % world == rank]
-    why = dict(zip(mine, pool.map(lambda i: clip_problem(ds.items[i], frames, stride), mine)))
-    bad = {i: w for part in gather({i: w for i, w in why.items() if w}) for i, w in part.items()}
-    ds.items = [it for i, it in enumerate(ds.items) if i not in bad]
-    return bad
-
-
-# ---------------------------------------------------------------------------------------------
-# Processes, models, data
-
-
-def gather_objects(world, x):
-    """Every rank's `x`, on every rank."""
-    out = [None] * world
-    dist.all_gather_object(out, x)
-    return out
-
-
-def setup_processes(threads):
-    """-> (rank, world, device, distributed). torchrun sets RANK; a plain `python train.py` is one process."""
+def setup_processes(a):
+    """-> the Run. torchrun sets RANK; a plain `python train.py` is one process."""
     distributed = "RANK" in os.environ
     cuda = torch.cuda.is_available()
     if distributed:
@@ -249,9 +327,172 @@ def setup_processes(threads):
     if cuda:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    if threads:
-        torch.set_num_threads(threads)
-    return rank, world, device, distributed
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    return Run(a, rank, world, device, distributed, dtype=torch.bfloat16 if a.bf16 else torch.float32,
+               pool=ThreadPoolExecutor(max(1, a.workers)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking what the user gave, before any compute
+
+
+# Flags that change how a run goes, not what it trains: a --resume may change them freely. Any other flag is part
+# of the recipe, and a resume that changes one needs --resume-with-new-flags.
+NOT_RECIPE = {"out", "steps", "stop_at", "threads", "workers", "log_every", "ckpt_every", "keep", "val_every",
+              "val_steps", "val_sampler", "val_guidance", "cache_dir", "ac", "save_dtype", "merge", "resume",
+              "resume_with_new_flags"}
+MAX_NOISE = 2.0          # sigma ~ e^2 = 7.4 on [-1, 1] pixels: the layer is gone under the noise
+
+
+def check_flags(a):
+    """One line for a flag value that cannot work, or an --out that cannot take this run, before anything loads."""
+    inf = float("inf")
+    msg = check_shape(a.frames, *a.size, "--frames/--size")
+    problems = [(msg, msg),
+                (min(a.steps, a.batch, a.grad_accum, a.ckpt_every, a.keep, a.log_every) < 1,
+                 "--steps, --batch, --grad-accum, --ckpt-every, --keep and --log-every must be at least 1"),
+                (not 0 < a.lr < inf, f"--lr {a.lr}: need a positive, finite learning rate"),
+                (not 0 <= a.min_lr <= a.lr, f"--min-lr {a.min_lr}: need 0 <= --min-lr <= --lr ({a.lr})"),
+                (a.warmup < 0, f"--warmup {a.warmup}: need 0 or more steps"),
+                (not all(0 <= b < 1 for b in a.betas), f"--betas {a.betas}: each must lie in [0, 1)"),
+                (not 0 < a.eps < inf, f"--eps {a.eps}: need a positive, finite epsilon"),
+                (not 0 <= a.wd < inf, f"--wd {a.wd}: need a finite weight decay >= 0"),
+                (not a.clip >= 0, f"--clip {a.clip}: need a norm >= 0 (0: off)"),
+                (a.stride < 1, f"--stride {a.stride}: need at least 1"),
+                (not all(0 <= p <= 1 for p in (a.text_drop, a.flip_p, a.crop_p, a.alpha)),
+                 "--text-drop, --flip-p, --crop-p and --alpha are probabilities/weights in [0, 1]"),
+                (not 0 < a.crop_scale[0] <= a.crop_scale[1] < inf, f"--crop-scale {a.crop_scale}: need 0 < LO <= HI"),
+                (a.val_every < 0 or a.val_steps < 1 or not 0 <= a.val_guidance < inf,
+                 "--val-every >= 0, --val-steps >= 1 and a finite --val-guidance >= 0 are needed"),
+                (a.stop_at < 0, f"--stop-at {a.stop_at}: need a step >= 0"),
+                (min(a.threads, a.workers) < 0, "--threads and --workers need 0 or more (0: the default)"),
+                (not 0 <= a.seed < 2**63, f"--seed {a.seed}: need 0 <= seed < 2^63"),
+                (a.lora < 0 or (a.lora_alpha is not None and not 0 < a.lora_alpha < inf),
+                 "--lora RANK >= 1 (0: off) and a finite --lora-alpha > 0 are needed"),
+                (a.lora and a.preset, "--lora adapts --model's transformer; it cannot start from --preset"),
+                ((a.lora_ff or a.merge or a.lora_alpha is not None) and not a.lora,
+                 "--lora-alpha, --lora-ff and --merge go with --lora RANK"),
+                (a.resume_with_new_flags and not a.resume, "--resume-with-new-flags goes with --resume")]
+    for bad, text in problems:
+        if bad:
+            raise BadInput(text)
+    for flag, mean in (("--fg-noise", a.fg_noise), ("--bg-noise", a.bg_noise)):
+        if not (mean == -inf or (math.isfinite(mean) and mean <= MAX_NOISE)):
+            raise BadInput(f"{flag} {mean}: sigma = exp(N({mean}, 0.5)) on [-1, 1] pixels needs a finite mean <= "
+                           f"{MAX_NOISE:g} (sigma ~ {math.exp(MAX_NOISE):.1f}) or -inf (none); the StM release uses "
+                           "--fg-noise -1.0 --bg-noise -3.0")
+    check_out_dir(a.out)
+    if a.cache_dir:
+        check_out_dir(a.cache_dir, "--cache-dir")
+    check_out(a)
+
+
+def check_out(a):
+    """--out holds no other run (else --resume is needed: a new run there would replace its checkpoints, log, args
+    and export); with --resume, the run is before --steps and --stop-at and trained the same recipe."""
+    out = Path(a.out)
+    done = complete_checkpoints(out) or [p for p in (out / "transformer", out / "lora") if p.exists()]
+    if not a.resume:
+        if done:
+            raise BadInput(f"--out {a.out} holds another run ({done[-1].relative_to(out)}); --resume to continue "
+                           "it, or another --out")
+        return
+    usable = [ck for ck in complete_checkpoints(out) if checkpoint_record(ck).get("good") is not False]
+    if not usable:
+        raise BadInput(f"--resume: no complete checkpoint in {out / 'ckpt'} (is --out right? a new run "
+                       "needs no --resume)")
+    at = checkpoint_record(usable[-1])["step"]
+    if a.steps < at:
+        raise BadInput(f"--steps {a.steps}: the run in --out {a.out} is at step {at} already; --steps {at} or more "
+                       "continues it")
+    if a.stop_at and a.stop_at <= at:
+        raise BadInput(f"--stop-at {a.stop_at}: the run in --out {a.out} is at step {at} already; stop after it, "
+                       "or leave --stop-at out")
+    changed = recipe_changes(a, out)
+    if changed and not a.resume_with_new_flags:
+        raise BadInput(f"--resume: {'; '.join(changed)} (was -> now) differ from {out / 'args.json'}; give the "
+                       "run's values, or add --resume-with-new-flags to continue with the new ones")
+
+
+def recipe_changes(a, out):
+    """The recipe flags whose value differs from the run's args.json, as '--flag old -> new'."""
+    p = Path(out) / "args.json"
+    old = json.loads(p.read_text()) if p.exists() else {}
+    now = json.loads(json.dumps(vars(a)))                  # compared as args.json stores them (tuples as lists)
+    return [f"--{k.replace('_', '-')} {old[k]} -> {v}" for k, v in now.items()
+            if k in old and k not in NOT_RECIPE and old[k] != v]
+
+
+def open_dataset(root, frames, H, W, stride, split="train", skip=()):
+    try:
+        return LayeredClips(root, frames=frames, size=(H, W), stride=stride, split=split, skip=skip)
+    except (FileNotFoundError, ValueError) as e:
+        raise BadInput(f"--data {e}") from None
+
+
+def clip_problem(item, frames, stride):
+    """-> None, or why one clip cannot be read at `frames` frames: a layer is missing, unreadable or too short, or
+    two layers that the step reads frame for frame (fg and mask, video and bg) differ in frames or size. Read from
+    the files' headers, not decoded."""
+    need = (frames - 1) * stride + 1
+    shape = {}
+    for key in ("video", "fg", "bg", "mask"):
+        try:
+            n, _ = probe(item[key])
+        except (FileNotFoundError, ValueError) as e:
+            return f"{key}: {e}"
+        if n < need:
+            return f"{key}: {item[key]} has {n} frames, {need} are needed (--frames {frames} --stride {stride})"
+        shape[key] = (n, *frame_size(item[key]))
+    for x, y in (("fg", "mask"), ("video", "bg")):
+        if shape[x] != shape[y]:
+            return (f"{x} {item[x]} is {'x'.join(map(str, shape[x]))} but {y} {item[y]} is "
+                    f"{'x'.join(map(str, shape[y]))} (frames x H x W); the layers of a clip must match")
+    return None
+
+
+def frame_size(path):
+    """(H, W) of a video file or frame folder from its stream header (a folder: its first frame's)."""
+    p = Path(path)
+    first = min(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS) if p.is_dir() else p
+    with av.open(str(first)) as c:
+        s = c.streams.video[0]
+        return s.height, s.width
+
+
+def check_clips(run, ds):
+    """Probe every clip's files (this rank's share, in the decode threads) and drop the unusable ones from `ds`,
+    the same ones on every rank -> {index: why}. A missing or mismatched file then never stops training mid-run."""
+    a = run.a
+    mine = [i for i in range(len(ds)) if i % run.world == run.rank]
+    why = dict(zip(mine, run.pool.map(lambda i: clip_problem(ds.items[i], a.frames, a.stride), mine)))
+    bad = {i: w for part in run.gather({i: w for i, w in why.items() if w}) for i, w in part.items()}
+    ds.items = [it for i, it in enumerate(ds.items) if i not in bad]
+    return bad
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and data
+
+
+def frozen_models(run):
+    """The base model's VAE, tokenizer and T5 (frozen, in the compute dtype)."""
+    a, device, dtype = run.a, run.device, run.dtype
+    try:
+        vae = VAE.from_pretrained(a.model, dtype=dtype, device=device).requires_grad_(False)
+        cfg = PRESETS[a.preset] if a.preset else weights.read_config(weights.resolve(a.model, "transformer"),
+                                                                      DiTConfig)
+        tok = Tokenizer.from_pretrained(a.model, max_length=cfg.max_text_seq_length)
+        t5 = T5Encoder.from_pretrained(a.model, dtype=dtype, device=device).requires_grad_(False)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        raise BadInput(f"--model {a.model}: {e}") from None
+    return vae, tok, t5
+
+
+def lora_spec(a):
+    """--lora, --lora-alpha, --lora-ff -> (rank, alpha, targets), or None without --lora."""
+    return (a.lora, a.lora_alpha or float(a.lora), lora.ATTN + (lora.FF if a.lora_ff else ())) if a.lora else None
 
 
 def build_composer(model_path, preset, seed, ac, shard, bf16, lora_spec=None):
@@ -290,11 +531,6 @@ def make_optimizer(model, lr, betas, eps, wd):
                              lr=lr, betas=tuple(betas), eps=eps, foreach=True)
 
 
-def collate(items):
-    return {k: (torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items])
-            for k in items[0]}
-
-
 def latent_cache_dir(cache_root, items, vae, frames, H, W, stride):
     """One folder per (clips, VAE weights, clip shape): another VAE, or a clip list or clip file that changed
     since, never reads stale latents. Clip files are keyed by path, size and modification time (not read)."""
@@ -326,9 +562,9 @@ class Conditioner:
     """A batch of clips -> the training inputs: x0 (the clip's latent, a posterior sample), the fg latent of the
     augmented, noised fg layer times its latent mask, the bg latent of the noised bg layer, the text embedding
     (empty with probability text_drop) and the un-augmented latent mask for the identity loss. The same layout
-    as sample.compose: [noisy | fg * mask | bg], latents times the VAE's scaling factor."""
+    as composer.compose: [noisy | fg * mask | bg], latents times the VAE's scaling factor."""
 
-    def __init__(self, vae, texts, augment, fg_noise, bg_noise, text_drop, cache=None, bg_noise_latent=False):
+    def __init__(self, vae, texts, augment, *, fg_noise, bg_noise, text_drop, cache=None, bg_noise_latent=False):
         self.vae, self.texts, self.augment, self.cache = vae, texts, augment, cache
         self.fg_noise, self.bg_noise, self.text_drop = fg_noise, bg_noise, text_drop
         self.bg_noise_latent = bg_noise_latent
@@ -367,13 +603,174 @@ class Conditioner:
         return x0, fg, bg, self.texts(caps), self.lmask(b["mask"])
 
 
+def noisy(x, mean, g):
+    """x + sigma * eps with sigma = exp(N(mean, 0.5)), one sigma per call (as StM and CogVideoX)."""
+    if mean == float("-inf"):
+        return x
+    sigma = math.exp(mean + 0.5 * torch.randn((), generator=g).item())
+    return x + sigma * torch.randn(x.shape, generator=g).to(x)
+
+
 # ---------------------------------------------------------------------------------------------
-# Checkpoints: torch.distributed.checkpoint folders, written as step_N.tmp and renamed when complete
+# Schedules and seeded draws
+
+
+def lr_at(step, lr, warmup, steps, min_lr=0.0):
+    """Linear warm-up to lr, then cosine down to min_lr at `steps`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * p))
+
+
+def gen(*key):
+    """A generator seeded by (seed, step, rank, ...): draws never depend on the past, so resume is
+    exact. (hashlib, not hash(): Python salts str hashes per process.)"""
+    return torch.Generator().manual_seed(int(hashlib.sha256(repr(key).encode()).hexdigest()[:15], 16))
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(n, seed, epoch):
+    return torch.randperm(n, generator=gen(seed, "epoch", epoch)).tolist()
+
+
+def batch_indices(n, step, micro, rank, world, batch, grad_accum, seed):
+    """Sample ids of one micro-batch: epochs are seeded permutations, consumed in global order, so the
+    ranks and micro-steps of one optimiser step read disjoint slices of it."""
+    first = step * batch * grad_accum * world + (micro * world + rank) * batch
+    return [epoch_order(n, seed, k // n)[k % n] for k in range(first, first + batch)]
+
+
+def collate(items):
+    return {k: (torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items])
+            for k in items[0]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs, validation, the export
+
+
+def open_log(run, step):
+    """log.jsonl for appending (master), cut back to the records up to `step` first: a resumed run redoes the steps
+    after its checkpoint, and a fresh one starts over a run that died before its first checkpoint."""
+    if not run.master:
+        return None
+    p, keep = run.out / "log.jsonl", []
+    for line in p.read_text().splitlines() if p.exists() else []:
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line + "\n")
+        except (ValueError, KeyError, TypeError):                     # a torn last line
+            pass
+    atomic_write_text(p, "".join(keep))
+    return open(p, "a")
+
+
+def log_record(run, stats, gnorm, x0, text, *, step, lr, dt, n_params):
+    """One log line: losses (total, fg, bg), lr, grad norm and speed; on a GPU also peak memory and MFU."""
+    samples = run.a.batch * run.a.grad_accum * run.world
+    rec = {"step": step, "loss": stats[0].item(), "loss_fg": stats[1].item(), "loss_bg": stats[2].item(),
+           "lr": lr, "grad_norm": gnorm.item(), "s_per_step": dt, "samples_per_s": samples / dt}
+    if run.device.type == "cuda":
+        rec["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        tokens = x0.shape[2] * x0.shape[3] * x0.shape[4] // 4 + text.shape[1]
+        flops = 6 * n_params * tokens * samples                             # matmul FLOPs, fwd + bwd (no attention)
+        rec["mfu"] = flops / dt / (989e12 * run.world)                      # of H100 bf16 dense peak
+    return rec
+
+
+@torch.no_grad()
+def validate(run, model, vae, texts, ds, step):
+    """Compose held-out pairs (fg of clip i, bg of clip i+1) with composer.compose and the recipe's sampler
+    settings, and write fg | bg | result videos."""
+    a = run.a
+    idx = [0, 1][:len(ds)]
+    b = collate([ds[i] for i in idx])
+    bg = b["bg"].roll(1, 0)
+    model.eval()
+    with run.autocast():
+        video = composer.compose(model, vae, texts, b["fg"], bg, b["mask"], b["caption"], steps=a.val_steps,
+                                 sampler=a.val_sampler, guidance=a.val_guidance, seed=a.seed, device=run.device,
+                                 dtype=run.dtype)
+    model.train()
+    if run.master:
+        for j in range(len(idx)):
+            grid = torch.cat([b["fg"][j], bg[j], video[j]], -1)
+            write_video(run.out / "val" / f"step{step:07d}_{j}.mp4", to_uint8(grid), fps=8)
+
+
+def export(run, model, opt):
+    """The trained composer, gathered from the shards on rank 0 -> where it went (for the last log line): the
+    diffusers format in OUT/transformer/ (--save-dtype), or with --lora the adapter in OUT/lora/ (PEFT names, fp32;
+    the patch projection; lora_config.json) and with --merge also the merged composer, loaded the way sample.py
+    loads it, in OUT/transformer/. A failed write is one line naming the folder; the last checkpoint holds the run."""
+    a, out = run.a, run.out
+    dtype = DTYPES[a.save_dtype or ("fp32" if a.preset else "bf16")]
+    folder = out / ("lora" if a.lora else "transformer")
+    try:
+        if a.lora:
+            full, _ = get_state_dict(model, opt, options=trained_only(model, full_state_dict=True, cpu_offload=True))
+            if run.master:
+                lora.save_adapter(full, folder, lora.lora_config(*lora_spec(a), a.model))
+                if a.merge:
+                    folder = out / "transformer"
+                    lora.write_merged(out / "lora", a.model, folder, dtype)
+        else:
+            full, _ = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if run.master:
+                model.save_pretrained(folder, max_shard_bytes=5 * 2**30,
+                                      state_dict={k: v.to(dtype) for k, v in full.items()})
+    except (OSError, SafetensorError) as e:
+        raise BadInput(f"--out: could not write {folder} ({one_line(e)}); disk full or not writable? The last "
+                       "checkpoint holds the run: make room, then --resume writes it again") from None
+    run.barrier()
+    where = f"composer in {out / 'transformer'} ({dtype})"
+    return f"LoRA in {out / 'lora'} (fp32)" + (f", merged {where}" if a.merge else "") if a.lora else where
+
+
+def one_line(e):
+    """An error, and the one under DCP's wrapper, as one short line."""
+    if isinstance(e, dcp.CheckpointException):
+        e = next(iter(e.failures.values()))[0]
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+
+
+def stop_not_finite(run, step, what, refute=None):
+    """Stop on a non-finite loss or weights. The checkpoint whose weights gave that loss (`refute`, the step saved
+    just before, unless a finite loss confirmed it) is marked bad: this message and --resume name the newest good."""
+    if refute is not None:
+        judge_checkpoint(run, refute, good=False)
+    good = [ck for ck in complete_checkpoints(run.out) if checkpoint_record(ck).get("good")]
+    run.say(f"step {step}: {what} is not finite; stopping. The last good checkpoint is "
+            f"{good[-1] if good else 'none'} (--resume continues from it; with --resume-with-new-flags, at a "
+            "lower --lr).")
+    raise SystemExit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: torch.distributed.checkpoint folders, written as step_N.tmp and renamed when complete; step.json
+# holds the step, the sha256 of DCP's .metadata (a pickle) and whether the step after it had a finite loss ("good")
 
 
 def complete_checkpoints(out):
     d = Path(out) / "ckpt"
     return sorted(p for p in d.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")) if d.exists() else []
+
+
+def checkpoint_record(ck):
+    """{step, metadata_sha256, good} of a checkpoint; good is None until the next step's loss is known."""
+    try:
+        return json.loads((Path(ck) / "step.json").read_text())
+    except (OSError, ValueError):
+        return {"step": int(Path(ck).name.split("_")[1])}                  # unreadable: no digest matches it
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def params_finite(model, distributed):
@@ -384,25 +781,52 @@ def params_finite(model, distributed):
     return bool(ok.item())
 
 
-def save_checkpoint(model, opt, out, step, keep, master, barrier):
-    """Written as step_N.tmp, renamed when complete; pruned to the newest `keep` (callers save finite weights
-    only, so pruning never removes the last good one)."""
-    final = Path(out) / "ckpt" / f"step_{step:07d}"
+def save_checkpoint(run, model, opt, step):
+    """Written as step_N.tmp, renamed when complete. A failed write (a full disk) removes the .tmp and stops in one
+    line naming it; the older checkpoints are untouched."""
+    final = run.out / "ckpt" / f"step_{step:07d}"
     tmp = final.with_name(final.name + ".tmp")
-    if master and tmp.exists():
+    if run.master and tmp.exists():
         shutil.rmtree(tmp)
-    barrier()
+    run.barrier()
     msd, osd = get_state_dict(model, opt, options=trained_only(model))
-    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
-    barrier()
-    if master:                                          # rename last: a crash mid-save leaves only a .tmp
-        weights.atomic_write_text(tmp / "step.json", json.dumps({"step": step}))
-        if final.exists():                              # the same step again, after a resume from an older one
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in complete_checkpoints(out)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    barrier()
+    try:
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
+        run.barrier()
+        if run.master:                                  # rename last: a crash mid-save leaves only a .tmp
+            record = {"step": step, "metadata_sha256": sha256(tmp / ".metadata"), "good": None}
+            atomic_write_text(tmp / "step.json", json.dumps(record))
+            if final.exists():                          # the same step again, after a resume from an older one
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except (OSError, dcp.CheckpointException) as e:
+        if run.master:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise BadInput(f"--out: could not write checkpoint {tmp} ({one_line(e)}); disk full or not writable? The "
+                       "older checkpoints are intact: make room, then --resume") from None
+    if run.master:
+        prune(run.out, run.a.keep)
+    run.barrier()
+
+
+def judge_checkpoint(run, step, good):
+    """Record in step_N/step.json whether the step after it had a finite loss (once), then prune."""
+    ck = run.out / "ckpt" / f"step_{step:07d}"
+    if run.master and ck.is_dir():
+        record = checkpoint_record(ck)
+        if record.get("good") is None:
+            atomic_write_text(ck / "step.json", json.dumps({**record, "good": good}))
+        prune(run.out, run.a.keep)
+
+
+def prune(out, keep):
+    """Keep the newest `keep` checkpoints and the newest good one: the newest can hold finite but useless weights
+    (a step at too high a learning rate) until the next step's loss tells."""
+    cks = complete_checkpoints(out)
+    good = [ck for ck in cks if checkpoint_record(ck).get("good")]
+    for ck in cks[:-keep]:
+        if ck not in good[-1:]:
+            shutil.rmtree(ck, ignore_errors=True)
 
 
 def trained_only(model, **kw):
@@ -412,245 +836,54 @@ def trained_only(model, **kw):
     return StateDictOptions(ignore_frozen_params=frozen, strict=not frozen, **kw)
 
 
+class WeightsOnlyPlanner(dcp.DefaultLoadPlanner):
+    """DCP's loader, except that a pickled non-tensor value (the optimiser's settings) must first load with
+    torch.load(weights_only=True), which builds plain data only: a crafted value cannot run code."""
+
+    def load_bytes(self, read_item, value):
+        torch.load(value, weights_only=True)
+        value.seek(0)
+        super().load_bytes(read_item, value)
+
+
 def load_checkpoint(model, opt, ck):
-    """Fill model and optimiser (sharded or not) from a checkpoint folder -> its step."""
+    """Fill model and optimiser (sharded or not) from a checkpoint folder -> its step. Its .metadata, a pickle, is
+    read only if it is the file this run saved (the sha256 in step.json)."""
+    record = checkpoint_record(ck)
+    meta = Path(ck) / ".metadata"
+    if not meta.exists() or record.get("metadata_sha256") != sha256(meta):
+        raise BadInput(f"--resume: {meta} is not the file saved with {ck} (its sha256 differs from the one in "
+                       "step.json, or step.json has none); it is a pickle, so it is not loaded: delete that "
+                       "checkpoint to resume from an older one")
     msd, osd = get_state_dict(model, opt, options=trained_only(model))
     state = {"model": msd, "optim": osd}
-    dcp.load(state, checkpoint_id=str(ck))                      # fails on any key the checkpoint lacks
+    dcp.load(state, checkpoint_id=str(ck), planner=WeightsOnlyPlanner())    # fails on any key the checkpoint lacks
     set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=trained_only(model))
-    return json.loads((Path(ck) / "step.json").read_text())["step"]
+    return record["step"]
 
 
-def resume(model, opt, out, distributed, say):
-    """Newest complete checkpoint that loads and holds finite weights; any other is skipped, and said so -> its
-    step."""
-    for ck in reversed(complete_checkpoints(out)):
+def resume(run, model, opt):
+    """The newest complete checkpoint that is not known bad, loads and holds finite weights; any other is skipped,
+    and said so -> its step."""
+    for ck in reversed(complete_checkpoints(run.out)):
+        if checkpoint_record(ck).get("good") is False:
+            run.say(f"warning: skipping checkpoint {ck}: the step after it had a non-finite loss")
+            continue
         try:
             step = load_checkpoint(model, opt, ck)
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, BadInput):
             raise
         except BaseException as e:                      # a torn or corrupt file (DCP's own error is a BaseException)
-            say(f"warning: skipping checkpoint {ck}: it does not load ({type(e).__name__}: {str(e)[:200]})")
+            run.say(f"warning: skipping checkpoint {ck}: it does not load ({type(e).__name__}: {str(e)[:200]})")
             continue
-        if not params_finite(model, distributed):
-            say(f"warning: skipping checkpoint {ck}: its weights are not finite")
+        if not params_finite(model, run.distributed):
+            run.say(f"warning: skipping checkpoint {ck}: its weights are not finite")
             continue
-        say(f"resumed from {ck} at step {step}")
+        run.say(f"resumed from {ck} at step {step}")
         return step
-    raise BadInput(f"--resume: none of the checkpoints in {Path(out) / 'ckpt'} loads; see the warnings above")
-
-
-def export(model, opt, folder, dtype, master):
-    """The consolidated composer in the diffusers format, in `dtype` (gathered from the shards on rank 0)."""
-    full, _ = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if master:
-        model.save_pretrained(folder, max_shard_bytes=5 * 2**30, state_dict={k: v.to(dtype) for k, v in full.items()})
-
-
-def export_lora(model, opt, out, a, dtype, master, barrier):
-    """A --lora run's output: OUT/lora/ (adapter under PEFT names, fp32; the patch projection; lora_config.json),
-    and with --merge also OUT/transformer/, the merged composer in `dtype`, loaded the way sample.py loads it."""
-    full, _ = get_state_dict(model, opt, options=trained_only(model, full_state_dict=True, cpu_offload=True))
-    if master:
-        lora.save_adapter(full, out / "lora", lora.lora_config(*lora_spec(a), a.model))
-        if a.merge:
-            lora.write_merged(out / "lora", a.model, out / "transformer", dtype)
-    barrier()
-
-
-def lora_spec(a):
-    """--lora, --lora-alpha, --lora-ff -> (rank, alpha, targets), or None without --lora."""
-    return (a.lora, a.lora_alpha or float(a.lora), lora.ATTN + (lora.FF if a.lora_ff else ())) if a.lora else None
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def validate(model, vae, texts, ds, out, step, a, device, dtype, autocast, master):
-    """Compose held-out pairs (fg of clip i, bg of clip i+1) with sample.py's compose and the recipe's sampler
-    settings, and write fg | bg | result videos."""
-    idx = [0, 1][:len(ds)]
-    b = collate([ds[i] for i in idx])
-    bg = b["bg"].roll(1, 0)
-    model.eval()
-    with autocast():
-        video = sample.compose(model, vae, texts, b["fg"], bg, b["mask"], b["caption"], steps=a.val_steps,
-                               sampler=a.val_sampler, guidance=a.val_guidance, seed=a.seed, device=device, dtype=dtype)
-    model.train()
-    if master:
-        for j in range(len(idx)):
-            grid = torch.cat([b["fg"][j], bg[j], video[j]], -1)
-            data.write_video(Path(out) / "val" / f"step{step:07d}_{j}.mp4", data.to_uint8(grid), fps=8)
-
-
-def frozen_models(a, device, dtype):
-    """The base model's VAE, tokenizer and T5 (frozen, in the compute dtype) and the composer's config."""
-    try:
-        vae = VAE.from_pretrained(a.model, dtype=dtype, device=device).requires_grad_(False)
-        cfg = PRESETS[a.preset] if a.preset else weights.read_config(weights.resolve(a.model, "transformer"),
-                                                                      DiTConfig)
-        tok = Tokenizer.from_pretrained(a.model, max_length=cfg.max_text_seq_length)
-        t5 = T5Encoder.from_pretrained(a.model, dtype=dtype, device=device).requires_grad_(False)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-        raise BadInput(f"--model {a.model}: {e}") from None
-    return vae, tok, t5
-
-
-def log_record(step, stats, lr, gnorm, dt, a, world, n_params, x0, text, device):
-    rec = {"step": step, "loss": stats[0].item(), "loss_fg": stats[1].item(), "loss_bg": stats[2].item(),
-           "lr": lr, "grad_norm": gnorm.item(), "s_per_step": dt, "samples_per_s": a.batch * a.grad_accum * world / dt}
-    if device.type == "cuda":
-        rec["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-        tokens = x0.shape[2] * x0.shape[3] * x0.shape[4] // 4 + text.shape[1]
-        flops = 6 * n_params * tokens * a.batch * a.grad_accum * world     # matmul FLOPs, fwd + bwd (no attention)
-        rec["mfu"] = flops / dt / (989e12 * world)                         # of H100 bf16 dense peak
-    return rec
-
-
-def main(a):
-    check_flags(a)
-    rank, world, device, distributed = setup_processes(a.threads)
-    master = rank == 0
-    say = (lambda *s: print(*s, flush=True)) if master else (lambda *s: None)
-    barrier = dist.barrier if distributed else (lambda: None)
-    gather = functools.partial(gather_objects, world) if distributed else (lambda x: [x])
-    out = Path(a.out)
-    cdtype = torch.bfloat16 if a.bf16 else torch.float32
-    # one process: autocast to bf16 over fp32 weights; FSDP2 casts the parameters itself
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.bf16 and not distributed)
-    pool = ThreadPoolExecutor(max(1, a.workers))                            # decoding releases the GIL
-
-    # --- data (checked before anything loads), frozen VAE and text encoder ------------------------
-    H, W = a.size
-    ds_full = open_dataset(a.data, a.frames, H, W, a.stride)
-    bad = check_clips(ds_full, a.frames, a.stride, rank, world, pool, gather)
-    for i, why in list(bad.items())[:5]:
-        say(f"warning: --data clip {i} skipped: {why}")
-    if not ds_full.items:
-        raise BadInput(f"--data {a.data}: no usable clip ({len(bad)} unreadable; empty, or none passes its "
-                       "metadata.csv filter)")
-    say(f"data: {len(ds_full)} clips" + (f", {len(bad)} unusable ones skipped (listed in {out}/skipped.json)"
-                                         if bad else ""))
-    ds_val = open_dataset(a.data, a.frames, H, W, a.stride, split="val")
-    ds_val = ds_val if len(ds_val) else ds_full                             # the release's DAVIS clips, if any
-    vae, tok, t5 = frozen_models(a, device, cdtype)
-    if master:
-        (out / "ckpt").mkdir(parents=True, exist_ok=True)
-        weights.atomic_write_text(out / "args.json", json.dumps(vars(a), indent=2))
-        weights.atomic_write_text(out / "skipped.json", json.dumps(bad, indent=1))
-    cache_root = Path(a.cache_dir) if a.cache_dir else out / "cache"
-    texts = EmbeddingCache(cache_root / "text", tok, t5, device=device, dtype=cdtype)
-    texts([""])                                                             # the empty prompt (dropout, CFG)
-    cache, ds = None, ds_full
-    if a.cache_latents:
-        cache = latent_cache_dir(cache_root, ds_full.items, vae, a.frames, H, W, a.stride)
-        cache_latents(ds_full, vae, texts, cache, rank, world, device, cdtype, master)
-        barrier()
-        t5.to("cpu")                                                        # every caption is cached now
-    augment = (Augment(flip_p=0, crop_p=0, jitter_p=0) if a.no_augment
-               else Augment(flip_p=a.flip_p, crop_p=a.crop_p, crop_scale=tuple(a.crop_scale)))
-    cond = Conditioner(vae, texts, augment, a.fg_noise, a.bg_noise, a.text_drop, cache, a.bg_noise_latent)
-    if cache is not None:                                                   # only decode what the step still encodes
-        ds = open_dataset(a.data, a.frames, H, W, a.stride, skip=("video", "bg") if cond.cached_bg() else ("video",))
-        ds.items = ds_full.items
-
-    # --- the composer, its optimiser, resume ------------------------------------------------------
-    model = build_composer(a.model, a.preset, a.seed, a.ac, distributed, a.bf16, lora_spec(a)).to(device)
-    opt = make_optimizer(model, a.lr, a.betas, a.eps, a.wd)
-    n_params = sum(p.numel() for p in model.parameters())                  # DTensor numel is the global size
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    say(f"composer: {n_params / 1e6:.2f}M params, {n_train / 1e6:.3f}M trained (fp32 masters), world {world}, "
-        f"compute {cdtype}, AC {a.ac}" + (f", LoRA rank {a.lora} alpha {lora_spec(a)[1]:g}" if a.lora else ""))
-    step = resume(model, opt, out, distributed, say) if a.resume else 0
-    train_loop(model, opt, cond, ds, ds_val, vae, texts, step, a, out, rank, world, device, distributed, cdtype,
-               autocast, pool, n_params, say, barrier)
-    if distributed:
-        dist.destroy_process_group()
-
-
-def train_loop(model, opt, cond, ds, ds_val, vae, texts, step, a, out, rank, world, device, distributed, cdtype,
-               autocast, pool, n_params, say, barrier):
-    """From `step` to --steps (or --stop-at): steps, logs, finite checkpoints, validation, the export."""
-    master, sched = rank == 0, diffusion.Schedule()
-    model.train()
-    log = open(out / "log.jsonl", "a") if master else None
-    t_last, losses = time.time(), []
-    bar = tqdm(total=a.steps, initial=step, desc="train", disable=not master, dynamic_ncols=True)
-    while step < a.steps:
-        lr = lr_at(step, a.lr, a.warmup, a.steps, a.min_lr)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        stats = torch.zeros(3, device=device)
-        for micro in range(a.grad_accum):
-            idx = batch_indices(len(ds), step, micro, rank, world, a.batch, a.grad_accum, a.seed)
-            b = collate(list(pool.map(ds.__getitem__, idx)))
-            g = gen(a.seed, step, rank, micro)
-            x0, fg, bg, text, mask_lat = cond(b, idx, g)                    # x0, fg, bg (B, 16, T', H', W')
-            t = sched.sample_t(len(idx), generator=g).to(device)
-            xt = sched.add_noise(x0, torch.randn(x0.shape, generator=g).to(x0), t)
-            if distributed:
-                model.set_requires_gradient_sync(micro == a.grad_accum - 1)   # reduce-scatter once per step
-            with autocast():
-                v = model(torch.cat([xt, fg, bg], 1), text, t)               # (B, 16, T', H', W')
-            x0_hat = sched.x0_from_v(xt.float(), v.float(), t)
-            w = sched.loss_weight(t).to(device)
-            if a.plain_loss:
-                loss = diffusion.plain_loss(x0_hat, x0, w)
-                fg_l = bg_l = loss.detach()
-            else:
-                loss, fg_l, bg_l = diffusion.identity_loss(x0_hat, x0.float(), mask_lat, w, a.alpha)
-            (loss / a.grad_accum).backward()
-            stats += torch.stack([loss.detach(), fg_l, bg_l]).float() / a.grad_accum
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip if a.clip > 0 else float("inf"))
-        if distributed:
-            dist.all_reduce(stats, op=dist.ReduceOp.AVG)
-        gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
-        if not torch.isfinite(stats).all() or not torch.isfinite(gnorm):
-            stop_not_finite(out, step, f"loss {stats.tolist()} / grad norm {gnorm.item()}", say)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
-        losses.append(stats[0].item())
-        if step % a.log_every == 0 or step == a.steps:
-            dt, t_last = (time.time() - t_last) / a.log_every, time.time()
-            rec = log_record(step, stats, lr, gnorm, dt, a, world, n_params, x0, text, device)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}")
-            if master:
-                tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-        if step % a.ckpt_every == 0 or step == a.steps or step == a.stop_at:
-            if not params_finite(model, distributed):                  # never save, or keep, a broken model
-                stop_not_finite(out, step, "the weights", say)
-            save_checkpoint(model, opt, out, step, a.keep, master, barrier)
-        if a.val_every and (step % a.val_every == 0 or step == a.steps):
-            validate(model, vae, texts, ds_val, out, step, a, device, cdtype, autocast, master)
-        if step == a.stop_at:
-            say(f"stopping at step {step} as asked (--stop-at); continue with --resume")
-            break
-    bar.close()
-    if step == a.steps:
-        save_dtype = DTYPES[a.save_dtype or ("fp32" if a.preset else "bf16")]
-        if a.lora:
-            export_lora(model, opt, out, a, save_dtype, master, barrier)
-        else:
-            export(model, opt, out / "transformer", save_dtype, master)
-        final = f"final loss {losses[-1]:.4f}" if losses else "nothing left to train"
-        where = f"composer in {out / 'transformer'} ({save_dtype})"
-        where = f"LoRA in {out / 'lora'} (fp32)" + (f", merged {where}" if a.merge else "") if a.lora else where
-        say(f"done: {step} steps, {final}; {where}")
-    barrier()
-
-
-def stop_not_finite(out, step, what, say):
-    good = complete_checkpoints(out)
-    say(f"step {step}: {what} is not finite; stopping. The last good checkpoint is "
-        f"{good[-1] if good else 'none'} (resume from it with a lower --lr).")
-    raise SystemExit(1)
+    raise BadInput(f"--resume: none of the checkpoints in {run.out / 'ckpt'} loads; see the warnings above")
 
 
 if __name__ == "__main__":
-    data.run_cli(main, parser)
+    run_cli(main, parser)

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import weights
+from plumbing import weights
 
 # -----------------------------------------------------------------------------
 # config

@@ -2,7 +2,7 @@
 How far is train.py's latent bg-noise shortcut (--cache-latents --bg-noise-latent) from the faithful path
 (issue 16, item 5)?
 
-    python data.py toy --out /tmp/bgdata --clips 64
+    python toy.py data --out /tmp/bgdata --clips 64
     python tests/bench_bgnoise.py --data /tmp/bgdata                   # toy base, 32 clips, ~3 min on 2 CPU cores
 
 The bg condition of one training step, in scaled latent space (s = the VAE's scaling_factor, x = the bg clip):
@@ -33,11 +33,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import data  # noqa: E402
+from plumbing.dataset import LayeredClips, read_lists
 from vae import VAE  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-ap.add_argument("--data", required=True, help="layered-clip dataset folder (python data.py toy --out FOLDER)")
+ap.add_argument("--data", required=True, help="layered-clip dataset folder (python toy.py data --out FOLDER)")
 ap.add_argument("--model", default=str(ROOT / "assets" / "toy-base"),
                 help="base model folder (its vae/) or a VAE folder")
 ap.add_argument("--clips", type=int, default=32, help="bg clips to average over (the first N of --data)")
@@ -62,7 +62,7 @@ def measure(a):
     """-> rows [(quantile name, sigma or None, stats dict)], per-channel S/F size ratios at the median sigma."""
     vae = VAE.from_pretrained(a.model, device=a.device)                           # a base folder or its vae/ itself
     s = vae.config.scaling_factor
-    ds = data.LayeredClips(a.data, frames=a.frames, size=tuple(a.size))
+    ds = LayeredClips(a.data, frames=a.frames, size=tuple(a.size))
     n_clips, K = min(a.clips, len(ds)), a.draws
     if n_clips == 0 or K < 2 or K % 2:
         raise SystemExit(f"need at least one clip (got {len(ds)}) and an even --draws >= 2 (got {K})")
@@ -122,7 +122,7 @@ def main(argv=None):
             "lag1"]
     head = ["|F-c|", "|M-c|", "|S-c|", "F-S /c", "F-S /F-c", "M-S /c", "M-S /M-c", "F-F' /F-c", "S/F size",
             "bias /M-c", "post /F-c", "lag-1 corr"]
-    n = min(a.clips, len(data.read_lists(a.data)))
+    n = min(a.clips, len(read_lists(a.data)))
     print(f"\nbg noise: sigma = exp(N({a.bg_noise}, 0.5)); {a.model}; {n} clips "
           f"x {a.draws} draws of {a.frames}x{a.size[0]}x{a.size[1]}; rms of the clean scaled latent c: "
           f"{rows[0][2]['rms_c']:.4f}\n")

@@ -139,7 +139,7 @@ def tiny_vlm(path, family="qwen2_vl"):
     saved the way hub checkpoints are, built offline: the model, a character-level tokenizer from `tokenizers`, the
     PIL image processor at 56x56 pixels (4 tokens a frame), the chat template and processor_config.json. No
     processor object is saved: without torchvision, transformers 5 cannot build a Qwen-VL processor (it requires a
-    video processor), which is what decompose._load_vlm works around. -> (path, the vision-start token id)."""
+    video processor), which is what others.hf.load_vlm works around. -> (path, the vision-start token id)."""
     tf = pytest.importorskip("transformers")
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil

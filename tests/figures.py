@@ -1,5 +1,5 @@
 """
-The README's parity table, measured: runs the parity tests with `pytest -s`, collects the one line each
+The parity table of docs/results.md, measured: runs the parity tests with `pytest -s`, collects the one line each
 prints (`PARITY <name>: max rel err <value>` or `PARITY <name>: identical ids`), and prints the table.
 
     python tests/figures.py                                   # the table, from this environment
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FILES = ["tests/test_dit.py", "tests/test_vae.py", "tests/test_text.py", "tests/test_diffusion.py",
          "tests/test_metrics.py"]
 
-# name printed by the tests -> (ours, reference) as the README's table words them; the order is the table's
+# name printed by the tests -> (ours, reference) as docs/results.md's table words them; the order is the table's
 ROWS = {
     "dit": ("`dit.py`, four families: 2B (sin-cos PE), 5B (RoPE, sharded checkpoint), 5B-I2V (learned PE), "
             "1.5-I2V (temporal patches, ofs)", "diffusers `CogVideoXTransformer3DModel`"),
@@ -98,7 +98,7 @@ def run_pytest(python, args):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Run the parity tests and print the README's parity table.")
+    ap = argparse.ArgumentParser(description="Run the parity tests and print the parity table of docs/results.md.")
     ap.add_argument("files", nargs="*", default=FILES, help="test files to run (default: the five parity files)")
     ap.add_argument("--python", default=sys.executable, help="interpreter to run pytest with")
     ap.add_argument("--side-python", help="a second interpreter (a venv with torchvision) for the torchvision "

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import data
+from plumbing.cli import BadInput
+from plumbing.video import mask_to_rgb, read_video, write_video
 import toy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,11 +48,11 @@ def composer(tiny_base, tmp_path_factory):
 def clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("clips")
     c = toy.clip(3)
-    data.write_video(d / "fg.mp4", c["fg"], fps=8)
-    data.write_video(d / "bg.mp4", toy.clip(4)["bg"], fps=8)
-    data.write_video(d / "mask.mp4", data.mask_to_rgb(c["mask"]), fps=8)
-    data.write_video(d / "whole.mp4", c["video"], fps=8)                      # not a subject on black
-    data.write_video(d / "mask_big.mp4", data.mask_to_rgb(np.repeat(np.repeat(c["mask"], 2, 1), 2, 2)[:5]), fps=8)
+    write_video(d / "fg.mp4", c["fg"], fps=8)
+    write_video(d / "bg.mp4", toy.clip(4)["bg"], fps=8)
+    write_video(d / "mask.mp4", mask_to_rgb(c["mask"]), fps=8)
+    write_video(d / "whole.mp4", c["video"], fps=8)                      # not a subject on black
+    write_video(d / "mask_big.mp4", mask_to_rgb(np.repeat(np.repeat(c["mask"], 2, 1), 2, 2)[:5]), fps=8)
     (d / "junk.mp4").write_bytes(b"junk" * 100)
     (d / "empty.mp4").write_bytes(b"")
     good = (d / "fg.mp4").read_bytes()
@@ -86,7 +87,7 @@ def raises_bad_input(script, args, *needles):
     message as its one line: test_cli_prints_one_line_and_exits_2)."""
     import importlib
     mod = importlib.import_module(script)
-    with pytest.raises(data.BadInput) as e:
+    with pytest.raises(BadInput) as e:
         mod.main(mod.parser.parse_args([str(a) for a in args]))
     for n in needles:
         assert n in str(e.value), (n, str(e.value))
@@ -133,13 +134,13 @@ def test_sample_keeps_duration_and_resamples_a_mask(composer, clips, tmp_path, c
     args = lambda *a: ["--ckpt", str(composer), "--steps", "2"] + [str(x) for x in a]
     go = lambda *a: sample.main(sample.parser.parse_args(args(*a)))
     c = toy.clip(5, T=17, H=80, W=96)
-    data.write_video(tmp_path / "fg.mp4", c["fg"], fps=10)
-    data.write_video(tmp_path / "bg.mp4", toy.clip(6, T=9)["bg"], fps=3)
+    write_video(tmp_path / "fg.mp4", c["fg"], fps=10)
+    write_video(tmp_path / "bg.mp4", toy.clip(6, T=9)["bg"], fps=3)
     go("--fg", tmp_path / "fg.mp4", "--bg", tmp_path / "bg.mp4", "--out", tmp_path / "a.mp4")
-    assert data.read_video(tmp_path / "a.mp4")[1] == pytest.approx(3.0, abs=0.01)
-    data.write_video(tmp_path / "bg33.mp4", toy.clip(6, T=33)["bg"], fps=11)          # 3 s at 11 fps
+    assert read_video(tmp_path / "a.mp4")[1] == pytest.approx(3.0, abs=0.01)
+    write_video(tmp_path / "bg33.mp4", toy.clip(6, T=33)["bg"], fps=11)          # 3 s at 11 fps
     go("--fg", tmp_path / "fg.mp4", "--bg", tmp_path / "bg33.mp4", "--out", tmp_path / "b.mp4")
-    assert data.read_video(tmp_path / "b.mp4")[1] == pytest.approx(3.0, abs=0.01)    # 9 frames over 3 s
+    assert read_video(tmp_path / "b.mp4")[1] == pytest.approx(3.0, abs=0.01)    # 9 frames over 3 s
     capsys.readouterr()
     go("--fg", clips / "fg.mp4", "--mask", clips / "mask_big.mp4", "--bg", clips / "bg.mp4",
        "--out", tmp_path / "m.mp4")
@@ -155,15 +156,42 @@ def write_triplets(d, lines):
     (['{"fg": "fg.mp4", "bg": "bg.mp4"', ], ["t.jsonl:1", "JSON"]),
     ([{"fg": "fg.mp4", "bg": "bg.mp4"}, [1, 2]], ["t.jsonl:2", "object"]),
     ([{"fg": "fg.mp4", "prompt": "x"}], ["t.jsonl:1", "bg"]),
-    ([{"id": "a", "fg": "fg.mp4", "bg": "bg.mp4"}, {"id": "a", "fg": "fg.mp4", "bg": "bg.mp4"}], ["t.jsonl:2", "'a'"]),
     ([{"id": "../../x", "fg": "fg.mp4", "bg": "bg.mp4"}], ["t.jsonl:1", "../../x"]),
+    ([{"id": "p", "fg": "fg.mp4", "bg": "bg.mp4", "prompt": 123}], ["t.jsonl:1", "prompt must be a string"]),
+    ([{"id": "p", "fg": "fg.mp4", "bg": "bg.mp4", "prompt": None}], ["t.jsonl:1", "prompt must be a string"]),
+    (['{"id": "p", "fg": "fg.mp4", "bg": "bg.mp4", "prompt": "\\ud800"}'], ["t.jsonl:1", "U+D800"]),
+    ([{"id": "p", "fg": "fg.mp4", "bg": "bg.mp4", "mask": 5}], ["t.jsonl:1", "mask must be a string"]),
+    ([{"id": "grid", "fg": "fg.mp4", "bg": "bg.mp4"}], ["t.jsonl:1", "reserved"]),
 ])
-def test_sample_bad_triplet_files(composer, clips, tmp_path, lines, needles):
+def test_sample_bad_triplet_lines_are_skipped(composer, clips, tmp_path, lines, needles):
+    """A line that cannot be used is one skipped item with its reason in results.jsonl; the good line after it is
+    composed, and a rerun does not stumble on it again."""
     for f in ("fg.mp4", "bg.mp4"):
         (tmp_path / f).symlink_to(clips / f)
+    t = write_triplets(tmp_path, lines + [{"id": "ok", "fg": "fg.mp4", "bg": "bg.mp4", "prompt": "a boat"}])
+    args = ["--ckpt", composer, "--triplets", t, "--steps", "1", "--out", tmp_path / "o"]
+    r = run("sample.py", args)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    recs = [json.loads(l) for l in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    assert [x["status"] for x in recs][-1] == "ok" and (tmp_path / "o" / "ok.mp4").exists()
+    bad = [x for x in recs if x["status"] != "ok"]
+    assert len(bad) == 1 and all(n in bad[0]["error"] for n in needles), bad
+    r = run("sample.py", args)
+    assert r.returncode == 0 and "skipping" not in r.stderr, r.stderr[-2000:]
+
+
+def test_sample_latin1_triplets_and_duplicate_ids(composer, clips, tmp_path):
+    for f in ("fg.mp4", "bg.mp4"):
+        (tmp_path / f).symlink_to(clips / f)
+    (tmp_path / "t.jsonl").write_bytes('{"id": "a", "fg": "fg.mp4", "bg": "bg.mp4", "prompt": "caf\u00e9"}\n'
+                                       .encode("latin-1") + b'{"id": "b", "fg": "fg.mp4", "bg": "bg.mp4"}\n')
+    r = run("sample.py", ["--ckpt", composer, "--triplets", tmp_path / "t.jsonl", "--steps", "1", "--out",
+                          tmp_path / "o"])
+    assert r.returncode == 0 and "not UTF-8" in r.stderr and (tmp_path / "o" / "b.mp4").exists(), r.stderr[-2000:]
+    lines = [{"id": "a", "fg": "fg.mp4", "bg": "bg.mp4"}, {"id": "A", "fg": "fg.mp4", "bg": "bg.mp4"}]
     raises_bad_input("sample", ["--ckpt", composer, "--triplets", write_triplets(tmp_path, lines),
-                                "--out", tmp_path / "o"], *needles)
-    assert not (tmp_path / "o" / "results.jsonl").exists()
+                                "--out", tmp_path / "o2"], "t.jsonl:2", "'A'")
+    assert not (tmp_path / "o2" / "results.jsonl").exists()
 
 
 def test_sample_batch_skips_bad_items_resumes_and_keeps_other_results(composer, clips, tmp_path):
@@ -177,10 +205,12 @@ def test_sample_batch_skips_bad_items_resumes_and_keeps_other_results(composer, 
     assert r.returncode == 0, r.stderr[-2000:]
     assert "2 skipped: bad, gone" in r.stdout
     recs = [json.loads(l) for l in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
-    assert [x["id"] for x in recs] == ["a", "c", "e", "f"]
+    assert [(x["id"], x["status"]) for x in recs] == [("a", "ok"), ("bad", "error"), ("c", "ok"), ("gone", "error"),
+                                                       ("e", "ok"), ("f", "ok")]
+    recs = [x for x in recs if x["status"] == "ok"]
     # decoded pixels, not bytes: libx264 through PyAV does not always give the same bytes for the same frames on
     # a loaded machine (seen here: up to 19 levels apart, even with one thread); other noise would differ by ~100
-    frames = lambda i: data.read_video(tmp_path / "o" / f"{i}.mp4")[0].astype(np.float64)
+    frames = lambda i: read_video(tmp_path / "o" / f"{i}.mp4")[0].astype(np.float64)
     same = lambda a, b: np.abs(a - b).mean() < 2
     first = {x["id"]: frames(x["id"]) for x in recs}
     # a kill after the first batch: results.jsonl held "a" only; the rerun composes the rest, the same videos
@@ -191,7 +221,7 @@ def test_sample_batch_skips_bad_items_resumes_and_keeps_other_results(composer, 
     r = run("sample.py", args)
     assert r.returncode == 0 and "1 done before" in r.stdout, r.stdout[-2000:]
     assert [json.loads(l)["id"] for l in (tmp_path / "o" / "results.jsonl").read_text().splitlines()] == \
-        ["a", "c", "e", "f"]
+        ["a", "bad", "c", "gone", "e", "f"]
     assert all(same(frames(i), first[i]) for i in "acef")
     untouched = {i: (tmp_path / "o" / f"{i}.mp4").read_bytes() for i in "acef"}
     # other settings into the same folder would overwrite those results: refused, nothing touched

@@ -1,5 +1,5 @@
 """Bad input to decompose.py and evaluate.py (issue 17): every unusable flag value or file ends the run with one
-line naming it (data.BadInput -> `<script>: error: ...`, exit code 2) before any clip or record is computed and
+line naming it (BadInput -> `<script>: error: ...`, exit code 2) before any clip or record is computed and
 before anything is written; batch work skips and reports a bad item and goes on; nothing an earlier run wrote is
 lost (merge adds to a dataset, evaluate appends and resumes, runs with other flags are refused)."""
 import json
@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import data
+from plumbing.cli import BadInput
+from plumbing.dataset import read_lists, read_metadata
+from plumbing.video import mask_to_rgb, read_video, write_video
 import decompose
 import evaluate
 import toy
-from data import BadInput
 from conftest import single_thread
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ def score(*argv):
 
 def videos(folder, seeds):
     for s in seeds:
-        data.write_video(folder / f"toy{s}.mp4", toy.clip(s, 25, 64, 64)["video"], 8)
+        write_video(folder / f"toy{s}.mp4", toy.clip(s, 25, 64, 64)["video"], 8)
     return folder
 
 
@@ -106,7 +107,7 @@ def test_bad_split_inputs_refused_before_any_clip(tmp_path):
     with pytest.raises(BadInput, match=r"caps.jsonl:2: not a JSON object"):
         split("--videos", src, "--out", out, *FAST, "--captioner", "file", "--captions", tmp_path / "caps.jsonl")
     (tmp_path / "m").mkdir()
-    data.write_video(tmp_path / "m" / "toy0.mp4", data.mask_to_rgb(toy.clip(0, 25, 64, 64)["mask"]), 8)
+    write_video(tmp_path / "m" / "toy0.mp4", mask_to_rgb(toy.clip(0, 25, 64, 64)["mask"]), 8)
     with pytest.raises(BadInput, match=r"--masks .*no mask folder or video for 1 source\(s\): .*toy1.mp4"):
         split("--videos", src, "--out", out, *FAST, "--segmenter", "gt", "--masks", tmp_path / "m")
     with pytest.raises(BadInput, match=r"--frames 33: longer than every readable video \(the longest has 25"):
@@ -144,16 +145,16 @@ def test_merge_adds_to_an_existing_dataset(tmp_path, capsys):
     merging again adds nothing twice."""
     out = tmp_path / "out"
     split("--videos", videos(tmp_path / "a", [0, 1]), "--out", out, *FAST)
-    own = {r["id"] for r in data.read_metadata(out)}
+    own = {r["id"] for r in read_metadata(out)}
     for i in range(2):
         split("--videos", videos(tmp_path / "b", [2, 3, 4]), "--out", out, *FAST, "--shard", f"{i}/2")
-    sharded = {r["id"] for i in range(2) for r in data.read_metadata(out / f"shard-{i}-of-2")}
+    sharded = {r["id"] for i in range(2) for r in read_metadata(out / f"shard-{i}-of-2")}
     assert len(own) == 2 and len(sharded) == 3 and not own & sharded
     for _ in range(2):
         split("--merge", "--out", out)
-        recs = data.read_metadata(out)
+        recs = read_metadata(out)
         assert sorted(r["id"] for r in recs) == sorted(own | sharded)           # all, each once
-        rows = data.read_lists(out)
+        rows = read_lists(out)
         assert len(rows) == sum(r["status"] == "ok" for r in recs) == 5
         assert all(Path(r[k]).is_file() for r in rows for k in ("video", "fg", "bg", "mask"))
     assert "0 new records" in capsys.readouterr().out                           # the second merge added none
@@ -202,51 +203,72 @@ def strict_json(text):
     return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
 
 
-BAD_EVAL_FLAGS = [(["--limit", "-1"], "--limit -1"), (["--max-frames", "-2"], "--max-frames -2"),
-                  (["--max-side", "-1"], "--max-side -1"), (["--cp-radius", "0"], "--cp-radius 0"),
-                  (["--toy-threshold", "-5"], "--toy-threshold"), (["--device", "nonsense"], "--device nonsense"),
-                  (["--swin", "NOPE.pth"], "NOPE.pth"), (["--raft", "RAFT", "--raft-config", "NOCFG"], "NOCFG"),
-                  (["--compare", "X"], "not both"), (["--judge", "X", "Y"], "not both"),
-                  (["--segmenter", "sam2"], "--segmenter sam2 needs --sam2"),
-                  (["--segmenter", "sam2", "--sam2", "NOSAM"], "--sam2 NOSAM"),
-                  (["--method", "stm"], "add --layout released"), (["--layout", "released"], "needs --method"),
-                  (["--judge-frames", "0"], "--judge-frames 0"), (["--study-n", "-1"], "--study-n -1"),
-                  pytest.param(["--device", "cuda"], "CUDA is not available",
+BAD_EVAL_FLAGS = [("results", ["--limit", "-1"], "--limit -1"),
+                  ("results", ["--max-frames", "-2"], "--max-frames -2"),
+                  ("results", ["--max-side", "-1"], "--max-side -1"),
+                  ("results", ["--cp-radius", "0"], "--cp-radius 0"),
+                  ("results", ["--toy-threshold", "-5"], "--toy-threshold"),
+                  ("results", ["--device", "nonsense"], "--device nonsense"),
+                  ("results", ["--swin", "NOPE.pth"], "NOPE.pth"),
+                  ("results", ["--raft", "RAFT", "--raft-config", "NOCFG"], "NOCFG"),
+                  ("results", ["--segmenter", "sam2"], "--segmenter sam2 needs --sam2"),
+                  ("results", ["--segmenter", "sam2", "--sam2", "NOSAM"], "--sam2 NOSAM"),
+                  ("results", ["--method", "stm"], "add --layout released"),
+                  ("results", ["--layout", "released"], "needs --method"),
+                  ("results", ["--layout", "released", "--method", "a", "b"], "at most 1"),
+                  ("judge", ["--judge-frames", "0"], "--judge-frames 0"), ("judge", ["--limit", "-1"], "--limit -1"),
+                  ("judge", ["--device", "nonsense"], "--device nonsense"),
+                  ("judge", ["--layout", "released", "--method", "a", "b", "c"], "at most 2"),
+                  ("study", ["--study-n", "-1"], "--study-n -1"), ("study", ["--method", "a"], "add --layout released"),
+                  pytest.param("results", ["--device", "cuda"], "CUDA is not available",
                                marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"))]
 
 
-@pytest.mark.parametrize("flags,words", BAD_EVAL_FLAGS)
-def test_bad_eval_flag_is_one_line_before_any_work(tmp_path, triplets, flags, words):
+@pytest.mark.parametrize("command,flags,words", BAD_EVAL_FLAGS)
+def test_bad_eval_flag_is_one_line_before_any_work(tmp_path, triplets, command, flags, words):
     res = results(tmp_path / "res", triplets[:1])
     with pytest.raises(BadInput) as e:
-        score("--results", res, *flags)
+        score(command, *([res] if command == "results" else [res, res]), *flags)
     assert words in str(e.value) and "\n" not in str(e.value)
-    assert not (res / "eval").exists()
+    assert [f.name for f in res.iterdir()] == ["results.jsonl"]                # nothing written, no eval/ nor judge-*/
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["results", "R", "--compare", "X"], ["unrecognized arguments: --compare X"]),
+    (["results", "R", "--judge-frames", "2"], ["unrecognized arguments: --judge-frames"]),
+    (["compare", "R", "--layout", "released"], ["unrecognized arguments: --layout"]),
+    (["judge", "A", "B", "--viclip", "V"], ["unrecognized arguments: --viclip"]),
+    (["study", "A", "B", "--backend", "qwen"], ["unrecognized arguments: --backend"]),
+    (["tally", "S", "A.json", "--method", "x"], ["unrecognized arguments: --method"]),
+    (["tally", "S"], ["required: ANSWERS"]), (["judge", "A"], ["required: RUN_B"]),
+    ([], ["required: {results,compare,judge,study,tally}"]), (["--results", "R"], ["invalid choice"])])
+def test_each_subcommand_takes_only_its_own_flags(argv, words, capsys):
+    """A flag of another subcommand (or none) is argparse's usage error, exit code 2, before anything is read."""
+    with pytest.raises(SystemExit) as e:
+        evaluate.parser.parse_args(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and all(w in err for w in words), err
 
 
 def test_bad_eval_inputs(tmp_path, triplets):
-    with pytest.raises(BadInput, match="--results .*no results.jsonl"):
-        score("--results", tmp_path / "nope")
-    with pytest.raises(BadInput, match="give --results"):
-        score()
-    with pytest.raises(BadInput, match="--compare .*nope: no metrics.jsonl"):
-        score("--compare", tmp_path / "nope")
+    with pytest.raises(BadInput, match="^results .*nope: no results.jsonl"):
+        score("results", tmp_path / "nope")
+    with pytest.raises(BadInput, match="^compare .*nope: no metrics.jsonl"):
+        score("compare", tmp_path / "nope")
     (tmp_path / "file").write_text("x")
     with pytest.raises(BadInput, match="--out .*is a file"):
-        score("--results", results(tmp_path / "res", triplets[:1]), "--out", tmp_path / "file")
+        score("results", results(tmp_path / "res", triplets[:1]), "--out", tmp_path / "file")
     good = results(tmp_path / "res", triplets[:1])
-    for flags, words in ((["--judge", tmp_path / "nope", good], "--judge .*nope: no results.jsonl"),
-                         (["--study", good, tmp_path / "nope"], "--study .*nope: no results.jsonl"),
-                         (["--judge", good, good], "the two runs are the same videos"),
-                         (["--tally", good], "give the study folder and then"),
-                         (["--tally", good, good / "results.jsonl"], "no readable key.json"),
-                         (["--compare", good, "--layout", "released"], "--layout / --method choose"),
-                         (["--results", tmp_path, "--layout", "released", "--method", "x"], "no sample-\\*/ folders")):
+    for argv, words in ((["judge", tmp_path / "nope", good], "^judge .*nope: no results.jsonl"),
+                        (["study", good, tmp_path / "nope"], "^study .*nope: no results.jsonl"),
+                        (["judge", good, good], "the two runs are the same videos"),
+                        (["tally", good, good / "results.jsonl"], "no readable key.json"),
+                        (["results", tmp_path, "--layout", "released", "--method", "x"], "no sample-\\*/ folders")):
         with pytest.raises(BadInput, match=words):
-            score(*flags)
+            score(*argv)
     res = results(tmp_path / "allbad", [{**triplets[0], "result": str(tmp_path / "gone.mp4")}, "not json\n"])
     with pytest.raises(BadInput, match="none of its 1 records can be scored"):
-        score("--results", res)
+        score("results", res)
     assert not (res / "eval").exists()
 
 
@@ -263,12 +285,16 @@ def test_bad_records_are_skipped_reported_and_the_rest_scored(tmp_path, triplets
         {**good, "id": "again"},                                                # 7: the same result as line 1
         {**other, "expect": {"kind": "circle"}},                                # 8: fails while scored
         json.dumps(other)[:50]])                                                # 9: torn last line
-    s = score("--results", res)
+    s = score("results", res)
     err = capsys.readouterr().err
     rows = [strict_json(l) for l in (res / "eval" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in rows] == [good["id"]] and s["n"] == 1
+    assert [r["id"] for r in rows if r["status"] == "ok"] == [good["id"]] and s["n"] == 1
+    failed = [r for r in rows if r["status"] != "ok"]                # recorded with its reason, not retried
+    assert [r["line"] for r in failed] == [8] and failed[0]["error"].startswith("KeyError")
     summary = strict_json((res / "eval" / "summary.json").read_text())
     assert [k["line"] for k in summary["skipped"]] == [2, 3, 4, 5, 6, 7, 8, 9]
+    again = score("results", res)                                     # nothing left to score: the same report
+    assert again["n"] == 1 and again["skipped"] == summary["skipped"]
     md = (res / "eval" / "summary.md").read_text()
     for line, words in ((2, "missing.mp4: not found"), (3, "not a JSON object"), (4, "junk.mp4"),
                         (5, "nomask.mp4: not found"), (6, "no 'result' path"), (7, "same result as line 1"),
@@ -280,9 +306,9 @@ def test_bad_records_are_skipped_reported_and_the_rest_scored(tmp_path, triplets
 
 def test_one_frame_result_says_why_m3_is_missing_and_writes_valid_json(tmp_path, triplets, capsys):
     rec = triplets[0]
-    data.write_video(tmp_path / "one.mp4", data.read_video(rec["result"])[0][:1])
+    write_video(tmp_path / "one.mp4", read_video(rec["result"])[0][:1])
     res = results(tmp_path / "res", [{**rec, "result": str(tmp_path / "one.mp4")}])
-    score("--results", res)
+    score("results", res)
     row = strict_json((res / "eval" / "metrics.jsonl").read_text())
     assert row["frames"] == 1 and "wf_m3_flow_mse" in row and row["wf_m3_flow_mse"] is None
     assert strict_json((res / "eval" / "summary.json").read_text())["wf_m3_flow_mse"] is None
@@ -295,7 +321,7 @@ def test_compare_reads_a_half_written_metrics_file(tmp_path, capsys):
     ev = tmp_path / "run" / "eval"
     ev.mkdir(parents=True)
     (ev / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]) + json.dumps(rows[2])[:9])
-    runs = score("--compare", tmp_path / "run", "--out", tmp_path / "cmp")
+    runs = score("compare", tmp_path / "run", "--out", tmp_path / "cmp")
     assert runs["run"]["n"] == 2 and runs["run"]["wf_bg_psnr"] == 20.5             # the complete rows, only
     assert "metrics.jsonl:3: torn last line" in capsys.readouterr().err
     assert "| run | 2 | 20.5 |" in (tmp_path / "cmp" / "compare.md").read_text()
@@ -306,30 +332,36 @@ def test_eval_resumes_and_never_destroys_earlier_scores(tmp_path, triplets, caps
     recs = [{**r, "result": str(shutil.copy(r["result"], tmp_path / "gen" / f"{r['id']}.mp4"))} for r in triplets]
     res = results(tmp_path / "res", recs)
     metrics = res / "eval" / "metrics.jsonl"
-    score("--results", res, "--limit", "1")
+    score("results", res, "--limit", "1")
     first = metrics.read_text()
     assert len(first.splitlines()) == 1
-    with open(metrics, "a") as f:
-        f.write('{"id": "t0001", "wf_bg')                                      # a run killed mid-line
+    with open(res / "eval" / "metrics.rank-0.jsonl", "a") as f:         # a run killed mid-line: its record torn
+        f.write('{"id": "t0001", "wf_bg')
     capsys.readouterr()
-    s = score("--results", res)
-    out = capsys.readouterr()
-    assert "1 records already scored" in out.out and "torn last line" in out.err
+    s = score("results", res)
+    assert "1 records already scored" in capsys.readouterr().out
     text = metrics.read_text()
     assert text.startswith(first) and len(text.splitlines()) == 2 and s["n"] == 2
     [strict_json(l) for l in text.splitlines()]
-    with pytest.raises(BadInput, match="other flags \\(max_frames\\)"):                 # scores of another setting
-        score("--results", res, "--max-frames", "3")
-    data.write_video(recs[1]["result"], data.read_video(recs[1]["result"])[0][::-1].copy())   # a new result
-    with pytest.raises(BadInput, match="before it was rewritten"):
-        score("--results", res)
-    assert metrics.read_text() == text                                         # both refusals left it as it was
-    score("--results", res, "--out", tmp_path / "eval2")                        # another --out scores the new one
+    assert not list((res / "eval").glob("metrics.rank-*.jsonl"))               # joined into metrics.jsonl
+    # scores of another setting: refused in one line (the command line, as a user meets it), nothing touched
+    r = cli("evaluate.py", "results", res, "--max-frames", "3")
+    one_line_error(r, "evaluate.py", "other settings (max_frames=0; this run: max_frames=3)", "--overwrite")
+    assert metrics.read_text() == text
+    write_video(recs[1]["result"], read_video(recs[1]["result"])[0][::-1].copy())   # a new result: scored again
+    capsys.readouterr()
+    score("results", res)
+    assert "1 records already scored" in capsys.readouterr().out
+    now = metrics.read_text().splitlines()
+    assert len(now) == 2 and now[0] == text.splitlines()[0] and now[1] != text.splitlines()[1]
+    score("results", res, "--out", tmp_path / "eval2")                        # another --out scores afresh
     assert len((tmp_path / "eval2" / "metrics.jsonl").read_text().splitlines()) == 2
+    s = score("results", res, "--max-frames", "3", "--overwrite")              # or the same, rescored
+    assert s["n"] == 2 and all(strict_json(l)["settings"]["max_frames"] == 3 for l in metrics.read_text().splitlines())
 
 
-@pytest.mark.parametrize("argv,words", [(["--limit", "-1"], ["--limit -1"]), (["--compare", "NOPE"], ["NOPE"])])
+@pytest.mark.parametrize("argv,words", [(["--limit", "-1"], ["--limit -1"]), (["compare", "NOPE"], ["NOPE"])])
 def test_eval_cli_prints_one_line_and_exits_2(tmp_path, argv, words):
     res = results(tmp_path / "res", [])
-    argv = argv if argv[0] == "--compare" else ["--results", res, *argv]
+    argv = argv if argv[0] == "compare" else ["results", res, *argv]
     one_line_error(cli("evaluate.py", *argv), "evaluate.py", *words)

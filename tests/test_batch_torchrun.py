@@ -1,7 +1,7 @@
 """decompose.py, sample.py --triplets and evaluate.py under `torchrun --standalone --nproc_per_node=2` (CPU, gloo):
 two processes write what one writes (the dataset's records and lists in the same order and byte-identical clip
 files; the same results and metrics), and a SIGKILL of every process mid-job followed by a rerun of the same command
-ends with every item exactly once (data.Ranks, data.Progress, the per-rank record files joined by rank 0)."""
+ends with every item exactly once (Ranks, Progress, the per-rank record files joined by rank 0)."""
 import json
 import os
 import re
@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-import data
+from plumbing.ranks import Progress, Ranks
+from plumbing.records import rank_records
+from plumbing.video import read_video, write_video
 import decompose
 import evaluate
 import sample
@@ -50,7 +52,7 @@ def kill_when_written(p, folder, stem, tag):
         time.sleep(0.02)
     kill_all(tag)
     p.wait()
-    return data.rank_records(folder, stem)[0]
+    return rank_records(folder, stem)[0]
 
 
 def shares(stdout, desc):
@@ -72,7 +74,7 @@ def lines(path):
 def videos(tmp_path_factory):
     root = tmp_path_factory.mktemp("videos")
     for s in range(4):
-        data.write_video(root / f"toy{s}.mp4", toy.clip(s, 25, 64, 64)["video"], 8)
+        write_video(root / f"toy{s}.mp4", toy.clip(s, 25, 64, 64)["video"], 8)
     return root
 
 
@@ -145,8 +147,8 @@ def test_sample_two_processes_and_kill(composer, tmp_path):
     two = results_by_id(killed)
     assert two == one and not list(killed.glob("results.rank-*.jsonl"))
     for k, rec in one.items():
-        assert np.array_equal(data.read_video(tmp_path / "one" / rec["result"])[0],
-                              data.read_video(killed / rec["result"])[0]), k
+        assert np.array_equal(read_video(tmp_path / "one" / rec["result"])[0],
+                              read_video(killed / rec["result"])[0]), k
 
 
 def test_evaluate_two_processes_and_kill(composer, tmp_path):
@@ -156,16 +158,16 @@ def test_evaluate_two_processes_and_kill(composer, tmp_path):
     res.mkdir()
     (res / "results.jsonl").write_text("".join(json.dumps({**r, **{k: str(tri / r[k]) for k in (
         "fg", "mask", "bg", "reference")}, "result": str(tri / r["reference"])}) + "\n" for r in recs))
-    one = evaluate.main(evaluate.parser.parse_args(["--results", str(res), "--out", str(res / "one")]))
+    one = evaluate.main(evaluate.parser.parse_args(["results", str(res), "--out", str(res / "one")]))
     assert one["n"] == 6
-    r = torchrun("evaluate.py", "--results", res, "--out", res / "two")
-    assert shares(r.stdout, "evaluate") == [3, 3] and "6 records in" in r.stdout
+    r = torchrun("evaluate.py", "results", res, "--out", res / "two")
+    assert shares(r.stdout, "metrics") == [3, 3] and "6 records in" in r.stdout      # the Job's progress lines
     assert lines(res / "one" / "metrics.jsonl") == lines(res / "two" / "metrics.jsonl")
     assert (res / "one" / "summary.json").read_text() == (res / "two" / "summary.json").read_text()
-    p = torchrun("evaluate.py", "--results", res, "--out", res / "killed", wait=False)
+    p = torchrun("evaluate.py", "results", res, "--out", res / "killed", wait=False)
     first = kill_when_written(p, res / "killed", "metrics", str(res / "killed"))
     assert 1 <= len(first) < 6
-    r = torchrun("evaluate.py", "--results", res, "--out", res / "killed")    # the same command again
+    r = torchrun("evaluate.py", "results", res, "--out", res / "killed")     # the same command again
     assert f"{6 - len(first)} records in" in r.stdout
     assert sorted(lines(res / "one" / "metrics.jsonl")) == sorted(lines(res / "killed" / "metrics.jsonl"))
     assert not list((res / "killed").glob("metrics.rank-*.jsonl"))

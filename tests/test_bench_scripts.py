@@ -6,11 +6,10 @@ from pathlib import Path
 
 import torch
 
-import data
 import dit
 import toy
 import vae
-import weights
+from plumbing import weights
 
 HERE = Path(__file__).resolve().parent
 
@@ -61,7 +60,7 @@ def test_realscale_flops_formula():
 
 def test_bgnoise_tiny_one_row_per_sigma(tmp_path, capsys):
     torch.set_num_threads(1)
-    write = getattr(toy, "write_data", None) or data.write_toy          # the toy world moved from data.py to toy.py
+    write = toy.write_data
     write(tmp_path / "clips", 4)
     torch.manual_seed(0)
     vae.VAE(vae.PRESETS["toy"]).save_pretrained(tmp_path / "vae")

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import decompose
-import segment
+from others import hf, segment
 from conftest import single_thread, tiny_sam2, tiny_vlm
-from data import dilate, mask_to_rgb, read_lists, read_mask, read_metadata, write_video
+from plumbing.dataset import read_lists, read_metadata
+from plumbing.video import dilate, mask_to_rgb, read_mask, write_video
 from toy import clip as toy_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +98,7 @@ def test_vlm_captioner_tiny_random_model(tmp_path):
     video = toy_clip(2, 9, 64, 64)["video"]
     caps = []
     for _ in range(2):                          # reload each time: loading and greedy decoding are deterministic
-        decompose._load.cache_clear(), decompose._load_vlm.cache_clear()
+        hf.cached_model.cache_clear(), hf.load_vlm.cache_clear()
         caps.append(decompose.vlm_caption(video, str(vlm), n=4, max_new_tokens=12))
     assert isinstance(caps[0], str) and caps[0].strip() and caps[0] == caps[1], caps
     videos = toy_folder(tmp_path, [2])

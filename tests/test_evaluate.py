@@ -1,5 +1,5 @@
 """evaluate.py end to end: the exact toy metrics on hand-made composites (the perfect one each triplet
-ships, and a copy-paste one made here), the reports and --compare, the M1-M4 network path on tiny random
+ships, and a copy-paste one made here), the reports and compare, the M1-M4 network path on tiny random
 weights saved in the official file formats, and the weight-free report on the real clips in ../shared/real
 (skipped where absent)."""
 import gzip
@@ -11,9 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import data
+from plumbing.cli import BadInput, run_cli
+from plumbing.video import read_mask, read_video, write_video
 import evaluate
-import metrics
+from others import metrics
 import toy
 
 torch.set_num_threads(1)
@@ -21,7 +22,7 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "real"
 
 
 def run(*argv):
-    """`python evaluate.py ARGV...`, in process."""
+    """`python evaluate.py ARGV...` (a subcommand and its arguments), in process."""
     return evaluate.main(evaluate.parser.parse_args([str(a) for a in argv]))
 
 
@@ -41,13 +42,13 @@ def toy_runs(tmp_path_factory):
     for l in lines:
         rec = {**l, **{k: str(root / "triplets" / l[k]) for k in ("fg", "mask", "bg", "reference")}}
         perfect.append({**rec, "result": rec["reference"]})
-        fg, bg, m = data.read_video(rec["fg"])[0], data.read_video(rec["bg"])[0], data.read_mask(rec["mask"])
+        fg, bg, m = read_video(rec["fg"])[0], read_video(rec["bg"])[0], read_mask(rec["mask"])
         path = root / "copy" / f"{l['id']}.mp4"
-        data.write_video(path, np.where(m[..., None], fg, bg))
+        write_video(path, np.where(m[..., None], fg, bg))
         copy.append({**rec, "result": str(path)})
     runs = {"perfect": _results(root / "perfect", perfect), "copy": _results(root / "copy", copy)}
     for d in runs.values():
-        run("--results", d)
+        run("results", d)
     rows = {k: [json.loads(x) for x in (d / "eval" / "metrics.jsonl").read_text().splitlines()]
             for k, d in runs.items()}
     return runs, rows, perfect
@@ -71,7 +72,7 @@ def test_copy_paste_composite_is_caught(toy_runs):
         assert r["toy_copy_paste"] >= 0.9, r["id"]
         assert r["toy_tint_match"] in (0.0, None), r["id"]                 # it keeps the source light
         assert r["toy_shape_iou"] > 0.7, r["id"]                           # the shape itself is right
-        y = evaluate.centroids(data.read_mask(rec["mask"]))[:, 1]
+        y = toy.centroids(read_mask(rec["mask"]))[:, 1]
         y0, y1 = rec["expect"]["allowed_rows"]
         if np.mean((y >= y0) & (y < y1)) < 0.5:                            # the source place is off the target band
             off_band += 1
@@ -92,7 +93,7 @@ def test_reports_and_compare(toy_runs, tmp_path, capsys):
     s = json.loads((runs["copy"] / "eval" / "summary.json").read_text())
     assert s["n"] == 8 and s["toy_copy_paste"] >= 0.9
     capsys.readouterr()
-    got = run("--compare", runs["perfect"], runs["copy"] / "eval", "--out", tmp_path)
+    got = run("compare", runs["perfect"], runs["copy"] / "eval", "--out", tmp_path)
     out = capsys.readouterr().out
     assert list(got) == ["perfect", "copy"] and "| perfect | 8 |" in out and "| copy | 8 |" in out
     assert out.startswith((tmp_path / "compare.md").read_text()) and "report.html" in out
@@ -124,7 +125,7 @@ def test_network_metrics_run_end_to_end_on_tiny_official_files(toy_runs, tmp_pat
     torch.save(_randomise(metrics.Swin3D(metrics.SWIN3D_PRESETS["tiny"]), 1), swin)
     torch.save(_randomise(metrics.RAFT(metrics.RAFT_PRESETS["tiny"]), 2), raft)
     args = evaluate.parser.parse_args([str(a) for a in (
-        "--results", runs["perfect"], "--out", tmp_path / "eval", "--limit", 2, "--device", "cpu",
+        "results", runs["perfect"], "--out", tmp_path / "eval", "--limit", 2, "--device", "cpu",
         "--viclip", tmp_path, "--viclip-config", tmp_path / "viclip.json",      # a folder holding model.safetensors
         "--swin", swin, "--swin-config", "tiny", "--raft", raft, "--raft-config", "tiny")])
     before = vars(args).copy()
@@ -151,12 +152,12 @@ def test_real_clips_weight_free_report(tmp_path, capsys):
     for ex in sorted(p for p in REAL.iterdir() if (p / "stm_output.mp4").exists()):
         rec = {"id": ex.name, "fg": str(ex / "fg.mp4"), "mask": str(ex / "mask.mp4"), "bg": str(ex / "bg.mp4")}
         stm.append({**rec, "result": str(ex / "stm_output.mp4")})
-        (fg, fps), bg = data.read_video(ex / "fg.mp4"), data.read_video(ex / "bg.mp4")[0]
-        m = data.read_mask(ex / "mask.mp4")
+        (fg, fps), bg = read_video(ex / "fg.mp4"), read_video(ex / "bg.mp4")[0]
+        m = read_mask(ex / "mask.mp4")
         n = min(len(fg), len(bg), len(m))
-        data.write_video(tmp_path / "copy" / f"{ex.name}.mp4", np.where(m[:n, ..., None], fg[:n], bg[:n]), fps)
+        write_video(tmp_path / "copy" / f"{ex.name}.mp4", np.where(m[:n, ..., None], fg[:n], bg[:n]), fps)
         copy.append({**rec, "result": str(tmp_path / "copy" / f"{ex.name}.mp4")})
-    s = {name: run("--results", _results(tmp_path / name, recs), "--max-side", 160, "--max-frames", 9)
+    s = {name: run("results", _results(tmp_path / name, recs), "--max-side", 160, "--max-frames", 9)
          for name, recs in (("stm", stm), ("copy", copy))}
     with capsys.disabled():
         print("\n" + evaluate.table(s))
@@ -191,7 +192,7 @@ def json_lines(path):
 
 def test_released_layout_scores_without_conversion(toy_runs, released, tmp_path):
     runs, rows, recs = toy_runs
-    s = run("--results", released, "--layout", "released", "--method", "copy-paste")
+    s = run("results", released, "--layout", "released", "--method", "copy-paste")
     got = json_lines(released / "eval-copy-paste" / "metrics.jsonl")
     assert s["n"] == 3 and s["name"] == "copy-paste" and [r["id"] for r in got] == sorted(r["id"] for r in got)
     assert s["source"]["layout"] == "released" and s["source"]["method"] == "copy-paste"
@@ -216,7 +217,7 @@ def test_released_layout_scores_without_conversion(toy_runs, released, tmp_path)
 ])
 def test_released_layout_bad_flags(released, argv, words, capsys):
     with pytest.raises(SystemExit) as e:
-        data.run_cli(evaluate.main, _parser_for(["--results", released, *argv]))
+        run_cli(evaluate.main, _parser_for(["results", released, *argv]))
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and all(w in err for w in words), err
 
@@ -244,9 +245,9 @@ def test_pair_runs(toy_runs, released, tmp_path):
     # the released layout: one folder, two methods
     pairs, counts = evaluate.pair_runs(released, released, "released", ("gen-recomposer", "copy-paste"))
     assert len(pairs) == 3 and counts == (0, 0) and all(p["a"].endswith("gen-recomposer.mp4") for p in pairs)
-    with pytest.raises(data.BadInput, match="same videos"):
+    with pytest.raises(BadInput, match="same videos"):
         evaluate.pair_runs(runs["copy"], runs["copy"])
-    with pytest.raises(data.BadInput, match="no triplet in both"):
+    with pytest.raises(BadInput, match="no triplet in both"):
         evaluate.pair_runs(runs["perfect"], _results(tmp_path / "other", [{**json_lines(
             runs["copy"] / "results.jsonl")[0], "id": "zzz"}]))
 
@@ -255,15 +256,15 @@ def test_segmenter_sam2(toy_runs, tmp_path, capsys):
     pytest.importorskip("transformers")
     from conftest import tiny_sam2
     runs, rows, _ = toy_runs
-    with pytest.raises(data.BadInput, match="--segmenter sam2 needs --sam2"):
-        run("--results", runs["copy"], "--segmenter", "sam2", "--out", tmp_path / "x")
+    with pytest.raises(BadInput, match="--segmenter sam2 needs --sam2"):
+        run("results", runs["copy"], "--segmenter", "sam2", "--out", tmp_path / "x")
     sam2 = tiny_sam2(tmp_path / "sam2")
     out = tmp_path / "eval"
-    s = run("--results", runs["copy"], "--limit", "2", "--segmenter", "sam2", "--sam2", sam2, "--out", out)
+    s = run("results", runs["copy"], "--limit", "2", "--segmenter", "sam2", "--sam2", sam2, "--out", out)
     assert s["n"] == 2 and "SAM 2" in s["segmenter"] and "SAM 2" in (out / "summary.md").read_text()
     got = json_lines(out / "metrics.jsonl")
     assert all(r["settings"]["segmenter"] == "sam2" for r in got)
     # a random SAM 2 segments differently from the motion segmenter: the layers (so the scores) come from it
     assert [r["gen_fg_ratio"] for r in got] != [r["gen_fg_ratio"] for r in rows["copy"][:2]]
-    with pytest.raises(data.BadInput, match="segmenter"):           # motion scores never mix with SAM 2's
-        run("--results", runs["copy"], "--limit", "2", "--out", out)
+    with pytest.raises(BadInput, match="segmenter"):           # motion scores never mix with SAM 2's
+        run("results", runs["copy"], "--limit", "2", "--out", out)

@@ -10,10 +10,11 @@ import zlib
 import pytest
 import torch
 
-import judge
+from others import judge
 from conftest import tiny_vlm
-from data import BadInput, write_video
-from judge import ANSWER_FORMAT, CRITERIA, KEYS, a_first, judge_pairs, parse_answer, winner
+from plumbing.cli import BadInput
+from plumbing.video import write_video
+from others.judge import ANSWER_FORMAT, CRITERIA, KEYS, a_first, judge_pairs, parse_answer, winner
 from toy import clip as toy_clip
 
 REFS = {c[0]: [judge.REF_LABELS[r] for r in c[2]] for c in CRITERIA}
@@ -53,7 +54,7 @@ def test_tiny_qwen25_end_to_end(tmp_path):
         t = judge_pairs(qj, pairs, tmp_path / "out", seed=3, name_a="stm", name_b="cp")
     finally:
         torch.set_num_threads(n)
-        vars(qj.model).pop("generate", None)             # the model is cached (decompose._load): leave it as it was
+        vars(qj.model).pop("generate", None)             # the model is cached (hf.cached_model): leave it
     rows = read_rows(tmp_path / "out")
     assert [(r["id"], r["criterion"]) for r in rows] == [(p["id"], c) for p in pairs for c in KEYS]
     for (frames, grids, text), r in zip(seen, rows):
@@ -238,7 +239,7 @@ def test_missing_extras(monkeypatch):
 
 
 def test_evaluate_judge_command_line(tmp_path, capsys):
-    """`python evaluate.py --judge RUN_A RUN_B` over two results folders (in process), on the tiny model; a rerun
+    """`python evaluate.py judge RUN_A RUN_B` over two results folders (in process), on the tiny model; a rerun
     asks nothing and gives the same table."""
     import evaluate
     vlm, _ = tiny_vlm(tmp_path / "vlm", "qwen2_5_vl")
@@ -252,7 +253,7 @@ def test_evaluate_judge_command_line(tmp_path, capsys):
             recs.append({"id": f"t{i}", "fg": f"{i}_fg.mp4", "bg": f"{i}_bg.mp4", "result": f"{i}_result.mp4",
                          "prompt": c["caption"]})
         (d / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in recs))
-    argv = ["--judge", str(runs["stm"]), str(runs["copy"]), "--judge-model", str(vlm), "--judge-frames", "2",
+    argv = ["judge", str(runs["stm"]), str(runs["copy"]), "--judge-model", str(vlm), "--judge-frames", "2",
             "--device", "cpu"]
     n = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import composer
+import toy
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import data
+from plumbing.video import read_video
 import dit
 import lora
 import sample
@@ -145,17 +148,17 @@ def test_torchrun_lora_resume_is_exact_and_sample_uses_it(mini_i2v, tiny_data, t
     # sample.py --ckpt OUT (no transformer/ there): --model's transformer + the adapter, merged at load, holds
     # exactly the weights of the --merge export (its videos are not compared bit for bit: the same weights in
     # other memory can round differently in the CPU matmuls)
-    ck = [sample.composer_folders(tmp_path / r, str(mini_i2v)) for r in ("split", "straight")]
+    ck = [composer.composer_folders(tmp_path / r, str(mini_i2v)) for r in ("split", "straight")]
     assert ck[0][0] == tmp_path / "split" / "lora" and ck[1][0] == tmp_path / "straight" / "transformer"
-    m0, m1 = (sample.load_models(tf, b, torch.device("cpu"), torch.float32)[0] for tf, b in ck)
+    m0, m1 = (composer.load_models(tf, b, torch.device("cpu"), torch.float32)[0] for tf, b in ck)
     sd0, sd1 = m0.state_dict(), m1.state_dict()
     assert sd0.keys() == sd1.keys() and all(torch.equal(sd0[k], sd1[k]) for k in sd0)
-    data.write_triplets(tmp_path / "tri", 1)
+    toy.write_triplets(tmp_path / "tri", 1)
     r = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--ckpt", str(tmp_path / "split"), "--model",
                         str(mini_i2v), "--triplets", str(tmp_path / "tri" / "triplets.jsonl"), "--steps", "2",
                         "--guidance", "1", "--out", str(tmp_path / "res")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert data.read_video(tmp_path / "res" / "t0000.mp4")[0].shape == (9, 64, 96, 3)
+    assert read_video(tmp_path / "res" / "t0000.mp4")[0].shape == (9, 64, 96, 3)
 
 
 def test_one_process_bf16_frozen_fp32_trained(mini_i2v, tiny_data, tmp_path):

@@ -1,5 +1,5 @@
 """The method around the models: what train.py feeds the DiT equals what sample.py feeds it, the latent cache
-never serves stale latents, classifier-free guidance in sample.compose, the schedules and seeded draws of the
+never serves stale latents, classifier-free guidance in composer.compose, the schedules and seeded draws of the
 training loop, and a small overfit run whose loss must beat a bound computed from its data."""
 import dataclasses
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import data
+from plumbing.dataset import LayeredClips
 import diffusion
 import sample
 import train
@@ -60,8 +60,8 @@ class StubDiT:
 
 def test_conditioning_contract(vae_07, tiny_data, tmp_path):
     """For one batch with every noise off, the [fg | bg] channels training builds (on the fly and from the latent
-    cache) equal those sample.compose gives the DiT, and training's x0 is the clip's scaled latent mean."""
-    ds = data.LayeredClips(tiny_data, frames=9, size=(64, 64))
+    cache) equal those composer.compose gives the DiT, and training's x0 is the clip's scaled latent mean."""
+    ds = LayeredClips(tiny_data, frames=9, size=(64, 64))
     b = train.collate([ds[i] for i in (3, 5)])
     texts = Texts(b["caption"])
     s = vae_07.config.scaling_factor
@@ -70,7 +70,7 @@ def test_conditioning_contract(vae_07, tiny_data, tmp_path):
     x0, fg, bg, text, mask_lat = cond(b, [3, 5], torch.Generator().manual_seed(0))
 
     stub = StubDiT()
-    sample.compose(stub, vae_07, texts, b["fg"], b["bg"], b["mask"], b["caption"], steps=1, guidance=1.0,
+    composer.compose(stub, vae_07, texts, b["fg"], b["bg"], b["mask"], b["caption"], steps=1, guidance=1.0,
                    progress=False)
     x_in, text_in = stub.inputs[0]                                            # (B, 48, T', H', W')
     assert x_in.shape[1] == 48
@@ -87,7 +87,7 @@ def test_conditioning_contract(vae_07, tiny_data, tmp_path):
     # the same from the latent cache
     cache = tmp_path / "latents"
     train.cache_latents(ds, vae_07, texts, cache, 0, 1, "cpu", torch.float32, False)
-    dsc = data.LayeredClips(tiny_data, frames=9, size=(64, 64), skip=("video", "bg"))
+    dsc = LayeredClips(tiny_data, frames=9, size=(64, 64), skip=("video", "bg"))
     bc = train.collate([dsc[i] for i in (3, 5)])
     assert "video" not in bc and "bg" not in bc
     cond_c = train.Conditioner(vae_07, texts, Augment(flip_p=0, crop_p=0, jitter_p=0), NOISE_OFF, NOISE_OFF, 0.0,
@@ -100,11 +100,11 @@ def test_conditioning_contract(vae_07, tiny_data, tmp_path):
 def test_latent_cache_is_exact_and_never_stale(tiny_data, tmp_path):
     torch.manual_seed(0)
     vae = V.VAE(V.PRESETS["toy"]).eval()
-    ds = data.LayeredClips(tiny_data, frames=9, size=(64, 64))
+    ds = LayeredClips(tiny_data, frames=9, size=(64, 64))
     texts = Texts(sorted({it["caption"] for it in ds.items}))
     cache = train.latent_cache_dir(tmp_path, ds.items, vae, 9, 64, 64, 1)
     train.cache_latents(ds, vae, texts, cache, 0, 1, "cpu", torch.float32, False)
-    import weights
+    from plumbing import weights
     for i in (0, 7):
         c = weights.read_state_dict(cache, f"{i:07d}.safetensors")
         with torch.no_grad():
@@ -130,7 +130,7 @@ def test_latent_cache_is_exact_and_never_stale(tiny_data, tmp_path):
 def test_cfg_in_compose(vae_07, tiny_data, monkeypatch, guidance):
     """guidance 1: one forward on the prompt; guidance g: v = v_u + g (v_c - v_u), v_u on the empty prompt,
     with the same fg and bg in both halves of the batch."""
-    ds = data.LayeredClips(tiny_data, frames=9, size=(64, 64))
+    ds = LayeredClips(tiny_data, frames=9, size=(64, 64))
     b = train.collate([ds[i] for i in (0, 1)])
     texts, stub, seen = Texts(b["caption"]), StubDiT(), []
 
@@ -138,7 +138,7 @@ def test_cfg_in_compose(vae_07, tiny_data, monkeypatch, guidance):
         seen.append(v_fn(x_T, torch.full((x_T.shape[0],), 999), 0))
         return x_T
     monkeypatch.setattr(diffusion.Schedule, "sample", one_step)
-    sample.compose(stub, vae_07, texts, b["fg"], b["bg"], b["mask"], b["caption"], guidance=guidance)
+    composer.compose(stub, vae_07, texts, b["fg"], b["bg"], b["mask"], b["caption"], guidance=guidance)
     v = seen[0]                                                                # (2, 16, T', H', W')
     v_c = torch.tensor([texts.ids[c] for c in b["caption"]])                   # what the stub says per prompt
     expect = v_c if guidance == 1 else 0.0 + guidance * (v_c - 0.0)           # v_u = 0: the empty prompt's id
@@ -178,7 +178,7 @@ def test_batch_indices_split_an_epoch_across_ranks_and_micro_steps():
 
 
 def test_text_dropout_rate(vae_07, tiny_data):
-    ds = data.LayeredClips(tiny_data, frames=9, size=(64, 64))
+    ds = LayeredClips(tiny_data, frames=9, size=(64, 64))
     b = train.collate([ds[i] for i in range(2)])
     texts = Texts(b["caption"])
     cond = train.Conditioner(vae_07, texts, Augment(flip_p=0, crop_p=0, jitter_p=0), NOISE_OFF, NOISE_OFF, 0.25)
@@ -215,7 +215,7 @@ def test_overfit_beats_a_bound_from_the_data(tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
     vae = V.VAE.from_pretrained(base)
-    ds = data.LayeredClips(small, frames=9, size=(64, 64))
+    ds = LayeredClips(small, frames=9, size=(64, 64))
     with torch.no_grad():                    # x0 is a posterior sample: E[x0^2] = E[mean^2] + E[exp(logvar)]
         mean, logvar = (torch.cat(z) for z in zip(*[vae.encode(ds[i]["video"][None]) for i in range(4)]))
     m2 = (mean.pow(2) + logvar.exp()).mean() * vae.config.scaling_factor ** 2

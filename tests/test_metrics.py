@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-import metrics
+from others import metrics
 from figures import parity, rel_err  # tests/figures.py: the README's parity table
 
 torch.set_num_threads(2)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data
+from plumbing.dataset import read_metadata
+from plumbing.video import mask_to_rgb, write_video
 import toy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +25,8 @@ def split(tmp_path_factory):
     d = tmp_path_factory.mktemp("split")
     for i in range(3):
         c = toy.clip(40 + i, T=9 if i < 2 else 5, H=64, W=96)
-        data.write_video(d / "clips" / f"c{i}.mp4", c["video"], fps=8)
-        data.write_video(d / "masks" / f"c{i}.mp4", data.mask_to_rgb(c["mask"]), fps=8)
+        write_video(d / "clips" / f"c{i}.mp4", c["video"], fps=8)
+        write_video(d / "masks" / f"c{i}.mp4", mask_to_rgb(c["mask"]), fps=8)
     r = subprocess.run([sys.executable, str(ROOT / "decompose.py"), "--videos", str(d / "clips"), "--out",
                         str(d / "out"), "--frames", "9", "--size", "64", "96", "--segmenter", "gt", "--masks",
                         str(d / "masks"), "--min-fg", "0.001", "--static", "0", "--template", "a {stem} clip"],
@@ -39,7 +40,7 @@ def split(tmp_path_factory):
 
 def test_preview_page_is_self_contained(split):
     page = (split / "preview.html").read_text()
-    recs = [r for r in data.read_metadata(split) if r["status"] == "ok"]
+    recs = [r for r in read_metadata(split) if r["status"] == "ok"]
     assert len(recs) == 2
     assert page.count('src="data:image/gif;base64,') == 4 * len(recs)           # input | mask | fg | bg per clip
     assert not re.search(r'src="(?!data:)', page)                               # no file beside it is needed

@@ -60,6 +60,14 @@ def override(cmd, **flags):
     return out
 
 
+def results_folder(cmd, folder):
+    """The README's `evaluate.py results FOLDER ...` with FOLDER replaced (an older `--results FOLDER` becomes the
+    subcommand's form: evaluate.py takes no --results flag)."""
+    i = next(k for k, a in enumerate(cmd) if a.endswith("evaluate.py")) + 1
+    rest = override(cmd[i:], results=None)
+    return cmd[:i] + ["results", str(folder)] + (rest[2:] if rest[:1] == ["results"] else rest)
+
+
 def run(cmd, timeout=600, ok=True):
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=timeout)
     if ok:
@@ -149,10 +157,10 @@ def test_real_scale_rehearsal(mini_i2v, tmp_path):
                     mask=ex / "mask.mp4", bg=ex / "bg.mp4", prompt=REAL_CAPTIONS["fig1-bird"], out=tmp_path / "res")
     assert samp[samp.index("--sampler") + 1] == "dpm" and samp[samp.index("--steps") + 1] == "50"
     run(samp)
-    import data
-    video, _ = data.read_video(tmp_path / "res" / "result.mp4")
+    from plumbing.video import read_video
+    video, _ = read_video(tmp_path / "res" / "result.mp4")
     assert video.shape == (9, 64, 96, 3)
-    ev = override(python(command(cmds, "evaluate.py")), results=tmp_path / "res")
+    ev = results_folder(python(command(cmds, "evaluate.py")), tmp_path / "res")
     run(ev)
     rows = [json.loads(line) for line in (tmp_path / "res" / "eval" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import remover as R  # noqa: E402
-import weights  # noqa: E402
+from others import remover as R  # noqa: E402
+from plumbing import weights  # noqa: E402
 from conftest import rel, single_thread  # noqa: E402
 
 diffusers = pytest.importorskip("diffusers")
@@ -311,14 +311,14 @@ def test_decompose_splits_with_the_remover(tmp_path):
     one here, saved in the zibojia/minimax-remover layout); offline, a remover that cannot be had stops the run in
     one line before any clip, naming the weight-free choice."""
     import subprocess
-    import data
+    from plumbing.video import mask_to_rgb, read_mask, read_video, write_video
     import toy
     vae_cfg = VAE_CONFIGS["wan-shaped"]
     write_tiny_remover(tmp_path / "rm", vae_cfg, dataclasses.replace(DIT_CONFIG, in_channels=12, out_channels=4), 3.0)
     for i in range(2):
         c = toy.clip(30 + i, T=9, H=64, W=64)
-        data.write_video(tmp_path / "clips" / f"c{i}.mp4", c["video"], fps=8)
-        data.write_video(tmp_path / "masks" / f"c{i}.mp4", data.mask_to_rgb(c["mask"]), fps=8)
+        write_video(tmp_path / "clips" / f"c{i}.mp4", c["video"], fps=8)
+        write_video(tmp_path / "masks" / f"c{i}.mp4", mask_to_rgb(c["mask"]), fps=8)
     root = Path(__file__).resolve().parents[1]
     env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     cmd = [sys.executable, str(root / "decompose.py"), "--videos", str(tmp_path / "clips"), "--frames", "9",
@@ -330,9 +330,9 @@ def test_decompose_splits_with_the_remover(tmp_path):
     recs = [json.loads(l) for l in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
     recs = [x for x in recs if x["status"] == "ok"]
     assert recs, "no clip was kept"
-    bg = data.read_video(tmp_path / "out" / recs[0]["bg"])[0]
-    video = data.read_video(tmp_path / "out" / recs[0]["videos"])[0]
-    hole = data.read_mask(tmp_path / "out" / recs[0]["masks"])
+    bg = read_video(tmp_path / "out" / recs[0]["bg"])[0]
+    video = read_video(tmp_path / "out" / recs[0]["videos"])[0]
+    hole = read_mask(tmp_path / "out" / recs[0]["masks"])
     assert bg.shape == video.shape and np.abs(bg[hole].astype(int) - video[hole]).mean() > 5   # the hole was redrawn
     direct = R.Remover.from_pretrained(tmp_path / "rm")(video, hole, steps=2, dilate=6, seed=42)   # by the remover
     grown = R.dilate(torch.from_numpy(hole), 6).numpy()

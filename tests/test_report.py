@@ -18,9 +18,10 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
-import data
-import judge
-import report
+from plumbing.cli import BadInput
+from plumbing.video import write_video
+from others import judge
+from others import pages as report
 import toy
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -127,7 +128,7 @@ def pairs(tmp_path_factory):
         p = {"id": tid, "prompt": c["caption"], "fg": d / f"fg-{i}.mp4", "bg": d / f"bg-{i}.mp4",
              "a": d / NAMES[0] / f"res-{tid}.mp4", "b": d / NAMES[1] / f"res-{tid}.mp4"}
         for k, frames in (("fg", c["fg"]), ("bg", c["bg"]), ("a", c["video"]), ("b", c["bg"])):
-            data.write_video(p[k], frames, fps=8)
+            write_video(p[k], frames, fps=8)
         out.append({k: str(v) for k, v in p.items()})
     return out
 
@@ -175,9 +176,9 @@ def test_study_layout_and_no_leak(study, pairs):
     # the same inputs regenerate the same study; another study in the same folder is refused
     assert report.write_study(pairs, out, *NAMES, seed=2, n=3).read_text() == text
     assert json.loads((out / "key.json").read_text()) == key
-    with pytest.raises(data.BadInput, match=r"key\.json belongs to study-"):
+    with pytest.raises(BadInput, match=r"key\.json belongs to study-"):
         report.write_study(pairs, out, *NAMES, seed=4, n=3)
-    with pytest.raises(data.BadInput, match="asked for 9 examples"):
+    with pytest.raises(BadInput, match="asked for 9 examples"):
         report.write_study(pairs, out / "other", *NAMES, n=9)
 
 
@@ -260,7 +261,7 @@ def test_tally_partial_and_errors(study, tmp_path):
     for name, what in (("other.json", "study 'study-0000000000'"), ("choice.json", "unknown choice 'C'"),
                        ("example.json", "unknown example 'ex77'"), ("crit.json", "unknown criterion 'beauty'"),
                        ("broken.json", "not a JSON answers file")):
-        with pytest.raises(data.BadInput) as e:
+        with pytest.raises(BadInput) as e:
             report.tally_study(out, [f, tmp_path / name])
         msg = str(e.value)
         assert msg.startswith(str(tmp_path / name)) and what in msg and "\n" not in msg, msg
@@ -274,9 +275,9 @@ def runs(tmp_path_factory):
     for i in range(3):
         c = toy.clip(500 + i, T=9, H=48, W=64)
         for name, frames in (("fg", c["fg"]), ("bg", c["bg"]), ("ref", c["video"])):
-            data.write_video(d / "in" / f"{name}{i}.mp4", frames, fps=8)
+            write_video(d / "in" / f"{name}{i}.mp4", frames, fps=8)
         for j, n in enumerate(NAMES):
-            data.write_video(d / n / f"r{i}.mp4", c["video"] if j == 0 else c["bg"], fps=8)
+            write_video(d / n / f"r{i}.mp4", c["video"] if j == 0 else c["bg"], fps=8)
             rows[n].append({"id": f"t{i}", "fg": str(d / "in" / f"fg{i}.mp4"), "bg": str(d / "in" / f"bg{i}.mp4"),
                             "mask": None, "prompt": c["caption"], "result": str(d / n / f"r{i}.mp4"),
                             "reference": str(d / "in" / f"ref{i}.mp4"),

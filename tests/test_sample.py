@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import data
+import toy
+
+from plumbing.video import read_video, write_video
 from dit import DiT, PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,32 +35,32 @@ def sample(args):
 
 
 def test_end_to_end_size_length_determinism(composer, tmp_path):
-    c = data.toy_clip(5, T=17, H=80, W=96)          # other size and length: resampled with a notice
-    data.write_video(tmp_path / "fg.mp4", c["fg"], fps=10)
-    data.write_video(tmp_path / "bg.mp4", data.toy_clip(6)["bg"], fps=10)
+    c = toy.clip(5, T=17, H=80, W=96)          # other size and length: resampled with a notice
+    write_video(tmp_path / "fg.mp4", c["fg"], fps=10)
+    write_video(tmp_path / "bg.mp4", toy.clip(6)["bg"], fps=10)
     args = ["--ckpt", str(composer), "--fg", str(tmp_path / "fg.mp4"), "--bg", str(tmp_path / "bg.mp4"),
             "--prompt", "a red boat", "--steps", "3", "--guidance", "3"]
     r1 = sample(args + ["--out", str(tmp_path / "a.mp4"), "--grid"])
     assert r1.returncode == 0, r1.stderr[-2000:]
     assert "resampled to 9 frames of 64x64" in r1.stdout
-    v, fps = data.read_video(tmp_path / "a.mp4")
+    v, fps = read_video(tmp_path / "a.mp4")
     assert v.shape == (9, 64, 64, 3) and fps == 10
-    assert data.read_video(tmp_path / "a_grid.mp4")[0].shape == (9, 64, 192, 3)
-    assert data.read_video(tmp_path / "a_grid.gif")[0].shape == (9, 64, 192, 3)
+    assert read_video(tmp_path / "a_grid.mp4")[0].shape == (9, 64, 192, 3)
+    assert read_video(tmp_path / "a_grid.gif")[0].shape == (9, 64, 192, 3)
     assert sample(args + ["--out", str(tmp_path / "b.mp4")]).returncode == 0
-    assert np.array_equal(data.read_video(tmp_path / "b.mp4")[0], v)              # same seed, same video
+    assert np.array_equal(read_video(tmp_path / "b.mp4")[0], v)              # same seed, same video
     assert sample(args + ["--out", str(tmp_path / "c.mp4"), "--seed", "1", "--sampler", "dpm"]).returncode == 0
-    assert not np.array_equal(data.read_video(tmp_path / "c.mp4")[0], v)
+    assert not np.array_equal(read_video(tmp_path / "c.mp4")[0], v)
 
 
 def test_triplet_batch(composer, tmp_path):
-    data.write_triplets(tmp_path / "tri", 3)
+    toy.write_triplets(tmp_path / "tri", 3)
     r = sample(["--ckpt", str(composer), "--triplets", str(tmp_path / "tri" / "triplets.jsonl"), "--steps", "2",
                 "--batch", "2", "--out", str(tmp_path / "res")])
     assert r.returncode == 0, r.stderr[-2000:]
     recs = [json.loads(l) for l in (tmp_path / "res" / "results.jsonl").read_text().splitlines()]
     assert [r["id"] for r in recs] == ["t0000", "t0001", "t0002"]
-    assert all(data.read_video(r["result"])[0].shape == (9, 64, 64, 3) for r in recs)
+    assert all(read_video(r["result"])[0].shape == (9, 64, 64, 3) for r in recs)
 
 
 def test_bad_inputs(composer, tmp_path):
@@ -70,7 +72,7 @@ def test_bad_inputs(composer, tmp_path):
     r = sample(["--ckpt", str(tmp_path / "nothing-here"), "--fg", "a", "--bg", "b"])
     assert r.returncode != 0 and "nothing-here" in r.stderr and "Traceback" not in r.stderr
     black = np.zeros((9, 64, 64, 3), np.uint8)
-    data.write_video(tmp_path / "black.mp4", black)
+    write_video(tmp_path / "black.mp4", black)
     r = sample(["--ckpt", str(composer), "--fg", str(tmp_path / "black.mp4"), "--bg", str(tmp_path / "black.mp4")])
     assert r.returncode != 0 and "mask is empty" in r.stderr
 
@@ -82,11 +84,11 @@ def test_bundled_default_runs(tmp_path):
     recs = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(recs) == 3
     for rec in recs:
-        assert data.read_video(rec["result"])[0].shape == (9, 64, 64, 3)
-        assert data.read_video(rec["result"].replace(".mp4", "_grid.gif"))[0].shape == (9, 64, 192, 3)
+        assert read_video(rec["result"])[0].shape == (9, 64, 64, 3)
+        assert read_video(tmp_path / "grid" / f"{rec['id']}.gif")[0].shape == (9, 64, 192, 3)
     # the stacked overview: 3 rows of fg | bg | result | reference | reference through the VAE, 2-px separators
-    assert data.read_video(tmp_path / "grid.gif")[0].shape == (9, 3 * 64 + 2 * 2, 5 * 64, 3)
-    g = data.read_video(tmp_path / "grid.mp4")[0].astype(np.float64)
+    assert read_video(tmp_path / "grid.gif")[0].shape == (9, 3 * 64 + 2 * 2, 5 * 64, 3)
+    g = read_video(tmp_path / "grid.mp4")[0].astype(np.float64)
     assert g.shape == (9, 3 * 64 + 2 * 2, 5 * 64, 3)
     ref, via_vae = g[:, :64, 3 * 64:4 * 64], g[:, :64, 4 * 64:]
     psnr = 10 * np.log10(255 ** 2 / ((ref - via_vae) ** 2).mean())

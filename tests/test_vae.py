@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vae  # noqa: E402
-import weights  # noqa: E402
+from plumbing import weights  # noqa: E402
 from conftest import rel, single_thread  # noqa: E402
 from vae import PRESETS, VAE, VAEConfig, WEIGHTS_NAME  # noqa: E402
 from figures import parity  # noqa: E402  (tests/figures.py: the README's parity table)

@@ -10,7 +10,7 @@ mask (as a video, 2m-1 on 3 channels) are both VAE-encoded and normalised with t
 the DiT denoises [noise | holed-video latent | mask latent] (16 + 16 + 16 = 48 channels) from pure noise with
 a flow-matching Euler sampler (no text, no guidance); the VAE decodes the result.
 
-    import remover as R
+    from others import remover as R
     rm = R.Remover.from_pretrained("zibojia/minimax-remover", dtype=torch.float16, device="cuda")  # or a folder
     bg = rm(video, mask, steps=12, dilate=6)   # uint8 (T, H, W, 3), bool (T, H, W) -> uint8 (T, H, W, 3)
     python remover.py                          # toy end-to-end run on CPU + parameter counts of the presets
@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import weights
+from plumbing import weights
 from dit import GELU, TimestepEmbedding    # the same modules and key names in Wan (ff.net.0.proj, linear_1/2)
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"

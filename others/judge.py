@@ -4,15 +4,15 @@ generated videos (A, B) compared on six criteria, by a VLM judge or by people. T
 references each one shows, the judge's instructions, the human form) is the paper's appendix, summarised in
 ../shared/reference/judge-prompts.md.
 
-This file holds what the judge and the user study share: the criteria, the A/B shuffle, parsing an answer, and the
-win / tie / lose tally with its table and stacked-bar plot. evaluate.py is the command line (--judge, --study,
---tally).
+This file holds what the judge and the user study share: the pairing of two runs' records (match_runs), the
+criteria, the A/B shuffle, parsing an answer, and the win / tie / lose tally with its table and stacked-bar plot.
+evaluate.py is the command line (its judge, study and tally subcommands).
 
-The VLM judge (judge_pairs, with QwenJudge or GeminiJudge; evaluate.py --judge RUN_A RUN_B runs it): per triplet and
-criterion one question, showing only that criterion's references (labelled "Reference Foreground" / "Reference
-Background"), then the two results as "Video A" and "Video B" in an order drawn by a_first(seed, triplet,
-criterion), then the paper's instruction + ANSWER_FORMAT. The reply is parsed to A / B / N and mapped back to run A /
-run B; any other reply is counted as invalid and listed, never guessed. Each answer is appended to
+The VLM judge (judge_pairs, with the QwenJudge or GeminiJudge of load_judge; evaluate.py judge RUN_A RUN_B runs it):
+per triplet and criterion one question, showing only that criterion's references (labelled "Reference Foreground" /
+"Reference Background"), then the two results as "Video A" and "Video B" in an order drawn by a_first(seed,
+triplet, criterion), then the paper's instruction + ANSWER_FORMAT. The reply is parsed to A / B / N and mapped back
+to run A / run B; any other reply is counted as invalid and listed, never guessed. Each answer is appended to
 <out>/answers.jsonl as soon as it comes, so a stopped run (killed, or a judge error, which is raised with a line
 saying so) resumes by asking only what is missing; answers asked with other settings (judge, model, frames, seed, run
 names) are refused, never overwritten. At the end: judge.json, judge.md (table) and judge.svg (Figure 8's bars).
@@ -34,9 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import data
-from data import BadInput, append_jsonl
-from weights import atomic_write_text
+from plumbing import weights
+from plumbing.cli import BadInput
+from plumbing.files import atomic_write_text
+from plumbing.records import append_jsonl, drop_problem_lines, json_safe, read_jsonl
+from plumbing.video import probe, read_frames
 
 # (key, name, references shown, instruction quoted from the paper, the row definition shown to people)
 _PRE = "You are a video analysis tool. You will be given "
@@ -81,6 +83,25 @@ NAMES = {c[0]: c[1] for c in CRITERIA}
 REF_LABELS = {"fg": "Reference Foreground", "bg": "Reference Background"}
 # the paper: "the instruction asks for the single character A, B or N"
 ANSWER_FORMAT = " Answer with a single character: A, B, or N (no preference)."
+
+
+def match_runs(recs_a, recs_b, run_a, run_b):
+    """Two runs' records over the same triplets (video paths absolute; run_a / run_b name them in errors) ->
+    (pairs, (only in A, only in B)) for the judge and the user study: one dict per triplet in both, matched by id
+    (else by fg, bg and prompt): id, fg, bg, mask, prompt, a and b (the two results), and the toy's reference /
+    expect where the record has them."""
+    key = lambda r: r.get("id") or "|".join([r["fg"], r["bg"], r.get("prompt", "")])
+    a, b = {key(r): r for r in recs_a}, {key(r): r for r in recs_b}
+    pairs = [{**{k: v for k, v in r.items() if k != "result"}, "id": str(r.get("id") or f"{i:04d}"),
+              "prompt": r.get("prompt", ""), "a": r["result"], "b": b[k]["result"]}
+             for i, (k, r) in enumerate(a.items()) if k in b]
+    if not pairs:
+        raise BadInput(f"{run_a} and {run_b}: no triplet in both (matched by id, else by fg, bg and prompt); "
+                       "compare two runs over the same triplets")
+    if any(p["a"] == p["b"] for p in pairs):
+        raise BadInput(f"{run_a} and {run_b}: the two runs are the same videos; give two different runs (with "
+                       "--layout released, two methods: --method NAME_A NAME_B)")
+    return pairs, (len(a) - len(pairs), len(b) - len(pairs))
 
 
 def a_first(seed, triplet, criterion):
@@ -180,14 +201,14 @@ def stacked_bars_svg(groups, title=""):
 def _frames(path, k):
     """`k` frames at the centres of k equal segments of the video (fewer when it is shorter). Cached: the same
     reference and results come back in the next criteria's questions."""
-    n, _ = data.probe(path)
-    return data.read_frames(path, np.unique(((np.arange(k) + 0.5) * n / k).astype(int)))
+    n, _ = probe(path)
+    return read_frames(path, np.unique(((np.arange(k) + 0.5) * n / k).astype(int)))
 
 
 class QwenJudge:
     """A local VLM (Qwen2.5-VL, or another model transformers loads for image-text-to-text) from a folder or hub id.
     Each video goes in as its frames, as images introduced by "<label> (<n> frames):": without torchvision,
-    transformers cannot build a video processor (see decompose._load_vlm, which this shares)."""
+    transformers cannot build a video processor (see hf.load_vlm, which this shares)."""
 
     def __init__(self, path, device="cpu", frames=8, max_new_tokens=8):
         try:
@@ -195,8 +216,8 @@ class QwenJudge:
         except ImportError:
             raise BadInput("--backend qwen needs transformers (pip install transformers), "
                            "or use --backend gemini") from None
-        import decompose
-        self.model, self.proc = decompose._load_vlm(str(path))
+        from .hf import load_vlm
+        self.model, self.proc = load_vlm(str(path))
         self.model.to(device)
         self.device, self.frames, self.max_new_tokens = device, frames, max_new_tokens
         self.settings = {"backend": "qwen", "model": str(path), "frames": frames}
@@ -265,10 +286,20 @@ class GeminiJudge:
                 time.sleep(self.wait * 2 ** k)
 
 
+def load_judge(backend="qwen", model=None, device="cpu", frames=8):
+    """The judge of evaluate.py judge's --backend / --judge-model / --device / --judge-frames: Gemini (default
+    gemini-2.5-pro), or a local VLM (default Qwen/Qwen2.5-VL-7B-Instruct) whose weights are checked first."""
+    if backend == "gemini":
+        return GeminiJudge(model or "gemini-2.5-pro")
+    path = model or "Qwen/Qwen2.5-VL-7B-Instruct"
+    weights.check_weights(path, "--judge-model", "--backend gemini (GEMINI_API_KEY)")
+    return QwenJudge(path, device, frames=frames)
+
+
 def _read_answers(f, settings):
     """The answers an earlier run left in `f` (resume). A torn last line is dropped, with a warning; answers asked
     with other settings are never mixed in nor removed: one line, another --out."""
-    old, problems = data.read_jsonl(f) if f.is_file() else ([], [])
+    old, problems = read_jsonl(f) if f.is_file() else ([], [])
     rows = [r for _, r in old]
     other = [r for r in rows if r.get("settings") != settings]
     if other:
@@ -277,7 +308,7 @@ def _read_answers(f, settings):
                 if was.get(k) != settings.get(k)]
         raise BadInput(f"{f}: holds {len(other)} answers asked with other settings ({'; '.join(diff)}); they are "
                        "kept: pass another --out, or the same settings to resume")
-    data.drop_problem_lines(f, rows, problems)
+    drop_problem_lines(f, rows, problems)
     return rows
 
 
@@ -333,7 +364,7 @@ def judge_pairs(judge, pairs, out, seed=0, criteria=KEYS, name_a="A", name_b="B"
     final = [first_of[i, c] for i in ids for c in criteria if (i, c) in first_of]
     t = tally(final, criteria)
     invalid = [{k: r[k] for k in ("id", "criterion", "reply")} for r in final if r["winner"] == "invalid"]
-    atomic_write_text(out / "judge.json", json.dumps(data.json_safe({
+    atomic_write_text(out / "judge.json", json.dumps(json_safe({
         "a": name_a, "b": name_b, "questions": len(final), "tally": t, "invalid": invalid, "settings": settings}),
         indent=2) + "\n")
     md = [f"# VLM judge: {name_a} vs {name_b}\n", f"{len(pairs)} triplets x {len(criteria)} criteria = {len(final)} "

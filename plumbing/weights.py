@@ -8,9 +8,10 @@ The official layouts this understands (diffusers and transformers write them):
     <folder>/<name>.safetensors                              one file, or
     <folder>/<name>.safetensors.index.json + the shards it names
 
-    python -c "import weights; print(weights.resolve('THUDM/CogVideoX-5b-I2V', 'vae'))"
+    python -c "from plumbing import weights; print(weights.resolve('THUDM/CogVideoX-5b-I2V', 'vae'))"
 """
 import dataclasses
+import importlib.util
 import json
 import os
 import tempfile
@@ -18,6 +19,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .cli import BadInput
+from .files import atomic_write_text
 
 
 def resolve(path_or_id, subfolder=""):
@@ -142,15 +146,6 @@ def _atomic_save(sd, path):
     os.replace(tmp, path)
 
 
-def atomic_write_text(path, text):
-    """Write then rename, so a crash never leaves a half-written file under the real name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600
-    os.replace(tmp, path)
 
 
 def load_pretrained(cls, config_cls, path_or_hub_id, subfolder, weights_name, dtype=None, device=None):
@@ -165,3 +160,24 @@ def meta_model(cls, config):
     """Build `cls(config)` on the meta device: no memory, no init cost; `load_into` fills it."""
     with torch.device("meta"):
         return cls(config)
+
+
+def check_weights(path, flag, instead, need=("config.json",), patterns=None, library="transformers"):
+    """Before any clip: the model a stage calls must be a local folder holding `need`, or a hub id whose weights
+    (`patterns`: only those files) can be had from the local cache or downloaded now; `library`: the optional
+    package the stage loads it with. Otherwise one line that names the flag and the offline choice."""
+    p = Path(path)
+    if p.exists():
+        missing = [n for n in need if not (p / n).exists()]
+        if missing:
+            raise BadInput(f"{flag} {path}: no {', '.join(missing)} in this folder; pass a model folder, "
+                           f"or use {instead}")
+        return
+    if library and importlib.util.find_spec(library) is None:
+        raise BadInput(f"{flag} needs {library} (pip install {library}), or use {instead}")
+    from huggingface_hub import snapshot_download
+    try:
+        snapshot_download(str(path), allow_patterns=patterns)
+    except Exception as e:
+        raise BadInput(f"{flag} {path}: no local folder of that name and the hub is out of reach "
+                         f"({type(e).__name__}); pass a downloaded folder, or offline use {instead}") from None

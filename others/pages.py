@@ -1,6 +1,6 @@
 """
 Static HTML pages for people: the pairwise user study (the paper's human form, Figures 7-8) and the results report.
-evaluate.py is the command line (--study, --tally, --results / --compare write report.html).
+evaluate.py is the command line (its study and tally subcommands; results and compare write report.html).
 
     write_study(pairs, out, "stm", "copy-paste", seed=0, n=25)   # out/site/ (put it on any static host), out/key.json
     tally_study(out, ["answers/ann.json", "answers/bob.json"])   # out/tally.json, tally.md, tally.svg
@@ -13,6 +13,7 @@ presses "Export answers", which downloads answers-<study>.json; one such file pe
 Both pages load a video only while it is near the screen: browsers cap the live media players of one page (Chromium
 at a few dozen), and a 25-example study (100 videos) or a 100-row report would otherwise stop decoding part way down.
 """
+import base64
 import hashlib
 import html
 import json
@@ -22,15 +23,20 @@ import random
 import shutil
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from urllib.parse import quote
 
 import av
+import torch
+from tqdm import tqdm
 
-import data
-import judge
-from data import BadInput
-from weights import atomic_write_text
+from plumbing.cli import BadInput
+from plumbing.files import atomic_write_text
+from plumbing.records import json_safe
+from plumbing.dataset import read_metadata
+from plumbing.video import read_video, resize_video, write_video
+from . import judge
 
 PLAYABLE = {".mp4"}  # copied as it is; anything else (gif, webm, frame folder) is re-encoded to mp4, so that a
 # file's suffix never tells run A's videos from run B's
@@ -144,8 +150,8 @@ def _copy_video(src, dst):
     if src.is_file() and src.suffix.lower() in PLAYABLE:
         shutil.copyfile(src, dst)
     else:
-        frames, fps = data.read_video(src)
-        data.write_video(dst, frames, fps=fps)
+        frames, fps = read_video(src)
+        write_video(dst, frames, fps=fps)
     return dst.name
 
 
@@ -190,10 +196,11 @@ def write_study(pairs, out, name_a, name_b, seed=0, n=None):
     out = Path(out)
     pairs = list(pairs)
     if not pairs:
-        raise BadInput("--study: no pairs to show (the two runs share no triplet)")
+        raise BadInput("study: no pairs to show (the two runs share no triplet)")
     _check_pairs(pairs)
     if n is not None and not 0 < n <= len(pairs):
-        raise BadInput(f"--study: asked for {n} examples, the runs share {len(pairs)} triplets (use 1..{len(pairs)})")
+        raise BadInput(f"--study-n {n}: asked for {n} examples, the runs share {len(pairs)} triplets "
+                       f"(use 1..{len(pairs)})")
     spec = json.dumps([name_a, name_b, seed, n, [[str(p[k]) for k in ("id", "fg", "bg", "prompt", "a", "b")]
                                                  for p in pairs]], sort_keys=True)
     study = "study-" + hashlib.sha1(spec.encode()).hexdigest()[:10]
@@ -269,9 +276,9 @@ def tally_study(out, files):
     try:
         key = json.loads((out / "key.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise BadInput(f"--tally {out}: no readable key.json there ({e}); pass the --out of evaluate.py --study")
+        raise BadInput(f"tally {out}: no readable key.json there ({e}); pass the --out of evaluate.py study")
     if not files:
-        raise BadInput(f"--tally {out}: no answer files given")
+        raise BadInput(f"tally {out}: no answer files given")
     latest = {}                                           # every file checked before anything is written
     for i, f in enumerate(files):
         doc, per = _read_answers(f, key)
@@ -290,7 +297,7 @@ def tally_study(out, files):
             for per in answers for ex, crit, choice in per]
     t = judge.tally(rows)
     a, b = key["names"]
-    atomic_write_text(out / "tally.json", json.dumps(data.json_safe({
+    atomic_write_text(out / "tally.json", json.dumps(json_safe({
         "study": key["study"], "names": [a, b], "subjects": len(answers), "answers": len(rows),
         "files": [str(f) for f in files], "tally": t}), indent=1))
     atomic_write_text(out / "tally.md", f"# User study: {a} vs {b}\n\n{len(answers)} subjects, {len(rows)} answers "
@@ -389,3 +396,60 @@ def write_report(out, runs, columns, title="", max_rows=100):
 """
     atomic_write_text(out / "report.html", page)
     return out / "report.html"
+
+
+# ---------------------------------------------------------------------------------------------
+# The Split preview: a look at a decompose.py output folder
+
+PREVIEW_LAYERS = (("videos", "input"), ("masks", "mask"), ("fg", "fg"), ("bg", "bg"))
+
+
+def gif_data_uri(path, width):
+    """A video file -> a looping GIF `width` pixels wide, as a data: URI (the page needs no other file)."""
+    frames = read_video(path)[0]
+    T, H, W, _ = frames.shape
+    small = resize_video(torch.from_numpy(frames).permute(0, 3, 1, 2), max(2, round(H * width / W)), width,
+                         mode="stretch").permute(0, 2, 3, 1).numpy()
+    with tempfile.TemporaryDirectory() as d:
+        write_video(Path(d) / "v.gif", small, fps=8)
+        return "data:image/gif;base64," + base64.b64encode((Path(d) / "v.gif").read_bytes()).decode()
+
+
+def write_preview(out, max_clips=24, width=192):
+    """<out>/preview.html: one self-contained page with, per kept clip (the first `max_clips`), looping
+    input | mask | fg | bg, its caption and fg ratio, and the dataset's counts (kept, skipped by reason).
+    Each image reports when it has loaded (body data-loaded="n/N"), so a browser test can check them all."""
+    out = Path(out)
+    recs = read_metadata(out)
+    if not recs:
+        raise BadInput(f"--preview {out}: no metadata.jsonl here (not a decompose.py output folder)")
+    kept = [r for r in recs if r.get("status") == "ok"]
+    counts = Counter(r.get("status", "?") for r in recs)
+    esc = html.escape
+    rows = []
+    for r in tqdm(kept[:max_clips], desc="preview"):
+        cells = "".join(f'<figure><img alt="{name}" src="{gif_data_uri(out / r[key], width)}">'
+                        f"<figcaption>{name}</figcaption></figure>" for key, name in PREVIEW_LAYERS)
+        rows.append(f'<section><h2>{esc(str(r["id"]))}</h2><p>{esc(r.get("caption", ""))}</p>'
+                    f'<p class="meta">fg ratio {r.get("fg_ratio", 0):.1%} &middot; {r.get("frames")} frames '
+                    f'&middot; source {esc(str(r.get("source", "")))}</p><div class="row">{cells}</div></section>')
+    stats = ", ".join(f"{k}: {v}" for k, v in counts.most_common())
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Split preview: {esc(out.name)}</title>
+<style>body{{font-family:sans-serif;margin:1.5em;background:#fafafa}} .row{{display:flex;gap:8px}}
+figure{{margin:0}} figcaption{{text-align:center;font-size:12px;color:#555}}
+img{{display:block;image-rendering:pixelated}} .meta{{color:#666;font-size:13px}}
+section{{background:#fff;padding:8px 12px;margin:12px 0;border:1px solid #ddd}}</style>
+</head><body data-loaded="0/0"><h1>Split preview: {esc(str(out))}</h1>
+<p><b>{len(kept)}</b> clips kept of {len(recs)} records ({esc(stats)}); showing the first {len(rows)}.</p>
+{"".join(rows)}
+<script>
+function count() {{
+  const imgs = [...document.images];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.loaded = ok + "/" + imgs.length;
+}}
+window.addEventListener("load", count);
+</script></body></html>
+"""
+    atomic_write_text(out / "preview.html", page)
+    return out / "preview.html"

@@ -12,13 +12,14 @@ takes the per-pixel median of the aligned frames as the static scene, and thresh
 it. A subject that moves less than about its own size over the clip leaks into that median and comes out partial;
 one that stands still is invisible.
 """
-import functools
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data import LUMA, dilate
+from plumbing.video import LUMA, dilate
+
+from .hf import cached_model
 
 # ---- Global (camera) motion: one affine map per frame, in grid_sample's normalized coordinates ---
 # Coordinates are normalized to [-1, 1] (align_corners=False), so a warp found on a small copy
@@ -230,12 +231,6 @@ def motion_mask(video, G=None, side=256, min_diff=20.0):
     return m.numpy()
 
 
-@functools.lru_cache
-def _load(cls, path):
-    """Models are loaded once per process (each worker holds its own copy)."""
-    return cls.from_pretrained(path).eval()
-
-
 def sam2_mask(video, prompt, model_path):
     """SAM 2 video propagation (transformers' Sam2VideoModel, optional): the box of `prompt` (bool
     (T,H,W)) on the frame where it is largest, propagated forward and backward -> bool (T,H,W).
@@ -245,7 +240,7 @@ def sam2_mask(video, prompt, model_path):
         from transformers import Sam2VideoInferenceSession, Sam2VideoModel, Sam2VideoProcessor
     except ImportError:
         raise SystemExit("--segmenter sam2 needs transformers>=4.56 (pip install transformers)") from None
-    model = _load(Sam2VideoModel, model_path)
+    model = cached_model(Sam2VideoModel, model_path)
     S, (T, H, W) = model.config.image_size, prompt.shape
     t = int(prompt.reshape(T, -1).sum(1).argmax())
     ys, xs = np.nonzero(prompt[t])
