@@ -9,7 +9,7 @@ Split: any folder of videos -> a layered-clip training set (caption, mask, fg la
     torchrun --nproc_per_node=8 decompose.py --videos clips --out data/mine --segmenter sam2   # one process per GPU
     torchrun --nnodes 4 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 decompose.py ...  # 4 nodes
     python decompose.py --videos clips --out data/mine --shard 3/8 --workers 4   # machine 3 of 8, no network between
-    python decompose.py --merge --out data/mine                                      # then join the shard folders
+    python decompose.py --merge --out data/mine          # then, the 8 folders copied into one: join their records
 
 Stages (paper Sec. 3.3, App. A; StM release settings where they apply):
 1. clips: each source is cut into consecutive, non-overlapping `--frames`-frame windows, each at a
@@ -20,29 +20,29 @@ Stages (paper Sec. 3.3, App. A; StM release settings where they apply):
    transformers, prompted with the motion mask's box). fg ratio outside [1%, 45%] -> skipped.
 3. caption: `file`, `vlm` (a video-capable VLM via transformers) or `template`.
 4. layers: fg = clip x mask on black; bg = the (dilated) hole filled by `temporal` (weight-free),
-   `minimax` (MiniMax-Remover, remover.py: 12 steps, as the StM release), `none` (black hole) or `cmd` (an
+   `minimax` (MiniMax-Remover, others/remover.py: 12 steps, as the StM release), `none` (black hole) or `cmd` (an
    external inpainter such as ProPainter).
 
 The masks (the weight-free motion segmenter, SAM 2) and the camera-motion model the temporal inpainter shares
-with it live in segment.py; evaluate.py re-segments generated videos with the same code.
+with it live in others/segment.py; evaluate.py re-segments generated videos with the same code.
 
-Resume and scale: one metadata.jsonl record per clip (kept or skipped), appended only by the main
-process after a clip's files are written atomically, so a rerun skips finished clips and a kill
-loses at most the clips in progress. Under torchrun, rank R of W takes every W-th clip still to do of
-the (deterministic) clip list, keeps its models on cuda:LOCAL_RANK, and appends its records to its own
-metadata.rank-R.jsonl; rank 0 joins those into metadata.jsonl (in plan order: the dataset one process
-writes) once every rank has finished, and at the start of a rerun after a kill. `--workers` adds
-processes inside each rank (CPU-only machines, no torchrun needed). `--shard I/N` is the same rule for
-machines that share no network: it takes every N-th clip and writes its own folder <out>/shard-I-of-N,
-so shards never share a file, even on NFS; `--merge` joins them into <out> without copying videos,
-adding to the clips <out> already holds.
-A rerun must use the same flags as the run that began the folder (settings.json): clips made another way
+Resume and scale: the one record engine (plumbing/records.py). One metadata.jsonl record per clip (kept or
+skipped, with the reason), written after the clip's files, with the fingerprint of its source: a rerun skips
+finished clips, redoes those whose source changed, and a kill loses at most the clips in progress. A clip that fails
+(an unreadable frame, a failing inpainter) is recorded as "error" and the job goes on. Under torchrun, rank R of W
+takes every W-th clip still to do of the (deterministic) clip list, keeps its models on cuda:LOCAL_RANK, and rank 0
+joins the ranks' records in plan order. `--workers` adds processes inside each rank (CPU-only machines, no torchrun
+needed). `--shard I/N` is the same rule for machines that share no network: shard I takes every N-th clip and writes
+its clips and metadata.shard-I-of-N.jsonl into --out; copy the shards' folders into one and `--merge` joins them.
+A rerun must use the same flags as the run that began the folder (metadata.settings.json): clips made another way
 are never mixed in. Every flag and input file is checked before the first clip (one line, exit code 2).
 """
 import argparse
-import functools
 import json
+import functools
+import hashlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -61,13 +61,177 @@ from others import pages
 from others.hf import vlm_caption
 from others.segment import global_motion, mosaic, motion_mask, push_pull, sam2_mask, unmosaic
 from plumbing import weights
-from plumbing.cli import BadInput, check_out_dir, run_cli
-from plumbing.dataset import LayeredWriter, read_metadata
-from plumbing.files import atomic_write_text
-from plumbing.ranks import Progress, Ranks
-from plumbing.records import append_jsonl, rank_records
+from plumbing.cli import WRITE_ERRORS, BadInput, check_out_dir, run_cli
+from plumbing.dataset import LayeredWriter, read_list
+from plumbing.ranks import Ranks
+from plumbing.records import Job, join_records, read_records
 from plumbing.video import (VIDEO_EXTS, check_shape, dilate, fit_video, mask_to_rgb, probe, read_frames, read_mask,
-    read_video,  video_paths, write_video)
+                            read_video, video_paths, write_video)
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+a_ = parser.add_argument
+a_("--videos", help="folder of videos / frame folders, a glob (quote it), or one file")
+a_("--out", help="output dataset folder (with --shard: <out>/shard-I-of-N); required but with --preview")
+a_("--frames", type=int, default=49, help="frames per clip (4k+1; 49 for CogVideoX)")
+a_("--size", type=int, nargs=2, default=[480, 720], metavar=("H", "W"), help="clip size (cover crop)")
+a_("--strides", type=int, nargs="+", default=[1, 2, 3, 4], help="frame strides to draw from (App. A)")
+a_("--max-clips", type=int, default=4, help="at most this many clips per source video")
+a_("--static", type=float, default=1.5, help="skip clips whose mean |frame difference| (0-255) is below this")
+a_("--fps", type=int, default=16, help="frame rate the clips are written at")
+a_("--seed", type=int, default=42, help="seed of the stride draws")
+a_("--segmenter", choices=["motion", "gt", "sam2"], default="motion", help="where masks come from")
+a_("--masks", help="--segmenter gt: folder with <stem>/ PNG folders or <stem>.mp4 mask videos, "
+                   "or a template such as '{dir}/mask.mp4'")
+a_("--sam2", default="facebook/sam2.1-hiera-tiny", help="--segmenter sam2: local folder or hub id")
+a_("--min-fg", type=float, default=0.01, help="skip clips whose fg fills less of the video than this")
+a_("--max-fg", type=float, default=0.45, help="skip clips whose fg fills more of the video than this")
+a_("--inpainter", choices=["temporal", "none", "cmd", "minimax"], default="temporal",
+   help="how the bg hole is filled (minimax: MiniMax-Remover, remover.py, as the StM release)")
+a_("--inpaint-cmd", help="--inpainter cmd: command with {video} {mask} {out} (mp4 paths)")
+a_("--remover", default="zibojia/minimax-remover",
+   help="--inpainter minimax: folder with vae/ transformer/ scheduler/, or hub id")
+a_("--remover-steps", type=int, default=12, help="--inpainter minimax: sampling steps (StM: 12)")
+a_("--dilate", type=int, default=6, help="grow the mask by this many pixels before inpainting")
+a_("--captioner", choices=["template", "file", "vlm"], default="template", help="where captions come from")
+a_("--captions", help="--captioner file: jsonl ({video, caption}) or tsv (stem<TAB>caption)")
+a_("--template", default="a video", help="--captioner template: the caption ({stem} = source name)")
+a_("--vlm", default="OpenGVLab/InternVL3-1B-hf", help="--captioner vlm: local folder or hub id")
+a_("--vlm-frames", type=int, default=8, help="--captioner vlm: frames shown to the model")
+a_("--workers", type=int, default=1, help="processes working on clips in parallel")
+a_("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
+a_("--shard", default="0/1", help="I/N: process every N-th clip starting at I, into <out>/shard-I-of-N")
+a_("--merge", action="store_true", help="join <out>/shard-*/ into <out> and exit")
+a_("--preview", metavar="OUT", help="write OUT/preview.html (input | mask | fg | bg of the first clips, captions, "
+   "counts) for a Split output folder and exit")
+
+
+def main(args):
+    if args.preview:
+        print(f"wrote {pages.write_preview(args.preview)}")
+        return
+    if not args.out:
+        raise BadInput("--out is required (the dataset folder to write, or with --merge to join into)")
+    if args.merge:
+        added = merge(args.out)
+        print(f"merged {added} new records\n{summary(args.out)}")
+        return
+    check_flags(args)
+    shard = parse_shard(args.shard)
+    caption_map = read_captions(args.captions) if args.captioner == "file" else {}
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    try:
+        sources = video_paths(args.videos)
+    except FileNotFoundError as e:
+        raise BadInput(f"--videos {e}") from None
+    given = {f.name: getattr(args, f.name) for f in fields(Settings) if f.name not in ("out", "caption_map", "threads")}
+    st = Settings(**given, out=args.out, caption_map=caption_map, threads=threads)
+    items, notes = plan_items(sources, st, args.strides, args.max_clips, args.seed)
+    check_sources(items[shard[0]::shard[1]], st)
+    check_lists(args.out)
+    # every input checked: from here on the folder is written, one record per clip (plumbing/records.py)
+    flags = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in vars(args).items() if k in SAME_FLAGS}
+    ranks = Ranks()
+    job = Job(args.out, "metadata", items, settings=flags, ranks=ranks, shard=shard, what="clip",
+              inputs=lambda it: [it["source"]] + ([it["mask_file"]] if it.get("mask_file") else []))
+    if ranks.rank == 0:
+        print("".join(n + "\n" for n in notes), end="", file=sys.stderr)
+    todo = job.todo()
+    for it in [it for it in todo if it.get("error")]:              # sources that cannot be read at all
+        job.skip(it["id"], it["error"], status="unreadable", source=it["source"])
+    todo = [it for it in todo if not it.get("error")]
+    print(f"{len(sources)} videos, {len(items)} clips; shard {shard[0]}/{shard[1]}: {len(job.left)} to do -> "
+          f"{args.out}" + (f"; rank {ranks.rank}/{ranks.world}: {len(todo)}" if ranks.world > 1 else ""))
+    pool = Pool(args.workers) if args.workers > 1 and len(todo) > 1 else None
+    try:
+        for rec in (pool.imap_unordered if pool else map)(process_clip, [(st, it) for it in todo]):
+            if rec["status"] == "error":                           # said, and recorded with its reason
+                job.skip(rec["id"], rec.pop("error"), **{k: v for k, v in rec.items() if k not in ("id", "status")})
+            else:                                                  # kept, or left out by a rule (static, fg ratio)
+                job.done(rec["id"], rec, outputs=[Path(args.out) / rec[k] for k in LAYERS if k in rec])
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the clips finished in this run are kept; rerun the same command to resume")
+    finally:
+        if pool:
+            pool.terminate()
+    if job.finish() is not None and shard[1] == 1:
+        LayeredWriter(args.out).finalize()
+        n = len(job.left)
+        print(f"{summary(args.out)}\n{n} clips in {job.seconds:.1f}s ({n / max(job.seconds, 1e-9):.3g} clips/s, "
+              f"{ranks.world} process(es) x {args.workers} worker(s))")
+    elif ranks.rank == 0:
+        print(f"shard {shard[0]}/{shard[1]} done; copy the shards' folders into one and run decompose.py --merge")
+
+
+LAYERS = ("videos", "fg", "bg", "masks")
+
+
+def process_clip(job):
+    """One clip end to end -> its record (written files first, the record last). job = (Settings, plan item).
+    Anything that goes wrong with this clip is its record's error; only a disk that cannot be written stops the run."""
+    st, it = job
+    torch.set_num_threads(st.threads)
+    T, (H, W) = st.frames, st.size
+    src, cid, start, stride = Path(it["source"]), it["id"], it["start"], it["stride"]
+    base = dict(id=cid, source=str(src), start=start, stride=stride, source_fps=it["source_fps"])
+    try:
+        video = fit_video(read_frames(src, start + stride * np.arange(T)), T, H, W, name=str(src))
+        motion = float(np.abs(np.diff(video.astype(np.int16), axis=0)).mean())
+        if motion < st.static:
+            return dict(base, status="static", motion=motion)
+        G = global_motion(video) if st.segmenter != "gt" or st.inpainter == "temporal" else None
+        mask = clip_mask(video, G, st, src, it["key"], it["frames"], start, stride)
+        ratio = float(mask.mean())
+        if not st.min_fg <= ratio <= st.max_fg:
+            return dict(base, status="fg_small" if ratio < st.min_fg else "fg_large", fg_ratio=ratio)
+        caption = clip_caption(video, st, cid, it["key"], src.stem if src.is_file() else src.name)
+        rec = LayeredWriter(st.out, records=False).add(
+            cid, caption, video, video * mask[..., None], clip_bg(video, mask, G, st), mask, fps=st.fps,
+            source=str(src), start=start, stride=stride, source_fps=it["source_fps"], segmenter=st.segmenter,
+            inpainter=st.inpainter)
+        return rec
+    except OSError as e:
+        if e.errno in WRITE_ERRORS:
+            raise
+        return dict(base, status="error", error=f"{type(e).__name__}: {e}".splitlines()[0])
+    except Exception as e:                 # one bad clip (unreadable frames, a failing inpainter) never stops the job
+        return dict(base, status="error", error=f"{type(e).__name__}: {e}".splitlines()[0])
+
+
+def clip_mask(video, G, st, src, key, n, start, stride):
+    """The subject mask of one clip: the given one (gt, resampled like the clip), or the segmenter's."""
+    T, (H, W) = st.frames, st.size
+    if st.segmenter == "gt":
+        m = read_mask(find_mask(st.masks, src, key))
+        if len(m) != n:
+            raise ValueError(f"mask for {src} has {len(m)} frames, the video {n}")
+        return fit_video(m, T, H, W, stride=stride, start=start, mask=True, name=f"mask of {src}")
+    mask = motion_mask(video, G)
+    return sam2_mask(video, mask, st.sam2) if st.segmenter == "sam2" else mask
+
+
+def clip_caption(video, st, cid, key, stem):
+    """The caption of one clip, from --captions (by clip id, source key or stem), the VLM or the template."""
+    if st.captioner == "file":
+        caption = st.caption_map.get(cid) or st.caption_map.get(key) or st.caption_map.get(stem)
+        if caption is None:
+            raise KeyError(f"--captions {st.captions}: no caption for {stem}")
+        return caption
+    if st.captioner == "vlm":
+        return vlm_caption(video, st.vlm, n=st.vlm_frames)
+    return st.template.format(stem=stem)
+
+
+def clip_bg(video, mask, G, st):
+    """The bg layer: the mask's hole, grown by st.dilate, filled by the chosen inpainter."""
+    hole = dilate(torch.from_numpy(mask), st.dilate).numpy()
+    if st.inpainter == "temporal":
+        return inpaint_temporal(video, hole, G)
+    if st.inpainter == "cmd":
+        return inpaint_cmd(st.inpaint_cmd, video, hole, st.fps)
+    if st.inpainter == "minimax":  # grows the mask itself, by a diamond of --dilate, as MiniMax-Remover's pipeline
+        return _load_remover(st.remover)(video, mask, steps=st.remover_steps, dilate=st.dilate)
+    return video * ~hole[..., None]
+
 
 @functools.lru_cache
 def _load_remover(path):
@@ -76,9 +240,6 @@ def _load_remover(path):
     cuda = torch.cuda.is_available()
     return remover.Remover.from_pretrained(path, dtype=torch.bfloat16 if cuda else None,
                                            device="cuda" if cuda else None)
-
-
-# ---- Inpainters and captioners ---------------------------------------------------------------
 
 
 def inpaint_temporal(video, hole, G=None):
@@ -133,59 +294,7 @@ def read_captions(path):
     return out
 
 
-# ---- Clips: the plan (deterministic), reading only the frames a clip needs, one clip end to end ---
-
-
-REMOVER_FILES = ("vae/config.json", "transformer/config.json", "scheduler/scheduler_config.json")
-
-
-def source_keys(paths):
-    """Names for sources: the stem, or as many parent folders as it takes to be unique."""
-    for depth in range(1, 64):
-        keys = ["_".join(Path(p).with_suffix("").parts[-depth:]) if not Path(p).is_dir() else
-                "_".join(Path(p).parts[-depth:]) for p in paths]
-        if len(set(keys)) == len(keys):
-            return [k.replace(" ", "_") for k in keys]
-    raise ValueError("duplicate video paths")
-
-
-def plan_clips(key, n, T, strides, max_clips, seed=42):
-    """Consecutive, non-overlapping windows, each at a stride drawn (seeded by `key`) from those
-    that still fit -> list of (start, stride)."""
-    rng, start, out = np.random.default_rng([seed, zlib.crc32(key.encode())]), 0, []
-    while len(out) < max_clips:
-        fits = [s for s in strides if start + (T - 1) * s + 1 <= n]
-        if not fits:
-            break
-        s = int(rng.choice(fits))
-        out.append((start, s))
-        start += (T - 1) * s + 1
-    return out
-
-
-def find_mask(spec, source, key):
-    """--masks: a folder holding <stem>/ (PNG frames) or <stem>.<ext>, or a template with {dir}/{stem}."""
-    src = Path(source)
-    if "{" in spec:
-        p = Path(spec.format(dir=src.parent, stem=src.stem if src.is_file() else src.name, key=key))
-        if p.exists():
-            return p
-    else:
-        for name in (src.stem if src.is_file() else src.name, key):
-            for p in [Path(spec) / name] + [Path(spec) / (name + e) for e in VIDEO_EXTS]:
-                if p.exists():
-                    return p
-    raise FileNotFoundError(f"--masks {spec}: no mask folder or video for {source}")
-
-
-class _Collect(LayeredWriter):
-    """LayeredWriter whose records go back to the main process instead of into metadata.jsonl."""
-
-    def __init__(self, root):
-        self.root, self.recs = Path(root), []
-
-    def record(self, **rec):
-        self.recs.append(rec)
+# ---- The plan (deterministic), and checking every input before the first clip ------------------
 
 
 @dataclass(frozen=True)
@@ -216,175 +325,110 @@ class Settings:
     threads: int
 
 
-def clip_mask(video, G, st, src, key, n, start, stride):
-    """The subject mask of one clip: the given one (gt, resampled like the clip), or the segmenter's."""
-    T, (H, W) = st.frames, st.size
-    if st.segmenter == "gt":
-        m = read_mask(find_mask(st.masks, src, key))
-        if len(m) != n:
-            raise ValueError(f"mask for {src} has {len(m)} frames, the video {n}")
-        return fit_video(m, T, H, W, stride=stride, start=start, mask=True, name=f"mask of {src}")
-    mask = motion_mask(video, G)
-    return sam2_mask(video, mask, st.sam2) if st.segmenter == "sam2" else mask
+def source_keys(paths):
+    """Names for sources, used in clip ids and so in file names: the stem (or as many parent folders as it takes to
+    be unique) in letters, digits and . _ - only; sources whose names still collide ('a b.mp4' and 'a_b.mp4', 'a.mp4'
+    and 'a.mov') each get a digest of their full path, so no source is ever lost to another's name."""
+    clean = lambda s: re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("._") or "video"
+    parts = [Path(p).with_suffix("").parts if not Path(p).is_dir() else Path(p).parts for p in paths]
+    for depth in range(1, 8):
+        keys = [clean("_".join(x[-depth:])) for x in parts]
+        if len(set(keys)) == len(keys):
+            return keys
+    keys = [clean("_".join(x[-1:])) for x in parts]
+    counts = Counter(keys)
+    return [k if counts[k] == 1 else f"{k}-{hashlib.sha1(str(Path(p).absolute()).encode()).hexdigest()[:8]}"
+            for k, p in zip(keys, paths)]
 
 
-def clip_caption(video, st, cid, key, stem):
-    """The caption of one clip, from --captions (by clip id, source key or stem), the VLM or the template."""
-    if st.captioner == "file":
-        caption = st.caption_map.get(cid) or st.caption_map.get(key) or st.caption_map.get(stem)
-        if caption is None:
-            raise KeyError(f"--captions {st.captions}: no caption for {stem}")
-        return caption
-    if st.captioner == "vlm":
-        return vlm_caption(video, st.vlm, n=st.vlm_frames)
-    return st.template.format(stem=stem)
+def plan_clips(key, n, T, strides, max_clips, seed=42):
+    """Consecutive, non-overlapping windows, each at a stride drawn (seeded by `key`) from those
+    that still fit -> list of (start, stride)."""
+    rng, start, out = np.random.default_rng([seed, zlib.crc32(key.encode())]), 0, []
+    while len(out) < max_clips:
+        fits = [s for s in strides if start + (T - 1) * s + 1 <= n]
+        if not fits:
+            break
+        s = int(rng.choice(fits))
+        out.append((start, s))
+        start += (T - 1) * s + 1
+    return out
 
 
-def clip_bg(video, mask, G, st):
-    """The bg layer: the mask's hole, grown by st.dilate, filled by the chosen inpainter."""
-    hole = dilate(torch.from_numpy(mask), st.dilate).numpy()
-    if st.inpainter == "temporal":
-        return inpaint_temporal(video, hole, G)
-    if st.inpainter == "cmd":
-        return inpaint_cmd(st.inpaint_cmd, video, hole, st.fps)
-    if st.inpainter == "minimax":  # grows the mask itself, by a diamond of --dilate, as MiniMax-Remover's pipeline
-        return _load_remover(st.remover)(video, mask, steps=st.remover_steps, dilate=st.dilate)
-    return video * ~hole[..., None]
-
-
-def process_clip(job):
-    """One clip end to end -> its record (written files first, the record last).
-    job = (Settings, clip id, source path, source key, start, stride, source frame count, source fps)."""
-    st, cid, src, key, start, stride, n, fps = job
-    torch.set_num_threads(st.threads)
-    T, (H, W) = st.frames, st.size
-    base = dict(id=cid, source=str(src), start=start, stride=stride, source_fps=fps)
-    try:
-        video = fit_video(read_frames(src, start + stride * np.arange(T)), T, H, W, name=str(src))
-        motion = float(np.abs(np.diff(video.astype(np.int16), axis=0)).mean())
-        if motion < st.static:
-            return dict(base, status="static", motion=motion)
-        G = global_motion(video) if st.segmenter != "gt" or st.inpainter == "temporal" else None
-        mask = clip_mask(video, G, st, src, key, n, start, stride)
-        ratio = float(mask.mean())
-        if not st.min_fg <= ratio <= st.max_fg:
-            return dict(base, status="fg_small" if ratio < st.min_fg else "fg_large", fg_ratio=ratio)
-        caption = clip_caption(video, st, cid, key, src.stem if src.is_file() else src.name)
-        w = _Collect(st.out)
-        w.add(cid, caption, video, video * mask[..., None], clip_bg(video, mask, G, st), mask, fps=st.fps,
-              source=str(src), start=start, stride=stride, source_fps=fps, segmenter=st.segmenter,
-              inpainter=st.inpainter)
-        return w.recs[0]
-    except ValueError as e:                # a bad source clip is recorded; bad flags/files abort the run
-        return dict(base, status="error", error=str(e))
-
-
-# ---- The run: plan, shard, process (workers), summary; merging shard folders -----------------
-
-
-def summary(root):
-    recs = {r["id"]: r for r in reversed(read_metadata(root))}.values()
-    status = Counter(r["status"] for r in recs)
-    lines = [f"{root}: {status.pop('ok', 0)} clips kept; skipped: " +
-             (", ".join(f"{k} {v}" for k, v in status.most_common()) or "none")]
-    ratios = np.array([r["fg_ratio"] for r in recs if r["status"] == "ok"])
-    if len(ratios):
-        edges = [0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.45, 1.0]
-        hist = np.histogram(ratios, edges)[0]
-        lines.append("fg ratio  " + "  ".join(f"{lo:.0%}-{hi:.0%}: {c}" for lo, hi, c in zip(edges, edges[1:], hist)))
-    return "\n".join(lines)
-
-
-def merge(out):
-    """Join <out>/shard-*/ into <out> -> (shards, clips added). What <out>/metadata.jsonl already holds is kept and
-    each shard record whose id is not there yet is added (its paths made relative to <out>); the lists are then
-    rewritten from it. Lists that metadata.jsonl does not account for (another tool's dataset, hand-added lines)
-    are refused, as rewriting them would drop those clips."""
-    out = Path(out)
-    shards = sorted(p for p in out.glob("shard-*") if (p / "metadata.jsonl").exists())
-    if not shards:
-        raise BadInput(f"--out {out}: no shard-*/metadata.jsonl to merge; write them with decompose.py "
-                       f"--shard I/N --out {out}")
-    recs = read_metadata(out)
-    listed = (out / "videos.txt").read_text().splitlines() if (out / "videos.txt").exists() else []
-    unknown = set(filter(None, map(str.strip, listed))) - {r.get("videos") for r in recs}
-    if unknown:
-        raise BadInput(f"--out {out}: videos.txt lists {len(unknown)} clips that its metadata.jsonl does not hold "
-                       f"(e.g. {sorted(unknown)[0]}); merging would rewrite the lists without them: merge the "
-                       f"shards into a folder of their own (move them), or add those clips' records first")
-    flags = check_settings([out, *shards])
-    if flags is not None and not (out / "settings.json").exists():
-        atomic_write_text(out / "settings.json", json.dumps(flags, indent=1) + "\n")
-    seen, n_old = {r["id"] for r in recs}, len(recs)
-    for d in shards:
-        for r in read_metadata(d):
-            if r["id"] not in seen:
-                seen.add(r["id"])
-                recs.append({**r, **{k: f"{d.name}/{r[k]}" for k in ("videos", "fg", "bg", "masks") if k in r}})
-    atomic_write_text(out / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in recs))
-    LayeredWriter(out).finalize()
-    return len(shards), len(recs) - n_old
-
-
-# The flags a folder's clips depend on: a rerun (resume) or a merge must not mix clips made with other values.
-# (Paths such as --masks or --captions may move between runs, and --workers / --threads change no clip.)
-SAME_FLAGS = ("frames", "size", "strides", "max_clips", "static", "fps", "seed", "segmenter", "min_fg", "max_fg",
-              "inpainter", "remover_steps", "dilate", "captioner", "template")
-
-
-def check_settings(folders, want=None):
-    """The settings.json of every folder that has one (and `want`, this run's) must agree -> the agreed settings."""
-    have = []
-    for f in (Path(d) / "settings.json" for d in folders):
+def plan_items(sources, st, strides, max_clips, seed):
+    """Every clip of every source, in a fixed order -> (plan items, notes on sources too short for a clip). An item is
+    {id, source, key, start, stride, frames, source_fps[, mask_file]}; a source that cannot be read is one item
+    {id, source, error}, recorded as "unreadable". Reads only the containers' headers."""
+    items, notes, longest, bad = [], [], 0, []
+    for src, key in zip(sources, source_keys(sources)):
         try:
-            have += [(f, json.loads(f.read_text()))] if f.is_file() else []
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise BadInput(f"{f}: not JSON (decompose.py writes it); delete it to take this run's flags") from None
-    ref_name, ref = ("this run's flags", want) if want is not None else (have[0] if have else (None, None))
-    for name, got in have:
-        diff = [k for k in SAME_FLAGS if k in got and k in ref and got[k] != ref[k]]
-        if diff:
-            show = lambda s: " ".join(f"--{k.replace('_', '-')} {s[k]}" for k in diff)
-            raise BadInput(f"{name}: its clips were made with {show(got)}, {ref_name} say {show(ref)}; mixing "
-                           f"them would make a dataset of two kinds: use those flags (to resume) or another --out")
-    return ref
+            n, fps = probe(src)
+        except ValueError as e:
+            bad.append(str(e))
+            items.append({"id": key, "source": str(src), "error": str(e)})
+            continue
+        plan = plan_clips(key, n, st.frames, strides, max_clips, seed)
+        longest = max(longest, n)
+        if not plan:
+            notes.append(f"skipping {src}: {n} frames, too short for {st.frames} frames")
+        mask_file = str(find_mask(st.masks, src, key)) if st.segmenter == "gt" and _has_mask(st.masks, src, key) \
+            else None
+        for start, stride in plan:
+            items.append({"id": f"{key}_{start:06d}_s{stride}", "source": str(src), "key": key, "start": start,
+                          "stride": stride, "frames": n, "source_fps": fps, "mask_file": mask_file})
+    if len(bad) == len(sources):
+        raise BadInput(f"--videos: none of the {len(sources)} videos could be read (e.g. {bad[0]}); "
+                       "give mp4/mov/webm/gif/mkv/avi files or folders of JPEG/PNG frames")
+    if len(items) == len(bad):
+        raise BadInput(f"--frames {st.frames}: longer than every readable video (the longest has {longest} "
+                       "frames); lower --frames")
+    return items, notes
 
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-a_ = parser.add_argument
-a_("--videos", help="folder of videos / frame folders, a glob (quote it), or one file")
-a_("--out", help="output dataset folder (with --shard: <out>/shard-I-of-N); required but with --preview")
-a_("--frames", type=int, default=49, help="frames per clip (4k+1; 49 for CogVideoX)")
-a_("--size", type=int, nargs=2, default=[480, 720], metavar=("H", "W"), help="clip size (cover crop)")
-a_("--strides", type=int, nargs="+", default=[1, 2, 3, 4], help="frame strides to draw from (App. A)")
-a_("--max-clips", type=int, default=4, help="at most this many clips per source video")
-a_("--static", type=float, default=1.5, help="skip clips whose mean |frame difference| (0-255) is below this")
-a_("--fps", type=int, default=16, help="frame rate the clips are written at")
-a_("--seed", type=int, default=42, help="seed of the stride draws")
-a_("--segmenter", choices=["motion", "gt", "sam2"], default="motion", help="where masks come from")
-a_("--masks", help="--segmenter gt: folder with <stem>/ PNG folders or <stem>.mp4 mask videos, "
-                   "or a template such as '{dir}/mask.mp4'")
-a_("--sam2", default="facebook/sam2.1-hiera-tiny", help="--segmenter sam2: local folder or hub id")
-a_("--min-fg", type=float, default=0.01, help="skip clips whose fg fills less of the video than this")
-a_("--max-fg", type=float, default=0.45, help="skip clips whose fg fills more of the video than this")
-a_("--inpainter", choices=["temporal", "none", "cmd", "minimax"], default="temporal",
-   help="how the bg hole is filled (minimax: MiniMax-Remover, remover.py, as the StM release)")
-a_("--inpaint-cmd", help="--inpainter cmd: command with {video} {mask} {out} (mp4 paths)")
-a_("--remover", default="zibojia/minimax-remover",
-   help="--inpainter minimax: folder with vae/ transformer/ scheduler/, or hub id")
-a_("--remover-steps", type=int, default=12, help="--inpainter minimax: sampling steps (StM: 12)")
-a_("--dilate", type=int, default=6, help="grow the mask by this many pixels before inpainting")
-a_("--captioner", choices=["template", "file", "vlm"], default="template", help="where captions come from")
-a_("--captions", help="--captioner file: jsonl ({video, caption}) or tsv (stem<TAB>caption)")
-a_("--template", default="a video", help="--captioner template: the caption ({stem} = source name)")
-a_("--vlm", default="OpenGVLab/InternVL3-1B-hf", help="--captioner vlm: local folder or hub id")
-a_("--vlm-frames", type=int, default=8, help="--captioner vlm: frames shown to the model")
-a_("--workers", type=int, default=1, help="processes working on clips in parallel")
-a_("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
-a_("--shard", default="0/1", help="I/N: process every N-th clip starting at I, into <out>/shard-I-of-N")
-a_("--merge", action="store_true", help="join <out>/shard-*/ into <out> and exit")
-a_("--preview", metavar="OUT", help="write OUT/preview.html (input | mask | fg | bg of the first clips, captions, "
-   "counts) for a Split output folder and exit")
+def _has_mask(spec, src, key):
+    try:
+        find_mask(spec, src, key)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def find_mask(spec, source, key):
+    """--masks: a folder holding <stem>/ (PNG frames) or <stem>.<ext>, or a template with {dir}/{stem}."""
+    src = Path(source)
+    if "{" in spec:
+        p = Path(spec.format(dir=src.parent, stem=src.stem if src.is_file() else src.name, key=key))
+        if p.exists():
+            return p
+    else:
+        for name in (src.stem if src.is_file() else src.name, key):
+            for p in [Path(spec) / name] + [Path(spec) / (name + e) for e in VIDEO_EXTS]:
+                if p.exists():
+                    return p
+    raise FileNotFoundError(f"--masks {spec}: no mask folder or video for {source}")
+
+
+def check_sources(items, st):
+    """Before any clip: every clip's caption (--captioner file) and every source's mask (--segmenter gt) exist."""
+    items = [it for it in items if not it.get("error")]
+    missing = []
+    if st.captioner == "file":
+        for it in items:
+            src = Path(it["source"])
+            stem = src.stem if src.is_file() else src.name
+            if not any(k in st.caption_map for k in (it["id"], it["key"], stem)):
+                missing.append(stem)
+        what = f"--captions {st.captions}: no caption for"
+    if st.segmenter == "gt" and not missing:
+        missing = [it["source"] for it in items if not it["mask_file"]]
+        what = f"--masks {st.masks}: no mask folder or video for"
+    if missing:
+        missing = list(dict.fromkeys(missing))
+        raise BadInput(f"{what} {len(missing)} source(s): {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+                       "; add them, or leave those videos out of --videos")
+
+
+REMOVER_FILES = ("vae/config.json", "transformer/config.json", "scheduler/scheduler_config.json")
 
 
 def parse_shard(spec):
@@ -410,6 +454,7 @@ def check_flags(args):
     a = args
     for flag, val, ok, rule in (
             ("--frames", a.frames, a.frames >= 2, "at least 2 (4k+1 for CogVideoX: 49)"),
+            ("--static", a.static, 0 <= a.static < 255, "a mean |frame difference| in [0, 255) (0: keep all)"),
             ("--size", " ".join(map(str, a.size)), min(a.size) >= 16, "H W of at least 16 pixels each"),
             ("--strides", " ".join(map(str, a.strides)), min(a.strides) >= 1, "strides of at least 1"),
             ("--max-clips", a.max_clips, a.max_clips >= 1, "at least 1"),
@@ -464,162 +509,58 @@ def check_inpaint_cmd(cmd):
         raise BadInput(f"--inpaint-cmd {cmd!r}: no program {words[0]!r} on PATH; give its full path")
 
 
-def plan_jobs(sources, st, strides, max_clips, seed):
-    """Every clip of every readable source -> (process_clip jobs, unreadable sources as (path, key, error), notes on
-    sources too short for a clip). Reads only the containers' headers."""
-    jobs, bad, notes, longest = [], [], [], 0
-    for src, key in zip(sources, source_keys(sources)):
-        try:
-            n, fps = probe(src)
-        except ValueError as e:
-            bad.append((src, key, str(e)))
-            continue
-        plan = plan_clips(key, n, st.frames, strides, max_clips, seed)
-        longest = max(longest, n)
-        if not plan:
-            notes.append(f"skipping {src}: {n} frames, too short for {st.frames} frames")
-        for start, stride in plan:
-            jobs.append((st, f"{key}_{start:06d}_s{stride}", src, key, start, stride, n, fps))
-    if len(bad) == len(sources):
-        raise BadInput(f"--videos: none of the {len(sources)} videos could be read (e.g. {bad[0][2]}); "
-                       "give mp4/mov/webm/gif/mkv/avi files or folders of JPEG/PNG frames")
-    if not jobs:
-        raise BadInput(f"--frames {st.frames}: longer than every readable video (the longest has {longest} "
-                       "frames); lower --frames")
-    return jobs, bad, notes
+# ---- The folder: what it holds, and joining shards -------------------------------------------------
 
 
-def check_sources(jobs, st):
-    """Before any clip: every clip's caption (--captioner file) and every source's mask (--segmenter gt) exist."""
-    missing = []
-    if st.captioner == "file":
-        for _, cid, src, key, *_ in jobs:
-            stem = src.stem if src.is_file() else src.name
-            if not any(k in st.caption_map for k in (cid, key, stem)):
-                missing.append(stem)
-        what = f"--captions {st.captions}: no caption for"
-    if st.segmenter == "gt" and not missing:
-        for src, key in dict.fromkeys((j[2], j[3]) for j in jobs):
-            try:
-                find_mask(st.masks, src, key)
-            except FileNotFoundError:
-                missing.append(str(src))
-        what = f"--masks {st.masks}: no mask folder or video for"
-    if missing:
-        missing = list(dict.fromkeys(missing))
-        raise BadInput(f"{what} {len(missing)} source(s): {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
-                       "; add them, or leave those videos out of --videos")
+def summary(root):
+    recs = read_records(Path(root) / "metadata.jsonl").values()
+    status = Counter(r.get("status", "?") for r in recs)
+    lines = [f"{root}: {status.pop('ok', 0)} clips kept; skipped: " +
+             (", ".join(f"{k} {v}" for k, v in status.most_common()) or "none")]
+    ratios = np.array([r["fg_ratio"] for r in recs if r.get("status") == "ok"])
+    if len(ratios):
+        edges = [0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.45, 1.0]
+        hist = np.histogram(ratios, edges)[0]
+        lines.append("fg ratio  " + "  ".join(f"{lo:.0%}-{hi:.0%}: {c}" for lo, hi, c in zip(edges, edges[1:], hist)))
+    return "\n".join(lines)
 
 
-def run_jobs(todo, writer, workers, progress):
-    """process_clip over `todo` (in `workers` processes); the main process alone appends the records, so a stop
-    here (an error, Ctrl-C) keeps every finished clip and a rerun of the same command resumes."""
-    pool = Pool(workers) if workers > 1 and len(todo) > 1 else None
-    n0 = len(writer.done)
-    try:
-        results = pool.imap_unordered(process_clip, todo) if pool else map(process_clip, todo)
-        for rec in results:
-            writer.record(**rec)
-            progress.step()
-    except (KeyError, FileNotFoundError, RuntimeError, OSError) as e:
-        raise BadInput(f"{str(e).splitlines()[0]} (stopped; the {len(writer.done) - n0} clips finished in this run "
-                       f"are kept, rerun the same command to resume)") from None
-    except KeyboardInterrupt:
-        if progress.ranks.world == 1:                  # among several ranks, rank 0 joins the records on the rerun
-            writer.finalize()
-        sys.exit(f"interrupted: the {len(writer.done) - n0} clips finished in this run are kept; "
-                 "rerun the same command to resume")
-    finally:
-        if pool:
-            pool.terminate()
+def check_lists(out):
+    """The lists of `out` are rewritten from metadata.jsonl at the end: lines it does not account for (another
+    tool's dataset, hand-added clips) would be lost, so such a folder is refused before anything is written."""
+    out = Path(out)
+    listed = read_list(out / "videos.txt") if (out / "videos.txt").exists() else []
+    known = {r.get("videos") for f in out.glob("metadata*.jsonl") for r in read_records(f).values()}
+    unknown = set(filter(None, map(str.strip, listed))) - known
+    if unknown:
+        raise BadInput(f"--out {out}: videos.txt lists {len(unknown)} clips that its metadata.jsonl does not hold "
+                       f"(e.g. {sorted(unknown)[0]}); rewriting the lists would drop them: use a folder of its own, "
+                       "or add those clips' records first")
 
 
-class RankWriter(LayeredWriter):
-    """LayeredWriter whose records go to this rank's own file (metadata.jsonl when it runs alone): ranks never
-    append to one file, which NFS could interleave, and rank 0 joins the files (join_ranks)."""
-
-    def __init__(self, root, path):
-        super().__init__(root)
-        self.path = path
-
-    def record(self, **rec):
-        append_jsonl(self.path, rec)
-        self.done.add(rec["id"])
-
-
-def join_ranks(out, order):
-    """Rank 0, alone: the records of the per-rank files that metadata.jsonl lacks are added to it in plan `order`
-    (ids), so the dataset is the one a single process writes; then the per-rank files go. A kill between the two
-    steps is harmless: ids already in metadata.jsonl are not added twice."""
-    recs, files = rank_records(out, "metadata")
-    if not files:
-        return
-    have, pos = read_metadata(out), {k: i for i, k in enumerate(order)}
-    seen, new = {r["id"] for r in have}, {}
-    for r in recs:
-        if r["id"] not in seen:
-            new.setdefault(r["id"], r)
-    add = sorted(new.values(), key=lambda r: pos.get(r["id"], len(pos)))
-    atomic_write_text(Path(out) / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in have + add))
-    for f in files:
-        f.unlink()
+def merge(out):
+    """Join the shards' record files (metadata.shard-I-of-N.jsonl, copied into `out` with their clips) into
+    out/metadata.jsonl, keeping what it already holds, then rewrite the lists -> records added. Refused when the
+    records were made with different flags, or while a shard still writes here."""
+    out = Path(out)
+    if not list(out.glob("metadata.shard-*-of-*.jsonl")) and not (out / "metadata.jsonl").exists():
+        raise BadInput(f"--out {out}: no metadata.shard-*-of-*.jsonl to merge; write them with decompose.py "
+                       f"--shard I/N --out {out} (and copy the shards' folders into this one)")
+    check_lists(out)
+    before = len(read_records(out / "metadata.jsonl"))
+    kinds = {r.get("settings_id") for f in out.glob("metadata*.jsonl") for r in read_records(f).values()}
+    if len(kinds - {None}) > 1:
+        raise BadInput(f"--out {out}: the shards' clips were made with {len(kinds - {None})} different sets of flags "
+                       "(see each run's metadata.settings.json); merge only shards of one command")
+    join_records(out, "metadata", shards=True)
+    LayeredWriter(out).finalize()
+    return len(read_records(out / "metadata.jsonl")) - before
 
 
-def main(args):
-    if args.preview:
-        print(f"wrote {pages.write_preview(args.preview)}")
-        return
-    if not args.out:
-        raise BadInput("--out is required (the dataset folder to write, or with --merge to join into)")
-    if args.merge:
-        n, added = merge(args.out)
-        print(f"merged {n} shards ({added} new records)\n{summary(args.out)}")
-        return
-    check_flags(args)
-    i, n_shards = parse_shard(args.shard)
-    caption_map = read_captions(args.captions) if args.captioner == "file" else {}
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
-    try:
-        sources = video_paths(args.videos)
-    except FileNotFoundError as e:
-        raise BadInput(f"--videos {e}") from None
-    out = str(Path(args.out) / f"shard-{i}-of-{n_shards}") if n_shards > 1 else args.out
-    given = {f.name: getattr(args, f.name) for f in fields(Settings) if f.name not in ("out", "caption_map", "threads")}
-    st = Settings(**given, out=out, caption_map=caption_map, threads=threads)
-    flags = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in vars(args).items() if k in SAME_FLAGS}
-    check_settings([out], flags)
-    planned, bad, notes = plan_jobs(sources, st, args.strides, args.max_clips, args.seed)
-    jobs = planned[i::n_shards]                 # --shard: the ranks' rule, for machines that share no network
-    check_sources(jobs, st)
-    # every input checked: from here on the folder is written
-    ranks = Ranks()
-    order = [key for _, key, _ in bad] + [j[1] for j in jobs]
-    writer = RankWriter(out, ranks.record_file(out, "metadata"))
-    if ranks.rank == 0:
-        if not (Path(out) / "settings.json").exists():
-            atomic_write_text(Path(out) / "settings.json", json.dumps(flags, indent=1) + "\n")
-        join_ranks(out, order)                  # what a killed run's ranks finished counts as done
-        writer.done |= {r["id"] for r in read_metadata(out)}
-        print("".join(n + "\n" for n in notes), end="", file=sys.stderr)
-        for src, key, err in bad:
-            print(f"skipping {err}", file=sys.stderr)
-            if key not in writer.done:
-                writer.record(id=key, source=str(src), status="unreadable", error=err)
-    ranks.wait()
-    writer.done |= {r["id"] for r in read_metadata(out)}
-    left = [j for j in jobs if j[1] not in writer.done]
-    todo, left_ids = ranks.mine(left), {j[1] for j in left}
-    print(f"{len(sources)} videos, {len(planned)} clips; shard {i}/{n_shards}: {len(left)} to do -> {out}"
-          + (f"; rank {ranks.rank}/{ranks.world}: {len(todo)}" if ranks.world > 1 else ""))
-    count = lambda: len({r["id"] for r in rank_records(out, "metadata")[0]} & left_ids)
-    progress = Progress(ranks, "decompose", len(left), len(todo), count)
-    run_jobs(todo, writer, args.workers, progress)
-    seconds = progress.close()
-    if ranks.rank == 0:
-        join_ranks(out, order)
-        writer.finalize()
-        print(f"{summary(out)}\n{len(left)} clips in {seconds:.1f}s ({len(left) / max(seconds, 1e-9):.3g} clips/s, "
-              f"{ranks.world} process(es) x {args.workers} worker(s))")
+# The flags a folder's clips depend on: a rerun (resume) or a merge must not mix clips made with other values.
+# (Paths such as --masks or --captions may move between runs, and --workers / --threads change no clip.)
+SAME_FLAGS = ("frames", "size", "strides", "max_clips", "static", "fps", "seed", "segmenter", "min_fg", "max_fg",
+              "inpainter", "remover_steps", "dilate", "captioner", "template")
 
 
 if __name__ == "__main__":

@@ -235,7 +235,8 @@ def score(args):
     settings = {k: getattr(args, k) for k in SCORE_FLAGS}
     ranks = Ranks()                                   # torchrun: this process's share of the records
     nets = load_networks(args, str(ranks.device) if ranks.world > 1 and args.device == "cuda" else args.device)
-    job = Job(out, "metrics", items, inputs, settings, ranks, overwrite=args.overwrite, what="score")
+    job = Job(out, "metrics", items, inputs=inputs, settings=settings, ranks=ranks, overwrite=args.overwrite,
+              what="score")
     todo = job.todo()
     if len(job.left) < len(items) and ranks.rank == 0:
         print(f"{len(items) - len(job.left)} records already scored in {out}/metrics.jsonl are kept; "

@@ -37,6 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from plumbing import weights
+from plumbing.cli import BadInput, run_cli
 from plumbing.files import atomic_write_text
 from dit import DiT, DiTConfig
 
@@ -162,13 +163,22 @@ def write_merged(folder, base, out, dtype=torch.bfloat16):
     load_composer(folder, base, dtype=torch.float32).to(dtype).save_pretrained(out, max_shard_bytes=5 * 2**30)
 
 
+parser = argparse.ArgumentParser(description="merge a train.py --lora output into OUT/transformer/")
+parser.add_argument("out", help="train.py --out of a --lora run (holds lora/)")
+parser.add_argument("--model", default=None, help="base model (default: the one in lora/lora_config.json)")
+parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="dtype of transformer/")
+
+
+def main(a):
+    """python lora.py OUT: OUT/lora/ merged into OUT/transformer/ (what train.py --lora --merge writes)."""
+    try:
+        base = a.model or read_config(Path(a.out) / "lora")["base_model"]
+        dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
+        write_merged(Path(a.out) / "lora", base, Path(a.out) / "transformer", dt)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        raise BadInput(f"{a.out}: {e}") from None
+    print(f"wrote {Path(a.out) / 'transformer'}")
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="merge a train.py --lora output into OUT/transformer/")
-    parser.add_argument("out", help="train.py --out of a --lora run (holds lora/)")
-    parser.add_argument("--model", default=None, help="base model (default: the one in lora/lora_config.json)")
-    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="dtype of transformer/")
-    a = parser.parse_args()
-    base = a.model or read_config(Path(a.out) / "lora")["base_model"]
-    dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
-    write_merged(Path(a.out) / "lora", base, Path(a.out) / "transformer", dt)
-    print(f"wrote {Path(a.out) / 'transformer'} ({a.dtype})")
+    run_cli(main, parser)

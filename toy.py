@@ -69,7 +69,7 @@ TINTS = {"at noon": (1.0, 1.0, 1.0), "at sunset": (1.2, 0.82, 0.6),
          "at night": (0.5, 0.6, 0.95), "in green fog": (0.8, 1.05, 0.85)}
 BAND_RGB = {"sky": (120, 170, 235), "water": (30, 90, 150), "land": (90, 150, 60)}
 # Never drawn: a colour and a light outside the world the shipped models were trained on, for tuning a composer
-# toward something new (`toy.py data --colour cyan`; README, "One GPU: LoRA")
+# toward something new (`toy.py data --colour cyan`; docs/lora.md)
 NOVEL_COLOURS = {"cyan": (40, 200, 210)}
 NOVEL_TINTS = {"under violet light": (1.1, 0.7, 1.3)}
 SHADOW_GAIN = 0.5           # a shadow halves the surface's brightness

@@ -411,8 +411,9 @@ def check_out(a):
                        "or leave --stop-at out")
     changed = recipe_changes(a, out)
     if changed and not a.resume_with_new_flags:
-        raise BadInput(f"--resume: {'; '.join(changed)} (was -> now) differ from {out / 'args.json'}; give the "
-                       "run's values, or add --resume-with-new-flags to continue with the new ones")
+        raise BadInput(f"--resume: the run in --out {a.out} was trained with other recipe flags "
+                       f"({'; '.join(changed)}: its args.json -> now); give its values again, or add "
+                       "--resume-with-new-flags to continue with the new ones")
 
 
 def recipe_changes(a, out):
@@ -723,7 +724,6 @@ def export(run, model, opt):
     except (OSError, SafetensorError) as e:
         raise BadInput(f"--out: could not write {folder} ({one_line(e)}); disk full or not writable? The last "
                        "checkpoint holds the run: make room, then --resume writes it again") from None
-    run.barrier()
     where = f"composer in {out / 'transformer'} ({dtype})"
     return f"LoRA in {out / 'lora'} (fp32)" + (f", merged {where}" if a.merge else "") if a.lora else where
 
@@ -849,9 +849,8 @@ class WeightsOnlyPlanner(dcp.DefaultLoadPlanner):
 def load_checkpoint(model, opt, ck):
     """Fill model and optimiser (sharded or not) from a checkpoint folder -> its step. Its .metadata, a pickle, is
     read only if it is the file this run saved (the sha256 in step.json)."""
-    record = checkpoint_record(ck)
-    meta = Path(ck) / ".metadata"
-    if not meta.exists() or record.get("metadata_sha256") != sha256(meta):
+    record, meta = checkpoint_record(ck), Path(ck) / ".metadata"
+    if record.get("metadata_sha256") != sha256(meta):                     # (a missing file: it does not load)
         raise BadInput(f"--resume: {meta} is not the file saved with {ck} (its sha256 differs from the one in "
                        "step.json, or step.json has none); it is a pickle, so it is not loaded: delete that "
                        "checkpoint to resume from an older one")

@@ -20,6 +20,14 @@ from .video import check_aligned, fit_video, mask_to_rgb, read_mask, read_video,
 LISTS = {"caption": "prompts.txt", "video": "videos.txt", "fg": "fg.txt", "bg": "bg.txt", "mask": "masks.txt"}
 
 
+def read_list(path):
+    """A list file -> its lines. Only "\\n" ends a line (a stray U+2028 or U+0085 in a caption does not); a byte
+    order mark and Windows line ends are dropped."""
+    text = Path(path).read_text(encoding="utf-8-sig")
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def read_lists(root):
     """-> list of dicts {caption, video, fg, bg, mask} (absolute paths; layers None if absent).
     Reads our layout, the StM release's (`fg-black.txt` as the fg list) and the plain CogVideoX
@@ -33,7 +41,7 @@ def read_lists(root):
         if key == "fg" and (root / "fg-black.txt").exists():
             p = root / "fg-black.txt"
         if p.exists():
-            cols[key] = p.read_text().splitlines()
+            cols[key] = read_list(p)
     for key in ("caption", "video"):
         if key not in cols:
             raise FileNotFoundError(f"{root}: missing {LISTS[key]} (need at least prompts.txt and videos.txt)")
@@ -72,7 +80,7 @@ def read_metadata(root):
     """Records of metadata.jsonl; a torn last line (a killed writer) is ignored."""
     p, out = Path(root) / "metadata.jsonl", []
     if p.exists():
-        for line in p.read_text().splitlines():
+        for line in p.read_text().split("\n"):
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError:
@@ -81,12 +89,13 @@ def read_metadata(root):
 
 
 class LayeredWriter:
-    """Writes a layered-clip dataset clip by clip; resumable (`done` holds the finished ids)."""
+    """Writes a layered-clip dataset clip by clip; resumable (`done` holds the finished ids). With records=False,
+    add() only writes the clip's files and returns its record (a batch job's engine keeps the records)."""
 
-    def __init__(self, root):
-        self.root = Path(root)
+    def __init__(self, root, records=True):
+        self.root, self.records = Path(root), records
         self.root.mkdir(parents=True, exist_ok=True)
-        self.done = {r["id"] for r in read_metadata(root)}
+        self.done = {r["id"] for r in read_metadata(root)} if records else set()
 
     def add(self, id, caption, video, fg, bg, mask, fps=8, source="", crf=12, **extra):
         check_aligned(video, fg, f"{id} video", "fg")
@@ -96,8 +105,11 @@ class LayeredWriter:
         for k, arr in zip(rel, (video, fg, bg, mask_to_rgb(mask))):
             write_video(self.root / rel[k], arr, fps, crf=crf)
         T, H, W = mask.shape
-        self.record(id=id, source=source, frames=T, fps=fps, size=[H, W], fg_ratio=float(mask.mean()),
-                    status="ok", caption=caption, **rel, **extra)
+        rec = dict(id=id, source=source, frames=T, fps=fps, size=[H, W], fg_ratio=float(mask.mean()), status="ok",
+                   caption=one_line(caption), **rel, **extra)
+        if self.records:
+            self.record(**rec)
+        return rec
 
     def record(self, **rec):
         """Append one record; one write of one line, so a kill leaves at most a torn last line."""
@@ -110,18 +122,24 @@ class LayeredWriter:
         self.done.add(rec["id"])
 
     def finalize(self):
-        """Rewrite the five aligned lists from metadata.jsonl (kept clips, first record per id)."""
-        seen, recs = set(), []
+        """Rewrite the five aligned lists from metadata.jsonl (kept clips, the last record of each id)."""
+        last = {}
         for r in read_metadata(self.root):
-            if r["id"] not in seen and r.get("status") == "ok":
-                recs.append(r)
-            seen.add(r["id"])
-        cols = {"prompts.txt": [r["caption"].replace("\n", " ") for r in recs],
+            last.pop(r["id"], None)
+            last[r["id"]] = r
+        recs = [r for r in last.values() if r.get("status") == "ok"]
+        cols = {"prompts.txt": [one_line(r["caption"]) for r in recs],
                 "videos.txt": [r["videos"] for r in recs], "fg.txt": [r["fg"] for r in recs],
                 "bg.txt": [r["bg"] for r in recs], "masks.txt": [r["masks"] for r in recs]}
         for name, lines in cols.items():
             atomic_write_text(self.root / name, "".join(line + "\n" for line in lines))
         return len(recs)
+
+
+def one_line(text):
+    """A caption as one line of a list file: every line break Python knows (\\r, U+0085, U+2028, ...) and run of
+    white space becomes one space, so a caption can never split a line and misalign the lists."""
+    return " ".join(str(text).split())
 
 
 class LayeredClips(torch.utils.data.Dataset):

@@ -34,11 +34,14 @@ def stamp(path):
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def fingerprint(path, _cache={}):
+_FINGERPRINTS = {}
+
+
+def fingerprint(path, cache=True):
     """A short digest of what a file or folder holds now: size, modification time and a hash of its first and last
     64 KiB (for a safetensors file that covers its header and the tail of its weights), for each file of a folder
     (sorted, hidden ones left out). A path that does not exist (a hub id, say) is its own fingerprint. Cached by
-    (path, stamp): a source read for four clips is opened once."""
+    (path, stamp) unless cache=False: a source read for four clips is opened once."""
     p = Path(path)
     if not p.exists():
         return "name:" + str(path)
@@ -47,7 +50,7 @@ def fingerprint(path, _cache={}):
     h = hashlib.sha256()
     for f in files:
         key = (str(f), stamp(f))
-        if key not in _cache:
+        if key not in _FINGERPRINTS or not cache:
             fh = hashlib.sha256(key[1].encode())
             with open(f, "rb") as fd:
                 fh.update(fd.read(65536))
@@ -55,8 +58,8 @@ def fingerprint(path, _cache={}):
                 if size > 131072:
                     fd.seek(size - 65536)
                     fh.update(fd.read(65536))
-            _cache[key] = fh.hexdigest()
-        h.update(f"{f.relative_to(p) if f != p else ''}\0{_cache[key]}\0".encode())
+            _FINGERPRINTS[key] = fh.hexdigest()
+        h.update(f"{f.relative_to(p) if f != p else ''}\0{_FINGERPRINTS[key]}\0".encode())
     return h.hexdigest()[:16]
 
 
@@ -82,8 +85,10 @@ class Lock:
                     other = json.loads(self.path.read_text())
                 except (OSError, ValueError):
                     other = {}
-                if other.get("host") == me["host"] and not _alive(other.get("pid")):
-                    self.path.unlink(missing_ok=True)          # stale: its writer died without releasing it
+                # stale: its process is gone, or it is this process's own (an earlier job here that raised)
+                mine = other.get("host") == me["host"]
+                if mine and (not _alive(other.get("pid")) or other.get("pid") == me["pid"]):
+                    self.path.unlink(missing_ok=True)
                     continue
                 return other
             with os.fdopen(fd, "w") as f:
@@ -92,6 +97,17 @@ class Lock:
             atexit.register(self.release)
             return None
         return {}
+
+    def holder(self):
+        """The live process holding this lock ({host, pid}), or None (free, or stale)."""
+        import socket
+        try:
+            other = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        if other.get("host") == socket.gethostname() and not _alive(other.get("pid")):
+            return None
+        return other
 
     def release(self):
         if self.held:

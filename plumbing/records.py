@@ -132,10 +132,11 @@ class Job:
     """One batch job's records in folder `out` (see the module docstring).
     items: dicts with an "id" (str), in plan order. inputs(item) -> the paths (or names) the item reads.
     settings: the JSON-able flags every item depends on. ranks: plumbing.ranks.Ranks (None: one process).
-    shard: (I, N) from --shard. overwrite: redo items made with other settings instead of refusing."""
+    shard: (I, N) from --shard. overwrite: redo items made with other settings instead of refusing (None: the script
+    has no --overwrite)."""
 
     def __init__(self, out, stem, items, inputs=lambda item: (), settings=None, ranks=None, shard=(0, 1),
-                 overwrite=False, what="item"):
+                 overwrite=None, what="item"):
         from .ranks import Ranks
         self.out, self.stem, self.what = Path(out), stem, what
         self.ranks = ranks or Ranks.single()
@@ -156,6 +157,13 @@ class Job:
 
     # -- start: lock, join what a killed run left, settings guard, what is done ---------------------------------
     def _open(self, overwrite):
+        try:
+            self._start(overwrite)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _start(self, overwrite):
         r = self.ranks
         if r.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -185,10 +193,12 @@ class Job:
         if other and not overwrite:
             was = old if isinstance(old, dict) and digest(old) in other else {}
             diff = [k for k in self.settings if was.get(k) != self.settings[k]] if was else []
-            show = lambda s: ", ".join(f"{k}={s.get(k)!r}" for k in diff)
-            raise BadInput(f"{self.out}: holds {self.what}s made with other settings"
-                           + (f" ({show(was)}; this run: {show(self.settings)})" if diff else "")
-                           + "; use another output folder, or --overwrite to redo them with these")
+            show = lambda s: " ".join(f"--{k.replace('_', '-')} {s.get(k)}" for k in diff)
+            made = f"made with {show(was)}, this run's flags say {show(self.settings)}" if diff else \
+                "made with other settings"
+            raise BadInput(f"{self.out}: holds {self.what}s {made}; mixing them would make a folder of two kinds: use "
+                           "those flags (to resume) or another output folder"
+                           + (", or --overwrite to redo them with these" if overwrite is not None else ""))
         atomic_write_text(f, json.dumps(self.settings, indent=1, default=str) + "\n")
 
     def fingerprint(self, item):
@@ -229,7 +239,8 @@ class Job:
     def _progress(self, total, mine, every=10, bar=True):
         from .ranks import Progress
         count = lambda: sum(len(read_records(f)) for f in self.main.parent.glob(f"{self.main.stem}.rank-*.jsonl"))
-        return Progress(self.ranks, self.stem, total, mine, count, every=every, bar=bar and total > 0)
+        desc = Path(sys.argv[0]).stem or self.stem                  # decompose, sample, evaluate
+        return Progress(self.ranks, desc, total, mine, count, every=every, bar=bar and total > 0)
 
     def done(self, item_id, rec, outputs=(), status="ok"):
         """Item `item_id` finished: its record (with id, status, settings, fingerprint and the stamps of the files
@@ -270,21 +281,30 @@ class Job:
         return list(read_records(self.main).values())
 
     def _join(self):
-        """Rank 0, alone: the journals of this run (or a killed one) and, in the main folder, the shards' record
-        files go into the main record file (the last record of an id wins), in plan order; then they go."""
-        files = sorted(self.out.glob(f"{self.main.stem}.rank-*.jsonl"))
-        if self.shard[1] == 1:
-            shard_files = sorted(self.out.glob(f"{self.stem}.shard-*-of-*.jsonl"))
-            files = shard_files + sorted(self.out.glob(f"{self.stem}.shard-*-of-*.rank-*.jsonl")) + files
-        if not files:
-            return
-        recs = read_records(self.main)
-        for f in files:
-            for k, r in read_records(f).items():
-                recs.pop(k, None)
-                recs[k] = r
-        end = len(self.order)
-        ordered = sorted(recs.values(), key=lambda r: self.order.get(str(r["id"]), end))
-        atomic_write_text(self.main, "".join(json.dumps(r) + "\n" for r in ordered))
-        for f in files:
-            f.unlink()
+        join_records(self.out, self.stem, self.main, order=self.order, shards=self.shard[1] == 1)
+
+
+def join_records(out, stem, main=None, order=None, shards=False):
+    """Rank 0, alone: the journals <main stem>.rank-*.jsonl (of this run, or of a killed one) and, with shards, the
+    shards' record files <stem>.shard-I-of-N[.rank-R].jsonl go into the main record file (the last record of an id
+    wins), in plan `order` (ids not in it after, as they came); then they go. Refused while a shard still writes."""
+    out = Path(out)
+    main = Path(main or out / f"{stem}.jsonl")
+    files = sorted(out.glob(f"{main.stem}.rank-*.jsonl"))
+    if shards:
+        busy = [f for f in out.glob(f".{stem}.shard-*.lock") if Lock(out, f.name).holder()]
+        if busy:
+            raise BadInput(f"{out}: a shard is still writing here ({busy[0].name}); join its records once it ends")
+        files = sorted(out.glob(f"{stem}.shard-*-of-*.jsonl")) + files
+    if not files:
+        return
+    recs = read_records(main)
+    for f in files:
+        for k, r in read_records(f).items():
+            recs.pop(k, None)
+            recs[k] = r
+    order = order or {}
+    ordered = sorted(recs.values(), key=lambda r: order.get(str(r["id"]), len(order)))
+    atomic_write_text(main, "".join(json.dumps(r) + "\n" for r in ordered))
+    for f in files:
+        f.unlink()

@@ -243,6 +243,8 @@ def write_video(path, frames, fps=8, crf=18):
     os.close(fd)
     try:
         if path.suffix.lower() == ".gif":
+            if rate > 100:
+                raise ValueError(f"{path}: a GIF's frame delays are whole 1/100 s, so at most 100 fps, got {fps!r}")
             _write_gif(tmp, frames, rate)
         else:
             T, H, W, _ = frames.shape
@@ -266,10 +268,12 @@ def write_video(path, frames, fps=8, crf=18):
 
 def _write_gif(path, frames, fps):
     # GIF is 256 colours: take the most frequent colours of the whole clip (at 5 bits/channel)
-    # as one palette and map every pixel to its nearest entry.
+    # as one palette and map every pixel to its nearest entry. Deterministic: colours that are as frequent keep
+    # their code order (stable sort), and the distances are integers, exact in float32 however cdist sums them.
+    # `fps` is a Fraction: each frame's delay is its time rounded to 1/100 s, so the clip keeps its length.
     q = torch.from_numpy(frames.reshape(-1, 3)).int() >> 3
     codes, counts = torch.unique(q[:, 0] * 1024 + q[:, 1] * 32 + q[:, 2], return_counts=True)
-    top = codes[counts.argsort(descending=True)[:256]]
+    top = codes[counts.argsort(descending=True, stable=True)[:256]]
     pal = torch.stack([top // 1024, top // 32 % 32, top % 32], 1).float() * 8 + 4
     px = torch.from_numpy(frames.reshape(-1, 3)).float()
     idx = torch.cat([torch.cdist(c, pal).argmin(1) for c in px.split(65536)]).to(torch.uint8)
@@ -278,7 +282,7 @@ def _write_gif(path, frames, fps):
     palette[: len(pal), 1:] = pal.clamp(0, 255).byte().numpy()
     idx = idx.numpy().reshape(frames.shape[:3])
     with av.open(path, "w", format="gif") as c:
-        s = c.add_stream("gif", rate=round(fps))
+        s = c.add_stream("gif", rate=fps)
         s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "pal8"
         for i in idx:
             c.mux(s.encode(av.VideoFrame.from_ndarray((np.ascontiguousarray(i), palette), format="pal8")))

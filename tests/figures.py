@@ -39,11 +39,11 @@ ROWS = {
     "samplers-bf16": ("`diffusion.py` DDIM and DPM loops, bf16 latents (the pipeline's casts)", "the same, bf16"),
     "cfg-scale": ("`diffusion.py` `cfg_scale`, constant and dynamic, every step (recovered from the guided output)",
                   "diffusers `CogVideoXPipeline` with a stub transformer"),
-    "viclip": ("`metrics.py` ViCLIP text and vision towers", "transformers `CLIPTextModel` / `CLIPVisionModel`"),
-    "clip-tokenizer": ("`metrics.py` CLIP BPE tokenizer", "transformers `CLIPTokenizer`"),
-    "swin3d": ("`metrics.py` Swin3D (tiny config, random weights)", "torchvision `SwinTransformer3d`"),
-    "swin3d-preprocess": ("`metrics.py` Swin3D preprocessing", "torchvision `Swin3D_B_Weights` transforms"),
-    "raft": ("`metrics.py` RAFT (tiny config, random weights)", "torchvision `raft._raft`"),
+    "viclip": ("`others/metrics.py` ViCLIP text and vision towers", "transformers `CLIPTextModel` / `CLIPVisionModel`"),
+    "clip-tokenizer": ("`others/metrics.py` CLIP BPE tokenizer", "transformers `CLIPTokenizer`"),
+    "swin3d": ("`others/metrics.py` Swin3D (tiny config, random weights)", "torchvision `SwinTransformer3d`"),
+    "swin3d-preprocess": ("`others/metrics.py` Swin3D preprocessing", "torchvision `Swin3D_B_Weights` transforms"),
+    "raft": ("`others/metrics.py` RAFT (tiny config, random weights)", "torchvision `raft._raft`"),
 }
 LINE = re.compile(r"^PARITY (?P<name>[\w-]+): (?:max rel err (?P<err>\S+)|(?P<ids>identical ids))\s*$")
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from plumbing.cli import BadInput
+from plumbing.records import read_records
 from plumbing.dataset import read_lists, read_metadata
 from plumbing.video import mask_to_rgb, read_video, write_video
 import decompose
@@ -131,7 +132,7 @@ def test_rerun_with_other_flags_is_refused_and_changes_nothing(tmp_path):
     src, out = videos(tmp_path / "v", [0]), tmp_path / "out"
     split("--videos", src, "--out", out, *FAST)
     before = (out / "metadata.jsonl").read_text()
-    assert before and json.loads((out / "settings.json").read_text())["frames"] == 9
+    assert before and json.loads((out / "metadata.settings.json").read_text())["frames"] == 9
     with pytest.raises(BadInput, match="--frames 9, this run's flags say --frames 13"):
         split("--videos", src, "--out", out, *[a if a != "9" else "13" for a in FAST])
     with pytest.raises(BadInput, match="--min-fg 0.0.*--min-fg 0.2"):
@@ -148,7 +149,7 @@ def test_merge_adds_to_an_existing_dataset(tmp_path, capsys):
     own = {r["id"] for r in read_metadata(out)}
     for i in range(2):
         split("--videos", videos(tmp_path / "b", [2, 3, 4]), "--out", out, *FAST, "--shard", f"{i}/2")
-    sharded = {r["id"] for i in range(2) for r in read_metadata(out / f"shard-{i}-of-2")}
+    sharded = {r["id"] for i in range(2) for r in read_records(out / f"metadata.shard-{i}-of-2.jsonl").values()}
     assert len(own) == 2 and len(sharded) == 3 and not own & sharded
     for _ in range(2):
         split("--merge", "--out", out)
@@ -170,12 +171,14 @@ def test_merge_refuses_lists_it_would_drop(tmp_path):
     with pytest.raises(BadInput, match="videos.txt lists 1 clips that its metadata.jsonl does not hold"):
         split("--merge", "--out", out)
     assert (out / "videos.txt").read_text() == "videos/theirs.mp4\n" and not (out / "metadata.jsonl").exists()
-    with pytest.raises(BadInput, match="no shard-"):
+    with pytest.raises(BadInput, match="videos.txt lists 1 clips"):                    # nor written into
+        split("--videos", videos(tmp_path / "b", [2, 3]), "--out", out, *FAST)
+    with pytest.raises(BadInput, match="no metadata.shard-"):
         split("--merge", "--out", tmp_path / "empty")
 
 
 @pytest.mark.parametrize("argv,words", [(["--shard", "0/0"], ["--shard 0/0"]), (["--frames", "0"], ["--frames 0"]),
-                                        (["--merge"], ["no shard-"])])
+                                        (["--merge"], ["no metadata.shard-"])])
 def test_split_cli_prints_one_line_and_exits_2(tmp_path, argv, words):
     one_line_error(cli("decompose.py", "--videos", tmp_path, "--out", tmp_path / "out", *argv), "decompose.py", *words)
 
@@ -346,7 +349,7 @@ def test_eval_resumes_and_never_destroys_earlier_scores(tmp_path, triplets, caps
     assert not list((res / "eval").glob("metrics.rank-*.jsonl"))               # joined into metrics.jsonl
     # scores of another setting: refused in one line (the command line, as a user meets it), nothing touched
     r = cli("evaluate.py", "results", res, "--max-frames", "3")
-    one_line_error(r, "evaluate.py", "other settings (max_frames=0; this run: max_frames=3)", "--overwrite")
+    one_line_error(r, "evaluate.py", "--max-frames 0", "--max-frames 3", "--overwrite")
     assert metrics.read_text() == text
     write_video(recs[1]["result"], read_video(recs[1]["result"])[0][::-1].copy())   # a new result: scored again
     capsys.readouterr()

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import decompose
+from plumbing.records import read_records
 from others import hf, segment
 from conftest import single_thread, tiny_sam2, tiny_vlm
 from plumbing.dataset import read_lists, read_metadata
@@ -146,12 +147,13 @@ def test_kill_then_resume(tmp_path):
     p = subprocess.Popen([sys.executable, str(ROOT / "decompose.py"), "--videos", videos, "--out", out, *FAST],
                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
-    while not (out / "metadata.jsonl").exists() or not (out / "metadata.jsonl").read_text().strip():
+    journal = out / "metadata.rank-0.jsonl"                  # the record engine's journal, joined at the end
+    while not journal.exists() or not journal.read_text().strip():
         assert p.poll() is None and time.time() - t0 < 120, "no clip record appeared"
         time.sleep(0.05)
     p.kill()
     p.wait()
-    first = len(read_metadata(out))
+    first = len(read_records(journal))
     r = cli("--videos", videos, "--out", out, *FAST)
     assert r.returncode == 0, r.stderr
     n = sum(len(decompose.plan_clips(f"toy{s}", 25, 9, [1, 2], 4)) for s in range(6))

@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXPipeline  # noqa: E402
 
 from diffusion import Schedule, cfg_scale, identity_loss, latent_mask, plain_loss  # noqa: E402
-from figures import parity, rel_err  # noqa: E402  (tests/figures.py: the README's parity table)
+from figures import parity, rel_err  # noqa: E402  (tests/figures.py: the parity table of docs/results.md)
 
 
 def ref_scheduler(cls=CogVideoXDDIMScheduler, snr_shift_scale=1.0):

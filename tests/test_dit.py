@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dit  # noqa: E402
 from dit import DiT, DiTConfig, PRESETS  # noqa: E402
-from figures import parity  # noqa: E402  (tests/figures.py: the README's parity table)
+from figures import parity  # noqa: E402  (tests/figures.py: the parity table of docs/results.md)
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import CogVideoXTransformer3DModel  # noqa: E402

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from others import metrics
-from figures import parity, rel_err  # tests/figures.py: the README's parity table
+from figures import parity, rel_err  # tests/figures.py: the parity table of docs/results.md
 
 torch.set_num_threads(2)
 

@@ -223,6 +223,9 @@ def run(request, tmp_path_factory):
             for x in vae.seen:
                 mu = x.mean().item()
                 layers.setdefault("video" if mu > 2 else "bg" if mu < -2 else "fg", []).append(x)
+            if "fg" not in layers or "bg" not in layers and not bg_latent:
+                pytest.fail(f"{path}: the layers that reached the encoder were {sorted(layers)}: fg"
+                            + ("" if bg_latent else " and bg") + " must, every step")
             rec["layers"].append({n: len(v) for n, v in layers.items()})
             rec["video_clean"].append(cached or torch.equal(layers["video"][0],
                                                             torch.stack([CLEAN[i][0] for i in idx])))

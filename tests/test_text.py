@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import text
-from figures import parity  # tests/figures.py: the README's parity table
+from figures import parity  # tests/figures.py: the parity table of docs/results.md
 
 CORPUS = ["a cat walks slowly on the green grass", "the brown dog runs in the park at night",
           "a red car drives down a long empty road", "white birds fly over the calm blue sea",

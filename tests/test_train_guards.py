@@ -59,7 +59,8 @@ def test_a_run_is_never_overwritten_or_resumed_with_another_recipe(tiny_base, ti
     out = tmp_path / "run"
     train.main(flags(tiny_base, tiny_data, out))
     before = files(out)
-    refused(flags(tiny_base, tiny_data, out, "--lr", "5e-4"), f"--out {out}", "--resume to continue it, or another --out")
+    refused(flags(tiny_base, tiny_data, out, "--lr", "5e-4"), f"--out {out}",
+            "--resume to continue it, or another --out")
     refused(flags(tiny_base, tiny_data, out, "--resume", "--lr", "5e-4", "--seed", "3"),
             "--lr 0.001 -> 0.0005", "--seed 0 -> 3", "--resume-with-new-flags")
     refused(flags(tiny_base, tiny_data, out, "--resume", "--steps", "1"), "--steps 1", "at step 2")

@@ -17,7 +17,7 @@ import vae  # noqa: E402
 from plumbing import weights  # noqa: E402
 from conftest import rel, single_thread  # noqa: E402
 from vae import PRESETS, VAE, VAEConfig, WEIGHTS_NAME  # noqa: E402
-from figures import parity  # noqa: E402  (tests/figures.py: the README's parity table)
+from figures import parity  # noqa: E402  (tests/figures.py: the parity table of docs/results.md)
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import AutoencoderKLCogVideoX  # noqa: E402
