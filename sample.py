@@ -103,7 +103,7 @@ def main(a):
             job.skip(i, why)
     model, vae, texts = composer.load_models(tfolder, base, device, dtype)
     rows = []
-    for chunk in job.todo(batch=a.batch, bar=ranks.world > 1):   # fixed-position batches: a rerun draws the same noise
+    for chunk in job.batches(a.batch, bar=ranks.world > 1):      # fixed-position: a rerun draws the same noise
         chunk = [j for j in chunk if not bad.get(j["id"]) and j["id"] not in job.skipped]
         for j in chunk:
             try:

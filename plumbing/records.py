@@ -6,7 +6,7 @@ process its share of what is not done yet, takes one record per item as the item
 every process's records into one file in plan order:
 
     job = Job(out, "results", items, inputs=lambda j: [j["fg"], j["bg"]], settings={...}, ranks=Ranks())
-    for item in job.todo():                       # this rank's share of the items still to do
+    for item in job.todo():                       # this rank's share of the items still to do (or job.batches(n))
         ...                                       # the work, written to files in out
         job.done(item["id"], {...}, outputs=[path])    # or job.skip(item["id"], "why")
     recs = job.finish()                           # rank 0: every record, joined, in plan order
@@ -219,20 +219,21 @@ class Job:
         return str(item_id) not in {str(it["id"]) for it in self.left}
 
     # -- the work ---------------------------------------------------------------------------------------------
-    def todo(self, batch=1, bar=True):
-        """This rank's items still to do (batch=1), or its batches: fixed-position groups of `batch` plan items
-        with work left (whole groups, done items included, so each item is computed in the same company as in a
-        straight run)."""
-        if batch == 1:
-            mine = self.ranks.mine(self.left)
-            self.progress = self._progress(len(self.left), len(mine), bar=bar)
-            return mine
+    def todo(self, bar=True):
+        """This rank's items still to do."""
+        mine = self.ranks.mine(self.left)
+        self.progress = self._progress(len(self.left), len(mine), bar=bar)
+        return mine
+
+    def batches(self, size, bar=True):
+        """This rank's batches: fixed-position groups of `size` plan items with work left, whole (done items
+        included), so each item is computed in the same company, with the same noise, as in a straight run."""
         left = {str(it["id"]) for it in self.left}
         plan = self.mine_of_shard
-        groups = [plan[i:i + batch] for i in range(0, len(plan), batch)]
+        groups = [plan[i:i + size] for i in range(0, len(plan), size)]
         groups = [g for g in groups if any(str(it["id"]) in left for it in g)]
         mine = self.ranks.mine(groups)
-        self.progress = self._progress(len(left), sum(str(it["id"]) in left for g in mine for it in g), every=batch,
+        self.progress = self._progress(len(left), sum(str(it["id"]) in left for g in mine for it in g), every=size,
                                        bar=bar)
         return mine
 

@@ -1,6 +1,7 @@
 """Bad input to sample.py and train.py: one line that names the input (exit 2, no traceback), checked before any
 model loads; batches skip and report a bad item; nothing an earlier run wrote is destroyed or silently wrong."""
 import json
+import time
 import os
 import subprocess
 import sys
@@ -228,6 +229,90 @@ def test_sample_batch_skips_bad_items_resumes_and_keeps_other_results(composer, 
     r = run("sample.py", args[:-2] + ["--guidance", "3", "--out", tmp_path / "o"])
     one_line_error(r, "--overwrite")
     assert {i: (tmp_path / "o" / f"{i}.mp4").read_bytes() for i in "acef"} == untouched
+
+
+def test_sample_records_follow_the_checkpoint_and_the_inputs(composer, clips, tmp_path):
+    """A record says what is on disk: retraining the composer in place redoes every composition, replacing one input
+    under the same name redoes its triplet only, deleting a result redoes it. (Mutations: the checkpoint left out of
+    the item inputs -> "2 done before" after retraining; see tests/test_records.py for the engine's own.)"""
+    import shutil
+    import dit
+    ck = tmp_path / "ck"
+    shutil.copytree(composer, ck)
+    for i in "ab":
+        for f in ("fg.mp4", "bg.mp4"):
+            shutil.copy(clips / f, tmp_path / f"{i}_{f}")
+    t = write_triplets(tmp_path, [{"id": i, "fg": f"{i}_fg.mp4", "bg": f"{i}_bg.mp4", "prompt": "x"} for i in "ab"])
+    args = ["--ckpt", ck, "--triplets", t, "--steps", "1", "--out", tmp_path / "o"]
+    assert "2 composition(s)" in run("sample.py", args).stdout
+    assert "0 composition(s)" in (r := run("sample.py", args)).stdout and "2 done before" in r.stdout
+    torch.manual_seed(1)
+    dit.DiT(dit.PRESETS["toy"]).save_pretrained(ck / "transformer")          # retrained, same shapes and size
+    assert "2 composition(s)" in run("sample.py", args).stdout
+    time.sleep(0.01)
+    shutil.copy(clips / "whole.mp4", tmp_path / "b_bg.mp4")                  # another bg under the same name
+    assert "1 composition(s)" in (r := run("sample.py", args)).stdout and "1 done before" in r.stdout
+    (tmp_path / "o" / "a.mp4").unlink()
+    assert "1 composition(s)" in run("sample.py", args).stdout and (tmp_path / "o" / "a.mp4").exists()
+
+
+def test_sample_never_overwrites_an_input_or_a_file(composer, clips, tmp_path):
+    """--out naming an input, or an existing file without --overwrite: refused before any model loads; a batch item
+    whose result would land on one of its inputs is skipped with the reason."""
+    import shutil
+    shutil.copy(clips / "bg.mp4", tmp_path / "bg.mp4")
+    before = (tmp_path / "bg.mp4").read_bytes()
+    base = ["--ckpt", composer, "--fg", clips / "fg.mp4", "--steps", "1"]
+    raises_bad_input("sample", base + ["--bg", tmp_path / "bg.mp4", "--out", tmp_path / "bg.mp4"], "--bg input")
+    assert (tmp_path / "bg.mp4").read_bytes() == before
+    r = run("sample.py", base + ["--bg", clips / "bg.mp4", "--out", tmp_path / "one.mp4"])
+    assert r.returncode == 0, r.stderr[-1500:]
+    kept = (tmp_path / "one.mp4").read_bytes()
+    raises_bad_input("sample", base + ["--bg", clips / "bg.mp4", "--out", tmp_path / "one.mp4", "--seed", "2"],
+                     "exists", "--overwrite")
+    assert (tmp_path / "one.mp4").read_bytes() == kept
+    t = write_triplets(tmp_path, [{"id": "bg", "fg": str(clips / "fg.mp4"), "bg": "bg.mp4"}])
+    r = run("sample.py", ["--ckpt", composer, "--triplets", t, "--steps", "1", "--out", tmp_path])
+    assert r.returncode == 0 and "would overwrite its bg" in r.stderr, r.stderr[-1500:]
+    assert (tmp_path / "bg.mp4").read_bytes() == before
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["--guidance", "inf"], ["--guidance inf"]), (["--guidance", "nan"], ["--guidance nan"]),
+    (["--fps", "0.04"], ["--fps 0.04"]), (["--fps", "1e6"], ["--fps 1000000.0"]), (["--fps", "inf"], ["--fps inf"]),
+    (["--seed", "-1"], ["--seed -1"]), (["--device", "banana"], ["--device banana"]),
+    (["--triplets", "t.jsonl"], ["--triplets", "leave out --fg"]),
+])
+def test_sample_flags_checked_before_any_model(composer, clips, tmp_path, extra, needles):
+    raises_bad_input("sample", ["--ckpt", composer, "--fg", clips / "fg.mp4", "--bg", clips / "bg.mp4",
+                                "--out", tmp_path / "o", *extra], *needles)
+    assert not (tmp_path / "o").exists()
+
+
+def test_sample_modes_that_do_not_fit_are_refused(composer, clips, tmp_path):
+    """--mask or --prompt without --fg composed the bundled examples instead; now refused."""
+    raises_bad_input("sample", ["--ckpt", composer, "--mask", clips / "mask.mp4", "--out", tmp_path / "o"],
+                     "--mask/--prompt/--bg belong to --fg")
+    raises_bad_input("sample", ["--ckpt", composer, "--prompt", "a boat", "--out", tmp_path / "o"], "belong to --fg")
+    raises_bad_input("sample", ["--ckpt", composer, "--fg", clips / "fg.mp4", "--out", tmp_path / "o"], "both --fg")
+
+
+def test_sample_still_and_one_frame_backgrounds(composer, clips, tmp_path):
+    """A PNG (or a 1-frame video) as bg is a still scene of the model's length at 8 fps, not a 0.04-s flash."""
+    import av
+    frame = toy.clip(4)["bg"][0]
+    with av.open(str(tmp_path / "bg.png"), "w", format="image2") as c:
+        st = c.add_stream("png")
+        st.width, st.height, st.pix_fmt = frame.shape[1], frame.shape[0], "rgb24"
+        c.mux(st.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+    write_video(tmp_path / "one.mp4", frame[None], fps=30)
+    for bg in ("bg.png", "one.mp4"):
+        out = tmp_path / f"out_{bg}.mp4"
+        r = run("sample.py", ["--ckpt", composer, "--fg", clips / "fg.mp4", "--bg", tmp_path / bg, "--steps", "1",
+                              "--out", out])
+        assert r.returncode == 0, r.stderr[-1500:]
+        v, fps = read_video(out)
+        assert len(v) == 9 and fps == pytest.approx(8.0), (bg, len(v), fps)
 
 
 # ---------------------------------------------------------------------------------------------- train.py
