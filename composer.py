@@ -2,8 +2,9 @@
 The StM composer: a CogVideoX-I2V DiT whose patch embedding reads [noisy | fg | bg] latents (48 channels).
 compose() is the whole of inference (paper §3.4): encode the layers, mask the fg latent, sample with guidance on the
 text, decode. sample.py runs it on your videos; train.py runs it on held-out pairs to validate.
-Below it: where a trained composer is found (a train.py output, a transformer folder, a LoRA adapter, a hub id) and
-how it is loaded with the VAE and T5 of its base model.
+Below it: where a trained composer is found (a train.py output, a transformer folder, a LoRA adapter, a hub id),
+how it is loaded with the VAE and T5 of its base model, and how a composition's fg / mask / bg files become its
+inputs (resampled to the composer's frames and size, the output rate keeping the bg's duration).
 """
 import json
 from pathlib import Path
@@ -15,11 +16,12 @@ import lora
 from dit import DiT, DiTConfig
 from plumbing import weights
 from plumbing.cli import BadInput
-from plumbing.video import check_shape
+from plumbing.video import STILL_FPS, check_shape, fit_video, read_mask, read_video, to_tensor
 from text import T5Encoder, Tokenizer, encode_prompts
 from vae import VAE, VAEConfig
 
 ROOT = Path(__file__).resolve().parent
+MAX_DERIVED_MASK = 0.6        # a "subject on black" whose non-black part covers more than this is no such thing
 
 
 @torch.no_grad()
@@ -106,3 +108,34 @@ def load_models(tfolder, base, device, dtype):
     except (FileNotFoundError, RuntimeError, ValueError, KeyError, TypeError) as e:
         raise BadInput(f"could not load the models: {e}") from None
     return model, vae, lambda p: encode_prompts(p, tok, t5, device=device, dtype=dtype)
+
+
+def load_inputs(fg, bg, mask, T, H, W):
+    """-> fg (3,T,H,W), bg (3,T,H,W), mask (1,T,H,W), and the frame rate that keeps bg's duration; notices for
+    any resampling. Raises BadInput naming the file for anything unreadable."""
+    try:
+        fgv, _ = read_video(fg)
+        bgv, bg_fps, bg_seconds = read_video(bg, duration=True)
+        m = read_mask(mask) if mask else None
+    except (FileNotFoundError, ValueError) as e:
+        raise BadInput(str(e)) from None
+    if m is None:                            # subject on black: the mask is wherever it is not black
+        m = fgv.max(-1) > 16
+        if m.mean() > MAX_DERIVED_MASK:
+            raise BadInput(f"--fg {fg}: read as a subject on black, its mask would cover {m.mean():.0%} of the "
+                           "frames; is it a whole video? Give its mask with --mask")
+    elif m.shape != fgv.shape[:3]:
+        print(f"note: {mask} is {m.shape[0]} frames of {m.shape[2]}x{m.shape[1]}; resampled to the fg's "
+              f"{len(fgv)} frames of {fgv.shape[2]}x{fgv.shape[1]}")
+        m = fit_video(m, len(fgv), *fgv.shape[1:3], mask=True, mode="stretch")
+    if not m.any():
+        raise BadInput(f"{mask or fg}: the mask is empty (no subject found)")
+    for name, v in ((fg, fgv), (bg, bgv)):
+        if v.shape[:3] != (T, H, W):
+            print(f"note: {name} is {len(v)} frames of {v.shape[2]}x{v.shape[1]}; resampled to {T} frames of {W}x{H}")
+    # the bg's duration over T frames; a still (an image, or one frame) is a still scene at CogVideoX's rate
+    fps = T / bg_seconds if len(bgv) > 1 and bg_seconds > 0 else STILL_FPS
+    fgv, bgv = fit_video(fgv, T, H, W), fit_video(bgv, T, H, W)
+    m = fit_video(m, T, H, W, mask=True)
+    fgv = fgv * m[..., None]
+    return to_tensor(fgv), to_tensor(bgv), torch.from_numpy(m).float()[None], fps

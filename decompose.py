@@ -38,16 +38,10 @@ A rerun must use the same flags as the run that began the folder (metadata.setti
 are never mixed in. Every flag and input file is checked before the first clip (one line, exit code 2).
 """
 import argparse
-import json
-import functools
 import hashlib
 import os
 import re
-import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass, fields
@@ -57,16 +51,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from others import pages
+from others import inpaint, pages
 from others.hf import vlm_caption
-from others.segment import global_motion, mosaic, motion_mask, push_pull, sam2_mask, unmosaic
+from others.segment import global_motion, motion_mask, sam2_mask
 from plumbing import weights
-from plumbing.cli import WRITE_ERRORS, BadInput, check_out_dir, run_cli
-from plumbing.dataset import LayeredWriter, read_list
+from plumbing.cli import WRITE_ERRORS, BadInput, check_out_dir, check_ranges, run_cli
+from plumbing.dataset import LayeredWriter, check_lists, merge_shards, read_captions
 from plumbing.ranks import Ranks
-from plumbing.records import Job, join_records, read_records
-from plumbing.video import (VIDEO_EXTS, check_shape, dilate, fit_video, mask_to_rgb, probe, read_frames, read_mask,
-                            read_video, video_paths, write_video)
+from plumbing.records import Job, read_records
+from plumbing.video import VIDEO_EXTS, check_shape, dilate, fit_video, probe, read_frames, read_mask, video_paths
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 a_ = parser.add_argument
@@ -112,7 +105,7 @@ def main(args):
     if not args.out:
         raise BadInput("--out is required (the dataset folder to write, or with --merge to join into)")
     if args.merge:
-        added = merge(args.out)
+        added = merge_shards(args.out)
         print(f"merged {added} new records\n{summary(args.out)}")
         return
     check_flags(args)
@@ -225,73 +218,12 @@ def clip_bg(video, mask, G, st):
     """The bg layer: the mask's hole, grown by st.dilate, filled by the chosen inpainter."""
     hole = dilate(torch.from_numpy(mask), st.dilate).numpy()
     if st.inpainter == "temporal":
-        return inpaint_temporal(video, hole, G)
+        return inpaint.inpaint_temporal(video, hole, G)
     if st.inpainter == "cmd":
-        return inpaint_cmd(st.inpaint_cmd, video, hole, st.fps)
+        return inpaint.inpaint_cmd(st.inpaint_cmd, video, hole, st.fps)
     if st.inpainter == "minimax":  # grows the mask itself, by a diamond of --dilate, as MiniMax-Remover's pipeline
-        return _load_remover(st.remover)(video, mask, steps=st.remover_steps, dilate=st.dilate)
+        return inpaint.load_remover(st.remover)(video, mask, steps=st.remover_steps, dilate=st.dilate)
     return video * ~hole[..., None]
-
-
-@functools.lru_cache
-def _load_remover(path):
-    """MiniMax-Remover (remover.py), loaded once per worker: bf16 on a GPU (StM runs fp16), fp32 on CPU."""
-    from others import remover
-    cuda = torch.cuda.is_available()
-    return remover.Remover.from_pretrained(path, dtype=torch.bfloat16 if cuda else None,
-                                           device="cuda" if cuda else None)
-
-
-def inpaint_temporal(video, hole, G=None):
-    """Fill each hole pixel from the frames where it is visible (after camera motion compensation:
-    median of the aligned visible samples), then push-pull for pixels never seen -> uint8 (T,H,W,3)."""
-    T, H, W, _ = video.shape
-    G = global_motion(video) if G is None else G
-    v = torch.from_numpy(np.asarray(video)).permute(0, 3, 1, 2).float()
-    canvas, box = mosaic(v, G, keep=~hole)
-    view = unmosaic(push_pull(canvas), box, G, H, W)
-    bg = torch.where(torch.from_numpy(hole)[:, None], view, v)
-    return bg.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-
-
-def inpaint_cmd(cmd, video, hole, fps):
-    """Run `cmd` with {video} {mask} {out} replaced by temporary mp4 paths; read back {out}."""
-    with tempfile.TemporaryDirectory() as d:
-        paths = {k: os.path.join(d, f"{k}.mp4") for k in ("video", "mask", "out")}
-        write_video(paths["video"], video, fps)
-        write_video(paths["mask"], mask_to_rgb(hole), fps)
-        r = subprocess.run([a.format(**paths) for a in shlex.split(cmd)], capture_output=True, text=True)
-        if r.returncode != 0 or not os.path.exists(paths["out"]):
-            raise RuntimeError(f"--inpaint-cmd failed (exit {r.returncode}): {cmd}\n{r.stderr[-2000:]}")
-        bg = read_video(paths["out"])[0]
-    if bg.shape != video.shape:
-        bg = fit_video(bg, len(video), *video.shape[1:3], name="--inpaint-cmd output")
-    return bg
-
-
-def read_captions(path):
-    """jsonl ({"video"|"id": stem, "caption"|"text": ...}) or tsv (stem<TAB>caption) -> dict."""
-    out = {}
-    try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"--captions {path}: cannot be read ({type(e).__name__}); give a jsonl or tsv file") from None
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        if line.lstrip().startswith("{"):
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BadInput(f"--captions {path}:{i + 1}: not a JSON object ({e.msg}); "
-                               'expected {"video": stem, "caption": text}') from None
-            key, cap = r.get("video", r.get("id")), r.get("caption", r.get("text"))
-        else:
-            key, _, cap = line.partition("\t")
-        if key is None or not isinstance(cap, str) or not cap.strip():
-            raise BadInput(f"--captions {path}:{i + 1}: expected a video stem and a caption")
-        out[Path(str(key)).stem if str(key).endswith(VIDEO_EXTS) else str(key)] = cap.strip()
-    return out
 
 
 # ---- The plan (deterministic), and checking every input before the first clip ------------------
@@ -452,7 +384,7 @@ def check_flags(args):
         if got == need and not val:
             raise BadInput(f"{flag} is required with '{need}'")
     a = args
-    for flag, val, ok, rule in (
+    check_ranges(
             ("--frames", a.frames, a.frames >= 2, "at least 2 (4k+1 for CogVideoX: 49)"),
             ("--static", a.static, 0 <= a.static < 255, "a mean |frame difference| in [0, 255) (0: keep all)"),
             ("--size", " ".join(map(str, a.size)), min(a.size) >= 16, "H W of at least 16 pixels each"),
@@ -466,9 +398,7 @@ def check_flags(args):
             ("--remover-steps", a.remover_steps, a.remover_steps >= 1, "at least 1"),
             ("--vlm-frames", a.vlm_frames, a.vlm_frames >= 1, "at least 1"),
             ("--workers", a.workers, a.workers >= 1, "at least 1"),
-            ("--threads", a.threads, a.threads >= 0, "at least 0 (0: cores / workers)")):
-        if not ok:
-            raise BadInput(f"{flag} {val}: must be {rule}")
+            ("--threads", a.threads, a.threads >= 0, "at least 0 (0: cores / workers)"))
     parse_shard(args.shard)
     check_out_dir(args.out)
     if args.captioner == "template":
@@ -481,7 +411,7 @@ def check_flags(args):
         raise BadInput(f"--masks {args.masks}: no such folder; give the folder of <stem>/ or <stem>.mp4 masks, "
                        "or a template such as '{dir}/mask.mp4'")
     if args.inpainter == "cmd":
-        check_inpaint_cmd(args.inpaint_cmd)
+        inpaint.check_inpaint_cmd(args.inpaint_cmd)
     if args.inpainter == "minimax":                 # a folder laid out like zibojia/minimax-remover, or that hub id
         weights.check_weights(args.remover, "--remover", "--inpainter temporal", need=REMOVER_FILES,
                       patterns=["vae/*", "transformer/*", "scheduler/*"], library=None)
@@ -492,21 +422,6 @@ def check_flags(args):
     msg = check_shape(args.frames, *args.size, "CogVideoX")
     if msg:
         print(f"warning: {msg}", file=sys.stderr)
-
-
-def check_inpaint_cmd(cmd):
-    """--inpaint-cmd must split into words, fill in {video} {mask} {out} only, name {out}, and name a program
-    that exists; otherwise every clip would fail one by one."""
-    try:
-        words = [w.format(video="v.mp4", mask="m.mp4", out="o.mp4") for w in shlex.split(cmd)]
-    except (ValueError, KeyError, IndexError) as e:
-        raise BadInput(f"--inpaint-cmd {cmd!r}: cannot be used ({type(e).__name__}: {e}); "
-                       "write a command with {video} {mask} {out}") from None
-    if not words or "{out}" not in cmd:
-        raise BadInput(f"--inpaint-cmd {cmd!r}: must write its result to {{out}}, e.g. 'remover {{video}} {{mask}} "
-                       "{out}'")
-    if shutil.which(words[0]) is None:
-        raise BadInput(f"--inpaint-cmd {cmd!r}: no program {words[0]!r} on PATH; give its full path")
 
 
 # ---- The folder: what it holds, and joining shards -------------------------------------------------
@@ -523,38 +438,6 @@ def summary(root):
         hist = np.histogram(ratios, edges)[0]
         lines.append("fg ratio  " + "  ".join(f"{lo:.0%}-{hi:.0%}: {c}" for lo, hi, c in zip(edges, edges[1:], hist)))
     return "\n".join(lines)
-
-
-def check_lists(out):
-    """The lists of `out` are rewritten from metadata.jsonl at the end: lines it does not account for (another
-    tool's dataset, hand-added clips) would be lost, so such a folder is refused before anything is written."""
-    out = Path(out)
-    listed = read_list(out / "videos.txt") if (out / "videos.txt").exists() else []
-    known = {r.get("videos") for f in out.glob("metadata*.jsonl") for r in read_records(f).values()}
-    unknown = set(filter(None, map(str.strip, listed))) - known
-    if unknown:
-        raise BadInput(f"--out {out}: videos.txt lists {len(unknown)} clips that its metadata.jsonl does not hold "
-                       f"(e.g. {sorted(unknown)[0]}); rewriting the lists would drop them: use a folder of its own, "
-                       "or add those clips' records first")
-
-
-def merge(out):
-    """Join the shards' record files (metadata.shard-I-of-N.jsonl, copied into `out` with their clips) into
-    out/metadata.jsonl, keeping what it already holds, then rewrite the lists -> records added. Refused when the
-    records were made with different flags, or while a shard still writes here."""
-    out = Path(out)
-    if not list(out.glob("metadata.shard-*-of-*.jsonl")) and not (out / "metadata.jsonl").exists():
-        raise BadInput(f"--out {out}: no metadata.shard-*-of-*.jsonl to merge; write them with decompose.py "
-                       f"--shard I/N --out {out} (and copy the shards' folders into this one)")
-    check_lists(out)
-    before = len(read_records(out / "metadata.jsonl"))
-    kinds = {r.get("settings_id") for f in out.glob("metadata*.jsonl") for r in read_records(f).values()}
-    if len(kinds - {None}) > 1:
-        raise BadInput(f"--out {out}: the shards' clips were made with {len(kinds - {None})} different sets of flags "
-                       "(see each run's metadata.settings.json); merge only shards of one command")
-    join_records(out, "metadata", shards=True)
-    LayeredWriter(out).finalize()
-    return len(read_records(out / "metadata.jsonl")) - before
 
 
 # The flags a folder's clips depend on: a rerun (resume) or a merge must not mix clips made with other values.

@@ -12,23 +12,8 @@ run, and the pairwise preference of two runs (Table 3) by a VLM judge or by peop
     python evaluate.py study results/stm results/copy-paste --study-n 25 --out study   # a static site for people
     python evaluate.py tally study answers/*.json                      # their exported answers -> win / tie / lose
 
-What is scored. Every generated video is re-segmented into fg / bg layers (video x mask on black) by the same
-segmenter as the Split stage (--segmenter: the weight-free segment.motion_mask, or SAM 2 prompted with its box; the
-report names it), then, as in the StM release (evaluation/metrics):
-  M1 fg / bg identity  cos(ViCLIP(gen fg), ViCLIP(input fg)); cos(ViCLIP(gen bg), ViCLIP(input bg with the gen fg
-                       region blacked out))                                              (--viclip)
-  M2 action            KL(p(input fg) || p(gen fg)), Kinetics-400 softmax of Swin3D-B      (--swin)
-  M3 bg motion         flow MSE between input bg and gen bg layer, pairs every 4th frame, outside the gen fg mask
-                       RAFT-large with --raft, else the classical Lucas-Kanade flow (labelled weight-free)
-  M4 text              cos(ViCLIP(gen video), ViCLIP(prompt))                             (--viclip)
-Weight-free measures, always computed: bg PSNR / SSIM of gen vs input bg outside both masks (each dilated),
-fg colour-histogram intersection (8^3 RGB bins over the fg pixels of all frames, input vs re-segmented gen).
-Reading them: PSNR / SSIM reward keeping bg pixels, so a copy-paste composite wins them outright; flow has wide
-spatial support, so M3 also rises on bg pixels near a subject whose motion disagrees with the scene (on the
-real clips in ../shared/real, StM's outputs beat a copy-paste on M3 and lose on PSNR; see tests/test_evaluate.py).
-Toy records (with `expect`) also get toy.metrics (described there): the generated subject, found against the
-exactly rendered bg (--toy-threshold), scored against the renderer's own sprite shape, colour, track and shadow:
-shape IoU, colour err, track err, bg PSNR, affordance, copy-paste (--cp-radius), tint match, shadow ok.
+What is scored (M1-M4 as in the StM release, weight-free measures, the toy world's exact scores) and how to
+read it: docs/evaluation.md, "What is scored".
 
 The run. `results RESULTS_DIR` reads results.jsonl as sample.py --triplets writes it: one line per composite with
 `fg` (subject on black, or any video with `mask`), `bg`, `prompt`, `result` (the generated video) and, for toy
@@ -44,7 +29,8 @@ Pairwise preference (the paper's Table 3, Figures 7-8; others/judge.py, others/p
 triplet and criterion, the paper's instruction with only that criterion's references and the two results in a
 seeded random order; study writes the same questions as a web form for people, tally counts their exported
 answers. Both give win / tie / lose of RUN_A against RUN_B per criterion, as a table and a stacked-bar plot (SVG).
-Unusable flags: one line, exit code 2. Library use: evaluate_record(rec, base, Networks(...), ...) scores one record.
+Unusable flags: one line, exit code 2. Library use: evaluate_record(rec, base, metrics.Networks(...), ...)
+scores one record.
 """
 import argparse
 import json
@@ -56,11 +42,12 @@ import numpy as np
 import torch
 
 from plumbing import weights
-from plumbing.cli import BadInput, check_out_dir, run_cli
+from plumbing.cli import WRITE_ERRORS, BadInput, check_device, check_out_dir, check_ranges, run_cli
+from plumbing.dataset import read_results, resolve_path
 from plumbing.files import atomic_write_text
 from plumbing.ranks import Ranks
 from plumbing.records import Job, json_safe, read_jsonl
-from plumbing.video import dilate, fit_video, probe, read_mask, read_video
+from plumbing.video import dilate, fit_video, read_mask, read_video
 from others import judge, metrics
 from others import pages
 from others.segment import motion_mask, sam2_mask
@@ -94,23 +81,33 @@ def evaluate_record(rec, base, nets, max_frames=0, max_side=0, toy_threshold=40.
     max_frames / max_side / toy_threshold / cp_radius / segmenter / sam2: as the flags of the same names."""
     gen, fg, bg, mask, geom = load_record(rec, base, max_frames, max_side)
     gen_mask = subject_mask(gen, segmenter, sam2)
-    out = {"id": rec.get("id"), "result": str(_path(rec["result"], base).resolve()), "frames": len(gen),
+    out = {"id": rec.get("id"), "result": str(resolve_path(rec["result"], base).resolve()), "frames": len(gen),
            "size": list(gen.shape[1:3]), "gen_fg_ratio": float(gen_mask.mean())}
     out.update(nets(gen, fg, bg, gen_mask, rec.get("prompt", "")))
     r = max(1, round(min(gen.shape[1:3]) / 100))
     outside = ~dilate(torch.as_tensor(mask | gen_mask), r).numpy()
     out["wf_bg_psnr"] = metrics.masked_psnr(gen, bg, outside)
     out["wf_bg_ssim"] = metrics.masked_ssim(gen, bg, outside)
-    if mask.any() and gen_mask.any():
-        out["wf_fg_hist"] = float(torch.minimum(colour_hist(fg, mask), colour_hist(gen, gen_mask)).sum())
-    else:
-        out["wf_fg_hist"] = 0.0
+    # 0 where the generated video lacks a subject the input has (a real failure); null, with the reason, where
+    # the input itself gives nothing to compare with
+    out["wf_fg_hist"] = float(torch.minimum(metrics.colour_hist(fg, mask), metrics.colour_hist(gen, gen_mask)).sum()) \
+        if mask.any() and gen_mask.any() else (0.0 if mask.any() else None)
     if nets.raft is None:
         out["wf_m3_flow_mse"] = metrics.background_flow_mse(bg, gen * ~gen_mask[..., None], gen_mask)
     if rec.get("expect"):
         out.update(toy.metrics(gen, fg, bg, mask, rec["expect"], geom, toy_threshold, cp_radius))
+    notes = []
+    if not mask.any():
+        notes.append("the input mask is empty (no subject): fg measures left out (null)")
+        out.update({k: None for k in ("m1_fg", "m2_action_kl", "wf_fg_hist") if k in out})
+    if not outside.any():
+        notes.append("the masks cover every pixel (no background left to compare): bg measures left out (null)")
+        out.update({k: None for k in ("m1_bg", "m3_flow_mse", "wf_m3_flow_mse", "wf_bg_psnr", "wf_bg_ssim")
+                    if k in out})
     if len(gen) < 2:                           # flow is measured between frames: one frame has none
-        out["notes"] = [f"M3 (bg flow) needs at least 2 frames, the result has {len(gen)}: left out (null)"]
+        notes.append(f"M3 (bg flow) needs at least 2 frames, the result has {len(gen)}: left out (null)")
+    if notes:
+        out["notes"] = notes
     return out
 
 
@@ -121,97 +118,26 @@ def subject_mask(video, segmenter="motion", sam2=None):
     return sam2_mask(video, mask, sam2) if segmenter == "sam2" else mask
 
 
-def colour_hist(frames, mask, bins=8):
-    px = torch.as_tensor(np.asarray(frames))[torch.as_tensor(np.asarray(mask))].long() * bins // 256
-    h = torch.bincount(px[:, 0] * bins * bins + px[:, 1] * bins + px[:, 2], minlength=bins ** 3).float()
-    return h / h.sum().clamp(min=1)
-
-
-def _path(p, base):
-    p = Path(p)
-    return p if p.is_absolute() else base / p
-
-
 def load_record(rec, base, max_frames=0, max_side=0):
     """-> gen, input fg layer, input bg uint8 (T,H,W,3), input mask bool (T,H,W), geometry (s, left, top)
     mapping input pixel coordinates to the generated video's (x_gen = x_in * s - left)."""
-    gen = read_video(_path(rec["result"], base))[0]
+    gen = read_video(resolve_path(rec["result"], base))[0]
     T, H, W = gen.shape[:3]
     if max_side and max(H, W) > max_side:
         k = max_side / max(H, W)
         H, W = max(2, round(H * k / 2) * 2), max(2, round(W * k / 2) * 2)
     T = min(T, max_frames) if max_frames else T
     gen = fit_video(gen, T, H, W, name="result")
-    fg_raw = read_video(_path(rec["fg"], base))[0]
+    fg_raw = read_video(resolve_path(rec["fg"], base))[0]
     if rec.get("mask"):
-        mask = fit_video(read_mask(_path(rec["mask"], base)), T, H, W, mask=True, name="mask")
+        mask = fit_video(read_mask(resolve_path(rec["mask"], base)), T, H, W, mask=True, name="mask")
     else:
         mask = fit_video(fg_raw.max(-1) > 16, T, H, W, mask=True, name="fg")  # non-black = subject
     fg = fit_video(fg_raw, T, H, W, name="fg") * mask[..., None]
-    bg = fit_video(read_video(_path(rec["bg"], base))[0], T, H, W, name="bg")
+    bg = fit_video(read_video(resolve_path(rec["bg"], base))[0], T, H, W, name="bg")
     h, w = fg_raw.shape[1:3]
     s = max(H / h, W / w)
     return gen, fg, bg, mask, (s, (round(w * s) - W) // 2, (round(h * s) - H) // 2)
-
-
-def _config(spec, presets, cls):
-    """A preset name or a JSON file of config fields."""
-    if spec in presets:
-        return presets[spec]
-    p = Path(spec)
-    if p.is_file():
-        try:
-            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(p.read_text()).items()})
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as e:
-            raise BadInput(f"{spec}: not a JSON object of {cls.__name__} fields ({type(e).__name__}: {e})") from None
-    raise BadInput(f"{spec}: neither a preset ({', '.join(presets)}) nor a JSON config file")
-
-
-class Networks:
-    """The metric networks whose weights are given (the others stay None and their metrics are skipped).
-    viclip / swin / raft: a weight file, URL or hub id as the --viclip / --swin / --raft flags take them (viclip
-    also a folder holding model.safetensors); *_config: a preset name or a JSON file of config fields."""
-
-    def __init__(self, viclip=None, swin=None, raft=None, viclip_config="viclip_l14", swin_config="swin3d_b",
-                 raft_config="raft_large", bpe=None, device="cpu"):
-        self.device, self.viclip, self.swin, self.raft = device, None, None, None
-        if viclip:
-            cfg = _config(viclip_config, metrics.VICLIP_PRESETS, metrics.ViCLIPConfig)
-            self.viclip = metrics.load_viclip(viclip, cfg).to(device)
-            p = Path(viclip)                                           # the BPE merges default to beside the weights
-            self.tok = metrics.load_clip_tokenizer(bpe or (p if p.is_dir() else p.parent if p.is_file() else viclip))
-        if swin:
-            cfg = _config(swin_config, metrics.SWIN3D_PRESETS, metrics.Swin3DConfig)
-            self.swin = metrics.load_swin3d(swin, cfg).to(device)
-        if raft:
-            cfg = _config(raft_config, metrics.RAFT_PRESETS, metrics.RAFTConfig)
-            self.raft = metrics.load_raft(raft, cfg).to(device)
-
-    @torch.no_grad()
-    def video(self, frames):
-        c = self.viclip.config
-        return self.viclip.encode_video(metrics.viclip_preprocess(frames, c.num_frames, c.image_size).to(self.device))
-
-    @torch.no_grad()
-    def action(self, frames):
-        return self.swin(metrics.swin3d_preprocess(frames).to(self.device))
-
-    def __call__(self, gen, fg, bg, gen_mask, prompt):
-        gen_fg, gen_bg = gen * gen_mask[..., None], gen * ~gen_mask[..., None]
-        out = {}
-        if self.viclip is not None:
-            out["m1_fg"] = metrics.cosine(self.video(gen_fg), self.video(fg))
-            out["m1_bg"] = metrics.cosine(self.video(gen_bg), self.video(bg * ~gen_mask[..., None]))
-            if prompt:
-                with torch.no_grad():
-                    ids = self.tok([prompt], self.viclip.config.context_length).to(self.device)
-                    out["m4_text"] = metrics.cosine(self.video(gen), self.viclip.encode_text(ids))
-        if self.swin is not None:
-            out["m2_action_kl"] = metrics.action_kl(self.action(fg), self.action(gen_fg))
-        if self.raft is not None:
-            flow = lambda x, y: self.raft.flow(x, y).cpu()
-            out["m3_flow_mse"] = metrics.background_flow_mse(bg, gen_bg, gen_mask, flow_fn=flow)
-        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,10 +154,10 @@ SCORE_FLAGS = ("viclip", "viclip_config", "bpe", "swin", "swin_config", "raft", 
 def score(args):
     """results RESULTS_DIR: score every record of a run not scored yet, then the summary of all (rank 0)."""
     base, out = Path(args.results), results_out(args)
-    recs, skipped = read_records(base, args.limit, args.layout, (args.method or [None])[0])
+    recs, skipped = read_results(base, args.limit, args.layout, (args.method or [None])[0])
     items = [{**rec, "id": str(rec.get("id") or f"line-{i}"), "line": i} for i, rec in recs]
     nets_files = [w for w in (args.viclip, args.bpe, args.swin, args.raft, args.sam2) if w]
-    inputs = lambda it: [_path(it[k], base) for k in ("result", "fg", "bg", "mask") if it.get(k)] + nets_files
+    inputs = lambda it: [resolve_path(it[k], base) for k in ("result", "fg", "bg", "mask") if it.get(k)] + nets_files
     settings = {k: getattr(args, k) for k in SCORE_FLAGS}
     ranks = Ranks()                                   # torchrun: this process's share of the records
     nets = load_networks(args, str(ranks.device) if ranks.world > 1 and args.device == "cuda" else args.device)
@@ -250,11 +176,13 @@ def score(args):
         try:
             row = evaluate_record(it, base, nets, args.max_frames, args.max_side, args.toy_threshold, args.cp_radius,
                                   args.segmenter, args.sam2)
-        except (ValueError, KeyError, TypeError, OSError) as e:    # this record only: report it, score the rest
-            job.skip(it["id"], f"{type(e).__name__}: {e}", line=it["line"])
-            continue
         except KeyboardInterrupt:
             sys.exit(f"interrupted: the records scored so far are kept in {out}; rerun to resume")
+        except Exception as e:                     # this record only (a video too small to segment, ...): report it
+            if isinstance(e, OSError) and e.errno in WRITE_ERRORS:
+                raise
+            job.skip(it["id"], f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", line=it["line"])
+            continue
         job.done(it["id"], json_safe({**row, "settings": settings}))
     recs = job.finish()
     if recs is None:                                  # ranks > 0: rank 0 reports
@@ -268,10 +196,10 @@ def score(args):
 
 
 def load_networks(args, device):
-    """Networks(...) of the flags, or one line naming the weights that could not be loaded."""
+    """metrics.Networks(...) of the flags, or one line naming the weights that could not be loaded."""
     try:
-        return Networks(args.viclip, args.swin, args.raft, args.viclip_config, args.swin_config, args.raft_config,
-                        args.bpe, device)
+        return metrics.Networks(args.viclip, args.swin, args.raft, args.viclip_config, args.swin_config,
+                                args.raft_config, args.bpe, device)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as e:
         given = " ".join(f"--{k} {v}" for k, v in (("viclip", args.viclip), ("swin", args.swin), ("raft", args.raft))
                          if v)
@@ -303,7 +231,8 @@ def write_summary(args, out, rows, skipped, missing):
     note += "\nNotes:\n" + "".join(f"- {n}\n" for n in notes) if notes else ""
     atomic_write_text(out / "summary.md", f"# {args.results}\n\n" + table({name: summary}) + note + "\n")
     print(table({name: summary}), end="")
-    html = write_report(out, {name: summary}, {name: rows}, f"{args.results}: {summary['segmenter']}")
+    html = pages.write_runs_report(out, {name: summary}, {name: rows}, COLUMNS,
+                                   f"{args.results}: {summary['segmenter']}")
     print(f"-> {out}/summary.md, summary.json, metrics.jsonl, {html.name}")
     return summary
 
@@ -328,114 +257,8 @@ def table(runs):
     return "\n".join(lines) + "\n"
 
 
-def write_report(out, summaries, rows, title):
-    """OUT/report.html (others/pages.py): the summary table, a bar chart per metric, and per triplet its input
-    videos, the toy's correct composite where there is one, and each run's result with its metrics. summaries / rows:
-    by run name, a summary (with its "source") and the metrics.jsonl rows."""
-    runs = []
-    for name, summary in summaries.items():
-        src, by_result, triplets = summary.get("source"), {r.get("result"): r for r in rows[name]}, []
-        if src:                              # the records again, for their input videos (paths made absolute)
-            base = Path(src["folder"])
-            for _, rec in read_records(base, 0, src["layout"], src["method"])[0]:
-                row = by_result.get(str(_path(rec["result"], base).resolve()))
-                if row is not None:
-                    files = absolute_videos(rec, base, ("fg", "bg", "mask", "reference"))
-                    triplets.append({**row, **files, "id": rec.get("id") or row.get("id"),
-                                     "prompt": rec.get("prompt", "")})
-        runs.append({"name": name, "summary": summary, "rows": triplets})
-    return pages.write_report(out, runs, COLUMNS, title)
-
-
 # ---------------------------------------------------------------------------------------------
 # The records of a run
-
-
-def check_record(rec, base):
-    """Why a results record cannot be scored (one line), or None. Reads only the videos' headers."""
-    for k in ("result", "fg", "bg", "mask"):
-        if k == "mask" and not rec.get("mask"):
-            continue
-        if not isinstance(rec.get(k), str) or not rec[k]:
-            return f"no '{k}' path (a record needs result, fg, bg and optionally mask)"
-        p = _path(rec[k], base)
-        if not p.exists():
-            return f"{k} {p}: not found"
-        try:
-            n = probe(p)[0]
-        except ValueError as e:
-            return f"{k} {e}"
-        if n == 0:
-            return f"{k} {p}: no frames"
-    return None
-
-
-def released_records(folder, method):
-    """The paper's released result folders, read as they are (as the StM release's evaluation reads them):
-    <folder>/sample-*/ holding fg.mp4 (the subject on black), bg.mp4, prompt.txt, optionally mask.mp4, and one
-    <method>.mp4 per method -> results.jsonl-style records (absolute paths; id = the sample folder's name)."""
-    folder = Path(folder)
-    samples = sorted(d for d in folder.glob("sample-*") if d.is_dir()) if folder.is_dir() else []
-    if not samples:
-        raise BadInput(f"{folder}: no sample-*/ folders there (--layout released reads sample-*/ holding fg.mp4, "
-                       "bg.mp4, prompt.txt and one <method>.mp4 per method)")
-    methods = sorted({f.stem for d in samples for f in d.glob("*.mp4")} - {"fg", "bg", "mask", "fg_cb"})
-    if method not in methods:
-        raise BadInput(f"--method {method}: {'not in' if method else 'name one of the methods in'} {folder} "
-                       f"(its sample folders hold: {', '.join(methods) or 'no method videos'})")
-    recs = []
-    for d in samples:
-        rec = {"id": d.name, "fg": str(d / "fg.mp4"), "bg": str(d / "bg.mp4"), "result": str(d / f"{method}.mp4"),
-               "prompt": (d / "prompt.txt").read_text().strip() if (d / "prompt.txt").is_file() else ""}
-        recs.append({**rec, "mask": str(d / "mask.mp4")} if (d / "mask.mp4").is_file() else rec)
-    return recs
-
-
-def read_records(folder, limit=0, layout="results", method=None):
-    """A run -> (records to score as (line, record), skipped as {line, id, why}): results.jsonl in `folder`
-    (sample.py --triplets), or with layout "released" the paper's sample-*/ folders and one method's videos (line =
-    the sample's position). The first `limit` records (0 = all); one whose video is missing or unreadable, or that
-    repeats a result or an id, is skipped and reported. None usable: BadInput."""
-    src = Path(folder) / "results.jsonl"
-    if layout == "released":
-        rows, problems, src = list(enumerate(released_records(folder, method), 1)), [], Path(folder)
-    else:
-        rows, problems = read_jsonl(src)
-    skipped = [{"line": i, "id": None, "why": m.split(": ", 1)[1]} for i, m in problems]
-    good, seen, ids = [], {}, {}
-    for i, rec in rows[:limit or None]:
-        why = check_record(rec, Path(folder))
-        key = None if why else _path(rec["result"], Path(folder)).resolve()
-        if key in seen:
-            why = f"the same result as line {seen[key]}, scored once"
-        elif key is not None and str(rec.get("id")) in ids:
-            why = f"the same id as line {ids[str(rec['id'])]}: each record needs its own id"
-        elif key is not None:
-            seen[key] = i
-            ids.update({str(rec["id"]): i} if rec.get("id") is not None else {})
-        if why:
-            skipped.append({"line": i, "id": rec.get("id"), "why": why})
-        else:
-            good.append((i, rec))
-    skipped.sort(key=lambda s: s["line"])
-    if not good:
-        first = f" (line {skipped[0]['line']}: {skipped[0]['why']})" if skipped else ""
-        raise BadInput(f"{src}: none of its {len(rows)} records can be scored{first}; "
-                       "each needs readable result, fg and bg videos")
-    return good, skipped
-
-
-def absolute_videos(rec, base, keys=("fg", "bg", "mask", "result", "reference")):
-    """A record's video paths (relative to `base` or absolute), resolved: {key: absolute path or None}."""
-    return {k: str(_path(rec[k], base).resolve()) if rec.get(k) else None for k in keys}
-
-
-def pair_runs(run_a, run_b, layout="results", methods=(None, None)):
-    """Two runs over the same triplets -> judge.match_runs of their records (paths made absolute): (pairs, (only in
-    A, only in B)) for the judge and the user study."""
-    recs = [[{**r, **absolute_videos(r, Path(run))} for _, r in read_records(run, 0, layout, m)[0]]
-            for run, m in ((run_a, methods[0]), (run_b, methods[1]))]
-    return judge.match_runs(*recs, run_a, run_b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,22 +287,6 @@ def results_out(args):
     """results' --out, default RESULTS_DIR/eval (with --layout released: RESULTS_DIR/eval-METHOD)."""
     name = f"eval-{args.method[0]}" if args.layout == "released" else "eval"
     return Path(args.out or Path(args.results) / name)
-
-
-def check_ranges(*rules):
-    """(flag, value, ok, rule) ...: the first value out of range ends the run, in one line."""
-    for flag, val, ok, rule in rules:
-        if not ok:
-            raise BadInput(f"{flag} {val}: must be {rule}")
-
-
-def check_device(device):
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise BadInput(f"--device {device}: not a torch device; use cpu or cuda (cuda:1, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BadInput(f"--device {device}: CUDA is not available on this machine; use --device cpu")
 
 
 def check_reading(args, command, runs, nmethods):
@@ -516,8 +323,9 @@ def run_compare(args):
               file=sys.stderr)
     if args.out:
         atomic_write_text(Path(args.out) / "compare.md", text)
-        html = write_report(Path(args.out), {k: v[0] for k, v in runs.items()}, {k: v[1] for k, v in runs.items()},
-                            "compare: " + ", ".join(runs) + (f" ({'; '.join(sorted(segs))})" if segs else ""))
+        title = "compare: " + ", ".join(runs) + (f" ({'; '.join(sorted(segs))})" if segs else "")
+        html = pages.write_runs_report(Path(args.out), {k: v[0] for k, v in runs.items()},
+                                       {k: v[1] for k, v in runs.items()}, COLUMNS, title)
         print(f"-> {args.out}/compare.md, {html.name}")
     else:
         print("(add --out DIR for compare.md and report.html)")
@@ -580,7 +388,7 @@ def pairs_of(args, command):
     methods = (args.method * 2)[:2] if args.method else [None, None]
     out = Path(args.out or Path(args.run_a) / f"{command}-{methods[1] or Path(args.run_b).resolve().name}")
     check_out_dir(out, "--out")
-    pairs, (only_a, only_b) = pair_runs(*runs, args.layout, methods)
+    pairs, (only_a, only_b) = judge.pair_runs(*runs, args.layout, methods)
     if only_a or only_b:
         print(f"warning: {only_a} triplets only in {runs[0]} and {only_b} only in {runs[1]} are left out; "
               f"comparing {len(pairs)}", file=sys.stderr)

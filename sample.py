@@ -24,9 +24,7 @@ another --out, or --overwrite). A file --out (.mp4 / .gif) is one composition an
 --overwrite. Every flag and input is checked before a model loads.
 """
 import argparse
-import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +34,10 @@ import composer
 from plumbing.cli import BadInput, check_device, check_out_dir, run_cli
 from plumbing.ranks import Ranks
 from plumbing.records import Job
-from plumbing.video import STILL_FPS, fit_video, probe, read_mask, read_video, to_tensor, to_uint8, write_video
+from plumbing.dataset import check_files, read_triplets
+from plumbing.video import fit_video, read_video, to_tensor, to_uint8, write_video
 
 ROOT = Path(__file__).resolve().parent
-MAX_DERIVED_MASK = 0.6        # a "subject on black" whose non-black part covers more than this is no such thing
-RESERVED_IDS = {"grid"}       # <out>/grid.mp4 is the stacked grid: no triplet may be named so
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 arg = parser.add_argument
@@ -89,7 +86,7 @@ def main(a):
 
     items, bad = read_triplets(a.triplets or ROOT / "assets" / "examples" / "triplets.jsonl") if not a.fg else \
         ([{"id": "result", "fg": a.fg, "bg": a.bg, "mask": a.mask, "prompt": a.prompt or ""}], {})
-    ins = {"result": load_inputs(a.fg, a.bg, a.mask, T, H, W)} if a.fg else {}   # one composition: fail now
+    ins = {"result": composer.load_inputs(a.fg, a.bg, a.mask, T, H, W)} if a.fg else {}   # one composition: fail now
     out = Path(a.out)
     check_out_dir(out)
     for it in items:
@@ -107,7 +104,7 @@ def main(a):
         chunk = [j for j in chunk if not bad.get(j["id"]) and j["id"] not in job.skipped]
         for j in chunk:
             try:
-                ins[j["id"]] = ins.get(j["id"]) or load_inputs(j["fg"], j["bg"], j.get("mask"), T, H, W)
+                ins[j["id"]] = ins.get(j["id"]) or composer.load_inputs(j["fg"], j["bg"], j.get("mask"), T, H, W)
             except BadInput as e:                          # (an item done before stays as it was)
                 job.is_done(j["id"]) or job.skip(j["id"], e)
         chunk = [j for j in chunk if j["id"] in ins]
@@ -161,7 +158,7 @@ def compose_one(a, tfolder, base, shape, tile, device, dtype):
     if out.exists() and not a.overwrite:
         raise BadInput(f"--out {a.out}: exists; add --overwrite to replace it, or name another file")
     check_out_dir(out.parent)
-    fg, bg, mask, fps = load_inputs(a.fg, a.bg, a.mask, *shape)            # a bad input fails before the models
+    fg, bg, mask, fps = composer.load_inputs(a.fg, a.bg, a.mask, *shape)     # a bad input fails before the models
     model, vae, texts = composer.load_models(tfolder, base, device, dtype)
     v = composer.compose(model, vae, texts, fg[None], bg[None], mask[None], [a.prompt or ""], steps=a.steps,
                          sampler=a.sampler, guidance=a.guidance, dynamic_cfg=a.dynamic_cfg, seed=a.seed, tile=tile,
@@ -204,76 +201,6 @@ def check_flags(a):
         check_device(a.device)
 
 
-def _text_problem(s, what):
-    """Why a prompt (or path) from a file cannot be used, or None: it must be text, and text a codec can write."""
-    if not isinstance(s, str):
-        return f"{what} must be a string, got {type(s).__name__} {json.dumps(s)}"
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError as e:
-        return f"{what} is not valid Unicode text ({e.reason} at {e.start}: U+{ord(s[e.start]):04X})"
-    return None
-
-
-def read_triplets(path):
-    """jsonl -> (items, {id: why} for lines that cannot be used). Paths are resolved against the file. A bad line
-    is one skipped item (named by its id, or @line<N>), never the end of the job."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"--triplets {path}: no such file")
-    items, bad, seen = [], {}, {}
-    raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    for n, line_b in enumerate(raw.split(b"\n"), 1):
-        if not line_b.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            j = json.loads(line_b.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            bad[f"@line{n}"] = f"{where}: not UTF-8 text (byte 0x{line_b[e.start]:02x} at {e.start}); save the " \
-                               "file as UTF-8"
-            items.append({"id": f"@line{n}"})
-            continue
-        except json.JSONDecodeError as e:
-            bad[f"@line{n}"] = f"{where}: not valid JSON ({e.msg}); one object per line is expected"
-            items.append({"id": f"@line{n}"})
-            continue
-        if not isinstance(j, dict):
-            bad[f"@line{n}"] = f"{where}: a JSON object {{fg, bg, prompt[, mask, id, reference]}} is expected"
-            items.append({"id": f"@line{n}"})
-            continue
-        i = j.get("id", f"{sum(1 for it in items if not it['id'].startswith('@')):04d}")
-        if not isinstance(i, (str, int)) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,120}", str(i)):
-            bad[f"@line{n}"] = f"{where}: id {i!r} must be a plain file name (letters, digits, . _ -)"
-            items.append({"id": f"@line{n}"})
-            continue
-        i = str(i)
-        if i.lower() in seen:                              # case-insensitive file systems would mix them up
-            raise BadInput(f"{where}: id {i!r} is also on line {seen[i.lower()]}; ids name the output files")
-        seen[i.lower()] = n
-        j["id"] = i
-        why = [f"{where}: id {i!r} is reserved (<out>/{i}.mp4 is the stacked grid); rename the triplet"] \
-            if i.lower() in RESERVED_IDS else []
-        j.setdefault("prompt", "")
-        why += [p for p in [_text_problem(j["prompt"], "prompt")] if p]
-        for k in ("fg", "bg", "mask", "reference"):
-            v = j.get(k)
-            if k in ("fg", "bg") and not v:
-                why.append(f"missing {k} (a video path relative to the file)")
-            elif v is not None and (msg := _text_problem(v, k) or (None if v else f"{k} is empty")):
-                why.append(msg)
-            elif v:
-                j[k] = str((path.parent / v).resolve())
-        if why:
-            bad[i] = f"{where}: " + "; ".join(w.removeprefix(f"{where}: ") for w in why)
-        items.append(j)
-    if not items:
-        raise BadInput(f"--triplets {path}: no triplets in the file")
-    return items, bad
-
-
 def clash_with_inputs(item, out):
     """Why an item's output would overwrite one of its inputs (--out holding the inputs), or None."""
     res = (out / f"{item['id']}.mp4").resolve()
@@ -281,50 +208,6 @@ def clash_with_inputs(item, out):
         if item.get(k) and Path(item[k]).resolve() == res:
             return f"its result {res} would overwrite its {k}; use another --out"
     return None
-
-
-def check_files(item):
-    """-> None, or why the item's files cannot be used (cheap: the containers are probed, not decoded)."""
-    for k in ("fg", "bg", "mask", "reference"):
-        if item.get(k):
-            try:
-                n, _ = probe(item[k])
-            except (FileNotFoundError, ValueError) as e:
-                return f"{k} {e}"
-            if n < 1:
-                return f"{k} {item[k]}: no frames"
-    return None
-
-
-def load_inputs(fg, bg, mask, T, H, W):
-    """-> fg (3,T,H,W), bg (3,T,H,W), mask (1,T,H,W), and the frame rate that keeps bg's duration; notices for
-    any resampling. Raises BadInput naming the file for anything unreadable."""
-    try:
-        fgv, _ = read_video(fg)
-        bgv, bg_fps, bg_seconds = read_video(bg, duration=True)
-        m = read_mask(mask) if mask else None
-    except (FileNotFoundError, ValueError) as e:
-        raise BadInput(str(e)) from None
-    if m is None:                            # subject on black: the mask is wherever it is not black
-        m = fgv.max(-1) > 16
-        if m.mean() > MAX_DERIVED_MASK:
-            raise BadInput(f"--fg {fg}: read as a subject on black, its mask would cover {m.mean():.0%} of the "
-                           "frames; is it a whole video? Give its mask with --mask")
-    elif m.shape != fgv.shape[:3]:
-        print(f"note: {mask} is {m.shape[0]} frames of {m.shape[2]}x{m.shape[1]}; resampled to the fg's "
-              f"{len(fgv)} frames of {fgv.shape[2]}x{fgv.shape[1]}")
-        m = fit_video(m, len(fgv), *fgv.shape[1:3], mask=True, mode="stretch")
-    if not m.any():
-        raise BadInput(f"{mask or fg}: the mask is empty (no subject found)")
-    for name, v in ((fg, fgv), (bg, bgv)):
-        if v.shape[:3] != (T, H, W):
-            print(f"note: {name} is {len(v)} frames of {v.shape[2]}x{v.shape[1]}; resampled to {T} frames of {W}x{H}")
-    # the bg's duration over T frames; a still (an image, or one frame) is a still scene at CogVideoX's rate
-    fps = T / bg_seconds if len(bgv) > 1 and bg_seconds > 0 else STILL_FPS
-    fgv, bgv = fit_video(fgv, T, H, W), fit_video(bgv, T, H, W)
-    m = fit_video(m, T, H, W, mask=True)
-    fgv = fgv * m[..., None]
-    return to_tensor(fgv), to_tensor(bgv), torch.from_numpy(m).float()[None], fps
 
 
 def reference_columns(path, vae, T, H, W, tile, device, dtype):

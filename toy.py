@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from plumbing.dataset import LayeredClips, LayeredWriter
+from plumbing.dataset import LayeredWriter
 from plumbing.files import atomic_write_text
 from plumbing.video import LUMA, dilate, mask_to_rgb, to_tensor, write_video
 from others.metrics import masked_psnr
@@ -457,7 +457,11 @@ def load_ckpt(path, vae, opt):
     if not path.exists():
         raise SystemExit(f"--resume: no checkpoint {path} (it is written every --ckpt-every steps and removed "
                          "when a build completes)")
-    st = torch.load(path, weights_only=False)
+    try:                                  # plain data only: a crafted file in the run folder cannot run code
+        st = torch.load(path, weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"--resume: {path} is not a checkpoint this script wrote ({type(e).__name__}); delete it to "
+                         "start over") from None
     if st["config"] != dataclasses.asdict(vae.config):
         raise SystemExit(f"--resume: {path} holds a VAE with another config; pass the same --vae-channels / "
                          "--init as the killed run")

@@ -17,8 +17,9 @@ One GPU, LoRA (lora.py: adapters on every block's attention, the patch projectio
 output OUT/lora/ in the diffusers LoRA format; --merge also writes OUT/transformer/):
     python train.py --model THUDM/CogVideoX-5b-I2V --data data/stm --lora 16 --lora-alpha 8 --lr 1e-4 --batch 1 \\
         --frames 49 --size 480 720 --warmup 100 --steps 20000 --bf16 --ac --cache-latents --out runs/stm5b-lora
-Resume: the same command plus --resume (continues from the newest good checkpoint in --out/ckpt; an --out that holds
-a run is refused without it, and a recipe flag that differs from the run's args.json needs --resume-with-new-flags).
+Resume: the same command plus --resume (continues from the newest checkpoint in --out/ckpt not known to be bad; an
+--out that holds a run is refused without it, and a recipe flag that differs from its args.json needs
+--resume-with-new-flags).
 Paper ablations (Table 4): --no-augment, --plain-loss, or both.
 
 Precision: the trainable weights and AdamW's state are fp32 whatever dtype the base checkpoint is stored in
@@ -126,7 +127,9 @@ arg("--val-every", type=int, default=500, help="steps between validation videos 
 arg("--val-steps", type=int, default=50, help="sampler steps of validation videos (StM release: 50)")
 arg("--val-sampler", default="dpm", choices=["ddim", "dpm"], help="sampler of validation videos (StM release: dpm)")
 arg("--val-guidance", type=float, default=6.0, help="text guidance of validation videos (StM release: 6.0)")
-arg("--resume", action="store_true", help="continue from the newest good checkpoint in --out/ckpt")
+arg("--resume", action="store_true",
+    help="continue from the newest complete checkpoint in --out/ckpt that is not known to be bad (one whose next "
+         "step's loss was not finite)")
 arg("--resume-with-new-flags", action="store_true",
     help="with --resume: continue although recipe flags (model, data, shape, optimiser, loss, noise, augmentation, "
          "seed, ...) differ from the run's args.json, e.g. a lower --lr after a NaN; the new values apply from the "

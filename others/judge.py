@@ -36,6 +36,7 @@ import torch
 
 from plumbing import weights
 from plumbing.cli import BadInput
+from plumbing.dataset import absolute_videos, read_results
 from plumbing.files import atomic_write_text
 from plumbing.records import append_jsonl, drop_problem_lines, json_safe, read_jsonl
 from plumbing.video import probe, read_frames
@@ -379,3 +380,11 @@ def judge_pairs(judge, pairs, out, seed=0, criteria=KEYS, name_a="A", name_b="B"
     atomic_write_text(out / "judge.svg", stacked_bars_svg({f"{name_a} vs {name_b}": t},
                                                           title=f"VLM judge: {name_a} vs {name_b}"))
     return t
+
+
+def pair_runs(run_a, run_b, layout="results", methods=(None, None)):
+    """Two runs over the same triplets -> judge.match_runs of their records (paths made absolute): (pairs, (only in
+    A, only in B)) for the judge and the user study."""
+    recs = [[{**r, **absolute_videos(r, Path(run))} for _, r in read_results(run, 0, layout, m)[0]]
+            for run, m in ((run_a, methods[0]), (run_b, methods[1]))]
+    return match_runs(*recs, run_a, run_b)

@@ -27,6 +27,7 @@ Sections, in file order:
     python -c "import metrics; m = metrics.load_raft('raft_large_C_T_SKHT_V2-ff5fadd5.pth')"
 """
 import dataclasses
+import json
 import gzip
 import html
 import math
@@ -40,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from plumbing import weights
+from plumbing.cli import BadInput
 from plumbing.video import LUMA
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -814,6 +816,12 @@ def _frames(x):
     return torch.as_tensor(np.asarray(x)).float()  # (T, H, W, 3), 0..255
 
 
+def colour_hist(frames, mask, bins=8):
+    px = torch.as_tensor(np.asarray(frames))[torch.as_tensor(np.asarray(mask))].long() * bins // 256
+    h = torch.bincount(px[:, 0] * bins * bins + px[:, 1] * bins + px[:, 2], minlength=bins ** 3).float()
+    return h / h.sum().clamp(min=1)
+
+
 def masked_psnr(a, b, mask=None, peak=255.0):
     """PSNR of uint8 frames (T, H, W, 3) over the pixels where mask (T, H, W) is true."""
     err = ((_frames(a) - _frames(b)) ** 2).mean(-1)
@@ -835,3 +843,67 @@ def masked_ssim(a, b, mask=None, peak=255.0, size=11, sigma=1.5):
     c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
     s = ((2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))).mean(1)
     return float(s[_bool(mask)].mean() if mask is not None else s.mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# The networks of M1-M4, loaded from what the evaluate.py flags name
+
+
+def network_config(spec, presets, cls):
+    """A preset name or a JSON file of config fields."""
+    if spec in presets:
+        return presets[spec]
+    p = Path(spec)
+    if p.is_file():
+        try:
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(p.read_text()).items()})
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as e:
+            raise BadInput(f"{spec}: not a JSON object of {cls.__name__} fields ({type(e).__name__}: {e})") from None
+    raise BadInput(f"{spec}: neither a preset ({', '.join(presets)}) nor a JSON config file")
+
+
+class Networks:
+    """The metric networks whose weights are given (the others stay None and their metrics are skipped).
+    viclip / swin / raft: a weight file, URL or hub id as the --viclip / --swin / --raft flags take them (viclip
+    also a folder holding model.safetensors); *_config: a preset name or a JSON file of config fields."""
+
+    def __init__(self, viclip=None, swin=None, raft=None, viclip_config="viclip_l14", swin_config="swin3d_b",
+                 raft_config="raft_large", bpe=None, device="cpu"):
+        self.device, self.viclip, self.swin, self.raft = device, None, None, None
+        if viclip:
+            cfg = network_config(viclip_config, VICLIP_PRESETS, ViCLIPConfig)
+            self.viclip = load_viclip(viclip, cfg).to(device)
+            p = Path(viclip)                                           # the BPE merges default to beside the weights
+            self.tok = load_clip_tokenizer(bpe or (p if p.is_dir() else p.parent if p.is_file() else viclip))
+        if swin:
+            cfg = network_config(swin_config, SWIN3D_PRESETS, Swin3DConfig)
+            self.swin = load_swin3d(swin, cfg).to(device)
+        if raft:
+            cfg = network_config(raft_config, RAFT_PRESETS, RAFTConfig)
+            self.raft = load_raft(raft, cfg).to(device)
+
+    @torch.no_grad()
+    def video(self, frames):
+        c = self.viclip.config
+        return self.viclip.encode_video(viclip_preprocess(frames, c.num_frames, c.image_size).to(self.device))
+
+    @torch.no_grad()
+    def action(self, frames):
+        return self.swin(swin3d_preprocess(frames).to(self.device))
+
+    def __call__(self, gen, fg, bg, gen_mask, prompt):
+        gen_fg, gen_bg = gen * gen_mask[..., None], gen * ~gen_mask[..., None]
+        out = {}
+        if self.viclip is not None:
+            out["m1_fg"] = cosine(self.video(gen_fg), self.video(fg))
+            out["m1_bg"] = cosine(self.video(gen_bg), self.video(bg * ~gen_mask[..., None]))
+            if prompt:
+                with torch.no_grad():
+                    ids = self.tok([prompt], self.viclip.config.context_length).to(self.device)
+                    out["m4_text"] = cosine(self.video(gen), self.viclip.encode_text(ids))
+        if self.swin is not None:
+            out["m2_action_kl"] = action_kl(self.action(fg), self.action(gen_fg))
+        if self.raft is not None:
+            flow = lambda x, y: self.raft.flow(x, y).cpu()
+            out["m3_flow_mse"] = background_flow_mse(bg, gen_bg, gen_mask, flow_fn=flow)
+        return out

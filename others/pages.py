@@ -34,7 +34,7 @@ from tqdm import tqdm
 from plumbing.cli import BadInput
 from plumbing.files import atomic_write_text
 from plumbing.records import json_safe
-from plumbing.dataset import read_metadata
+from plumbing.dataset import absolute_videos, read_metadata, read_results, resolve_path
 from plumbing.video import read_video, resize_video, write_video
 from . import judge
 
@@ -398,6 +398,25 @@ def write_report(out, runs, columns, title="", max_rows=100):
     return out / "report.html"
 
 
+def write_runs_report(out, summaries, rows, columns, title):
+    """OUT/report.html of evaluate.py results / compare: the summary table, a bar chart per metric, and per triplet
+    its input videos, the toy's correct composite where there is one, and each run's result with its metrics.
+    summaries / rows: by run name, a summary (with its "source") and the metrics.jsonl rows."""
+    runs = []
+    for name, summary in summaries.items():
+        src, by_result, triplets = summary.get("source"), {r.get("result"): r for r in rows[name]}, []
+        if src:                              # the records again, for their input videos (paths made absolute)
+            base = Path(src["folder"])
+            for _, rec in read_results(base, 0, src["layout"], src["method"])[0]:
+                row = by_result.get(str(resolve_path(rec["result"], base).resolve()))
+                if row is not None:
+                    files = absolute_videos(rec, base, ("fg", "bg", "mask", "reference"))
+                    triplets.append({**row, **files, "id": rec.get("id") or row.get("id"),
+                                     "prompt": rec.get("prompt", "")})
+        runs.append({"name": name, "summary": summary, "rows": triplets})
+    return write_report(out, runs, columns, title)
+
+
 # ---------------------------------------------------------------------------------------------
 # The Split preview: a look at a decompose.py output folder
 
@@ -427,20 +446,32 @@ def write_preview(out, max_clips=24, width=192):
     counts = Counter(r.get("status", "?") for r in recs)
     esc = html.escape
     rows = []
+    missing = []
+
+    def cell(r, key, name):                  # a layer file gone or unreadable is shown as such, not a traceback
+        try:
+            return f'<figure><img alt="{name}" src="{gif_data_uri(out / r[key], width)}">' \
+                   f"<figcaption>{name}</figcaption></figure>"
+        except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
+            missing.append(f"{r.get('id')} {name}")
+            return f'<figure class="missing"><p>{esc(name)}: cannot be shown<br>{esc(str(e)[:120])}</p></figure>'
     for r in tqdm(kept[:max_clips], desc="preview"):
-        cells = "".join(f'<figure><img alt="{name}" src="{gif_data_uri(out / r[key], width)}">'
-                        f"<figcaption>{name}</figcaption></figure>" for key, name in PREVIEW_LAYERS)
+        cells = "".join(cell(r, key, name) for key, name in PREVIEW_LAYERS)
         rows.append(f'<section><h2>{esc(str(r["id"]))}</h2><p>{esc(r.get("caption", ""))}</p>'
                     f'<p class="meta">fg ratio {r.get("fg_ratio", 0):.1%} &middot; {r.get("frames")} frames '
                     f'&middot; source {esc(str(r.get("source", "")))}</p><div class="row">{cells}</div></section>')
     stats = ", ".join(f"{k}: {v}" for k, v in counts.most_common())
+    warn = f'<p class="warn">{len(missing)} layer file(s) missing or unreadable: {esc(", ".join(missing[:8]))}</p>' \
+        if missing else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Split preview: {esc(out.name)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em;background:#fafafa}} .row{{display:flex;gap:8px}}
 figure{{margin:0}} figcaption{{text-align:center;font-size:12px;color:#555}}
 img{{display:block;image-rendering:pixelated}} .meta{{color:#666;font-size:13px}}
-section{{background:#fff;padding:8px 12px;margin:12px 0;border:1px solid #ddd}}</style>
+section{{background:#fff;padding:8px 12px;margin:12px 0;border:1px solid #ddd}}
+.missing{{width:192px;color:#a00;font-size:12px}} .warn{{color:#a00}}</style>
 </head><body data-loaded="0/0"><h1>Split preview: {esc(str(out))}</h1>
 <p><b>{len(kept)}</b> clips kept of {len(recs)} records ({esc(stats)}); showing the first {len(rows)}.</p>
+{warn}
 {"".join(rows)}
 <script>
 function count() {{

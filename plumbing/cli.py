@@ -61,3 +61,10 @@ def check_device(name, flag="--device"):
     if dev.type not in ("cpu", "cuda", "mps"):
         raise BadInput(f"{flag} {name}: use cpu or cuda")
     return dev
+
+
+def check_ranges(*rules):
+    """(flag, value, ok, rule) ...: the first value out of range ends the run, in one line."""
+    for flag, val, ok, rule in rules:
+        if not ok:
+            raise BadInput(f"{flag} {val}: must be {rule}")

@@ -10,12 +10,16 @@ import argparse
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
 
+from .cli import BadInput
+from .records import join_records, read_jsonl, read_records, stale_outputs
 from .files import atomic_write_text
-from .video import check_aligned, fit_video, mask_to_rgb, read_mask, read_video, to_tensor, write_video
+from .video import (VIDEO_EXTS, check_aligned, fit_video, mask_to_rgb, probe, read_mask, read_video,
+                    to_tensor, write_video)
 
 LISTS = {"caption": "prompts.txt", "video": "videos.txt", "fg": "fg.txt", "bg": "bg.txt", "mask": "masks.txt"}
 
@@ -183,6 +187,249 @@ class LayeredClips(torch.utils.data.Dataset):
             out["mask"] = torch.from_numpy(self._fit(mask, it["mask"], mask=True)).float()[None]
         return out
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Triplets files: what sample.py --triplets composes and evaluate.py scores (one JSON object a line)
+
+RESERVED_IDS = {"grid"}       # sample.py writes <out>/grid.mp4, the stacked grid: no triplet may be named so
+
+
+def text_problem(s, what):
+    """Why a prompt (or path) from a file cannot be used, or None: it must be text, and text a codec can write."""
+    if not isinstance(s, str):
+        return f"{what} must be a string, got {type(s).__name__} {json.dumps(s)}"
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"{what} is not valid Unicode text ({e.reason} at {e.start}: U+{ord(s[e.start]):04X})"
+    return None
+
+
+def read_triplets(path):
+    """jsonl -> (items, {id: why} for lines that cannot be used). Paths are resolved against the file. A bad line
+    is one skipped item (named by its id, or @line<N>), never the end of the job."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"--triplets {path}: no such file")
+    items, bad, seen = [], {}, {}
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    for n, line_b in enumerate(raw.split(b"\n"), 1):
+        if not line_b.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            j = json.loads(line_b.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            bad[f"@line{n}"] = f"{where}: not UTF-8 text (byte 0x{line_b[e.start]:02x} at {e.start}); save the " \
+                               "file as UTF-8"
+            items.append({"id": f"@line{n}"})
+            continue
+        except json.JSONDecodeError as e:
+            bad[f"@line{n}"] = f"{where}: not valid JSON ({e.msg}); one object per line is expected"
+            items.append({"id": f"@line{n}"})
+            continue
+        if not isinstance(j, dict):
+            bad[f"@line{n}"] = f"{where}: a JSON object {{fg, bg, prompt[, mask, id, reference]}} is expected"
+            items.append({"id": f"@line{n}"})
+            continue
+        i = j.get("id", f"{sum(1 for it in items if not it['id'].startswith('@')):04d}")
+        if not isinstance(i, (str, int)) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,120}", str(i)):
+            bad[f"@line{n}"] = f"{where}: id {i!r} must be a plain file name (letters, digits, . _ -)"
+            items.append({"id": f"@line{n}"})
+            continue
+        i = str(i)
+        if i.lower() in seen:                              # case-insensitive file systems would mix them up
+            raise BadInput(f"{where}: id {i!r} is also on line {seen[i.lower()]}; ids name the output files")
+        seen[i.lower()] = n
+        j["id"] = i
+        why = [f"{where}: id {i!r} is reserved (<out>/{i}.mp4 is the stacked grid); rename the triplet"] \
+            if i.lower() in RESERVED_IDS else []
+        j.setdefault("prompt", "")
+        why += [p for p in [text_problem(j["prompt"], "prompt")] if p]
+        for k in ("fg", "bg", "mask", "reference"):
+            v = j.get(k)
+            if k in ("fg", "bg") and not v:
+                why.append(f"missing {k} (a video path relative to the file)")
+            elif v is not None and (msg := text_problem(v, k) or (None if v else f"{k} is empty")):
+                why.append(msg)
+            elif v:
+                j[k] = str((path.parent / v).resolve())
+        if why:
+            bad[i] = f"{where}: " + "; ".join(w.removeprefix(f"{where}: ") for w in why)
+        items.append(j)
+    if not items:
+        raise BadInput(f"--triplets {path}: no triplets in the file")
+    return items, bad
+
+
+def check_files(item):
+    """-> None, or why the item's files cannot be used (cheap: the containers are probed, not decoded)."""
+    for k in ("fg", "bg", "mask", "reference"):
+        if item.get(k):
+            try:
+                n, _ = probe(item[k])
+            except (FileNotFoundError, ValueError) as e:
+                return f"{k} {e}"
+            if n < 1:
+                return f"{k} {item[k]}: no frames"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a dataset in parts: lists nobody else wrote, shards joined, captions given in a file
+
+
+def check_lists(out):
+    """The lists of `out` are rewritten from metadata.jsonl at the end: lines it does not account for (another
+    tool's dataset, hand-added clips) would be lost, so such a folder is refused before anything is written."""
+    out = Path(out)
+    listed = read_list(out / "videos.txt") if (out / "videos.txt").exists() else []
+    known = {r.get("videos") for f in out.glob("metadata*.jsonl") for r in read_records(f).values()}
+    unknown = set(filter(None, map(str.strip, listed))) - known
+    if unknown:
+        raise BadInput(f"--out {out}: videos.txt lists {len(unknown)} clips that its metadata.jsonl does not hold "
+                       f"(e.g. {sorted(unknown)[0]}); rewriting the lists would drop them: use a folder of its own, "
+                       "or add those clips' records first")
+
+
+def merge_shards(out):
+    """Join the shards' record files (metadata.shard-I-of-N.jsonl, copied into `out` with their clips) into
+    out/metadata.jsonl, keeping what it already holds, then rewrite the lists -> records added. Refused when the
+    records were made with different flags, or while a shard still writes here."""
+    out = Path(out)
+    if not list(out.glob("metadata.shard-*-of-*.jsonl")) and not (out / "metadata.jsonl").exists():
+        raise BadInput(f"--out {out}: no metadata.shard-*-of-*.jsonl to merge; write them with decompose.py "
+                       f"--shard I/N --out {out} (and copy the shards' folders into this one)")
+    check_lists(out)
+    before = len(read_records(out / "metadata.jsonl"))
+    kinds = {r.get("settings_id") for f in out.glob("metadata*.jsonl") for r in read_records(f).values()}
+    if len(kinds - {None}) > 1:
+        raise BadInput(f"--out {out}: the shards' clips were made with {len(kinds - {None})} different sets of flags "
+                       "(see each run's metadata.settings.json); merge only shards of one command")
+    join_records(out, "metadata", shards=True)
+    LayeredWriter(out).finalize()
+    return len(read_records(out / "metadata.jsonl")) - before
+
+
+def read_captions(path):
+    """jsonl ({"video"|"id": stem, "caption"|"text": ...}) or tsv (stem<TAB>caption) -> dict."""
+    out = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"--captions {path}: cannot be read ({type(e).__name__}); give a jsonl or tsv file") from None
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BadInput(f"--captions {path}:{i + 1}: not a JSON object ({e.msg}); "
+                               'expected {"video": stem, "caption": text}') from None
+            key, cap = r.get("video", r.get("id")), r.get("caption", r.get("text"))
+        else:
+            key, _, cap = line.partition("\t")
+        if key is None or not isinstance(cap, str) or not cap.strip():
+            raise BadInput(f"--captions {path}:{i + 1}: expected a video stem and a caption")
+        out[Path(str(key)).stem if str(key).endswith(VIDEO_EXTS) else str(key)] = cap.strip()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# A composer's results: results.jsonl (sample.py --triplets), or the paper's released folders
+
+
+def resolve_path(p, base):
+    p = Path(p)
+    return p if p.is_absolute() else base / p
+
+
+def check_result(rec, base):
+    """Why a results record cannot be scored (one line), or None. Reads only the videos' headers."""
+    if rec.get("status", "ok") != "ok":
+        return f"not composed ({rec.get('error') or rec['status']})"
+    changed = stale_outputs(rec, base)
+    if changed:
+        return f"{changed[0]} changed since sample.py wrote it; rerun sample.py to make its record true again"
+    for k in ("result", "fg", "bg", "mask"):
+        if k == "mask" and not rec.get("mask"):
+            continue
+        if not isinstance(rec.get(k), str) or not rec[k]:
+            return f"no '{k}' path (a record needs result, fg, bg and optionally mask)"
+        p = resolve_path(rec[k], base)
+        if not p.exists():
+            return f"{k} {p}: not found"
+        try:
+            n = probe(p)[0]
+        except ValueError as e:
+            return f"{k} {e}"
+        if n == 0:
+            return f"{k} {p}: no frames"
+    return None
+
+
+def released_records(folder, method):
+    """The paper's released result folders, read as they are (as the StM release's evaluation reads them):
+    <folder>/sample-*/ holding fg.mp4 (the subject on black), bg.mp4, prompt.txt, optionally mask.mp4, and one
+    <method>.mp4 per method -> results.jsonl-style records (absolute paths; id = the sample folder's name)."""
+    folder = Path(folder)
+    samples = sorted(d for d in folder.glob("sample-*") if d.is_dir()) if folder.is_dir() else []
+    if not samples:
+        raise BadInput(f"{folder}: no sample-*/ folders there (--layout released reads sample-*/ holding fg.mp4, "
+                       "bg.mp4, prompt.txt and one <method>.mp4 per method)")
+    methods = sorted({f.stem for d in samples for f in d.glob("*.mp4")} - {"fg", "bg", "mask", "fg_cb"})
+    if method not in methods:
+        raise BadInput(f"--method {method}: {'not in' if method else 'name one of the methods in'} {folder} "
+                       f"(its sample folders hold: {', '.join(methods) or 'no method videos'})")
+    recs = []
+    for d in samples:
+        rec = {"id": d.name, "fg": str(d / "fg.mp4"), "bg": str(d / "bg.mp4"), "result": str(d / f"{method}.mp4"),
+               "prompt": (d / "prompt.txt").read_text().strip() if (d / "prompt.txt").is_file() else ""}
+        recs.append({**rec, "mask": str(d / "mask.mp4")} if (d / "mask.mp4").is_file() else rec)
+    return recs
+
+
+def read_results(folder, limit=0, layout="results", method=None):
+    """A run -> (records to score as (line, record), skipped as {line, id, why}): results.jsonl in `folder`
+    (sample.py --triplets), or with layout "released" the paper's sample-*/ folders and one method's videos (line =
+    the sample's position). The first `limit` records (0 = all); one whose video is missing or unreadable, or that
+    repeats a result or an id, is skipped and reported. None usable: BadInput."""
+    src = Path(folder) / "results.jsonl"
+    if layout == "released":
+        rows, problems, src = list(enumerate(released_records(folder, method), 1)), [], Path(folder)
+    else:
+        rows, problems = read_jsonl(src)
+    skipped = [{"line": i, "id": None, "why": m.split(": ", 1)[1]} for i, m in problems]
+    good, seen, ids = [], {}, {}
+    for i, rec in rows[:limit or None]:
+        why = check_result(rec, Path(folder))
+        key = None if why else resolve_path(rec["result"], Path(folder)).resolve()
+        if key in seen:
+            why = f"the same result as line {seen[key]}, scored once"
+        elif key is not None and str(rec.get("id")) in ids:
+            why = f"the same id as line {ids[str(rec['id'])]}: each record needs its own id"
+        elif key is not None:
+            seen[key] = i
+            ids.update({str(rec["id"]): i} if rec.get("id") is not None else {})
+        if why:
+            skipped.append({"line": i, "id": rec.get("id"), "why": why})
+        else:
+            good.append((i, rec))
+    skipped.sort(key=lambda s: s["line"])
+    if not good:
+        first = f" (line {skipped[0]['line']}: {skipped[0]['why']})" if skipped else ""
+        raise BadInput(f"{src}: none of its {len(rows)} records can be scored{first}; "
+                       "each needs readable result, fg and bg videos")
+    return good, skipped
+
+
+def absolute_videos(rec, base, keys=("fg", "bg", "mask", "result", "reference")):
+    """A record's video paths (relative to `base` or absolute), resolved: {key: absolute path or None}."""
+    return {k: str(resolve_path(rec[k], base).resolve()) if rec.get(k) else None for k in keys}
 
 
 def main():

@@ -148,7 +148,7 @@ def read_frames(path, idx):
 #     threads=1, successive writes in one process differ (17 frames of 360x240: 13 different files out of 40), and
 #     filling freed heap memory with 0x00 or 0xff before a write changes the file. Capped at SSSE3..AVX2 code, or with
 #     MB-tree off, it does not happen. x264 is therefore told which instruction sets to use (_X264_ASM) instead of
-#     detecting them: SSSE3 on x86 (bit-identical to its SSE4/AVX/AVX2 code, and as fast here), plain C elsewhere.
+#     detecting them: SSSE3 on x86 (bit-identical to its SSE4/AVX/AVX2 code, about as fast), plain C elsewhere.
 #   * swscale's rgb24 -> yuv420p (what PyAV runs inside encode) is deterministic on one machine but depends on the
 #     CPU's SIMD (1 level apart in ~2% of samples with SIMD forced off): the conversion is done here, in integers.
 # x264 runs on one thread (its output depends on its thread count, which would follow the machine's cores), and the

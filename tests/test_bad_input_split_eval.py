@@ -3,6 +3,7 @@ line naming it (BadInput -> `<script>: error: ...`, exit code 2) before any clip
 before anything is written; batch work skips and reports a bad item and goes on; nothing an earlier run wrote is
 lost (merge adds to a dataset, evaluate appends and resumes, runs with other flags are refused)."""
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -124,6 +125,46 @@ def test_bad_split_inputs_refused_before_any_clip(tmp_path):
     with pytest.raises(BadInput, match="--out .*is a file"):
         split("--videos", src, "--out", tmp_path / "file", *FAST)
     assert not out.exists()
+
+
+def test_source_names_never_collide_or_split_a_line(tmp_path):
+    """'a b.mp4' beside 'a_b.mp4', 'c.mp4' beside 'c.mov', a name holding a newline: every source keeps its own
+    clips (mutation: the old source_keys -> one source lost, or a traceback for c.mp4 + c.mov), and the five lists
+    stay aligned, one line per kept clip."""
+    src = tmp_path / "v"
+    src.mkdir()
+    for i, name in enumerate(["a b.mp4", "a_b.mp4", "c.mp4", "c.mov", "d\ne.mp4"]):
+        write_video(src / name, toy.clip(i, 25, 64, 64)["video"], 8)
+    split("--videos", src, "--out", tmp_path / "out", *FAST)
+    recs = read_records(tmp_path / "out" / "metadata.jsonl")
+    assert len({r["source"] for r in recs.values()}) == 5 and len(recs) == 5
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", i) for i in recs)
+    kept = [r for r in recs.values() if r["status"] == "ok"]
+    lists = {n: (tmp_path / "out" / n).read_text().split("\n")[:-1] for n in
+             ("prompts.txt", "videos.txt", "fg.txt", "bg.txt", "masks.txt")}
+    assert all(len(v) == len(kept) for v in lists.values()), {k: len(v) for k, v in lists.items()}
+
+
+def test_captions_with_line_breaks_keep_the_lists_aligned(tmp_path):
+    """A --template (or caption) holding \\r, U+0085 or U+2028 is one line in prompts.txt (mutation: one_line
+    left out of finalize -> prompts.txt longer than videos.txt and train.py refuses the dataset)."""
+    out = tmp_path / "out"
+    split("--videos", videos(tmp_path / "v", [0, 1]), "--out", out, *FAST, "--template", "a\rb\u0085c\u2028d {stem}")
+    rows = read_lists(out)
+    assert len(rows) == len((out / "videos.txt").read_text().split("\n")) - 1 == 2
+    assert [r["caption"] for r in rows] == ["a b c d toy0", "a b c d toy1"]
+
+
+def test_a_byte_order_mark_in_the_lists_loses_no_clip(tmp_path):
+    """Lists saved by an editor that adds a BOM: clip 0 is read like the others (mutation: read_text() without
+    utf-8-sig -> its path starts with U+FEFF and the clip is missing)."""
+    d = tmp_path / "d"
+    toy.write_data(d, 2)
+    for name in ("prompts.txt", "videos.txt", "fg.txt", "bg.txt", "masks.txt"):
+        (d / name).write_bytes(b"\xef\xbb\xbf" + (d / name).read_bytes().replace(b"\n", b"\r\n"))
+    rows = read_lists(d)
+    assert len(rows) == 2 and all(Path(r[k]).is_file() for r in rows for k in ("video", "fg", "bg", "mask"))
+    assert not rows[0]["caption"].startswith("\ufeff") and not rows[0]["caption"].endswith("\r")
 
 
 def test_rerun_with_other_flags_is_refused_and_changes_nothing(tmp_path):

@@ -12,7 +12,7 @@ import torch
 
 import decompose
 from plumbing.records import read_records
-from others import hf, segment
+from others import hf, inpaint, segment
 from conftest import single_thread, tiny_sam2, tiny_vlm
 from plumbing.dataset import read_lists, read_metadata
 from plumbing.video import dilate, mask_to_rgb, read_mask, write_video
@@ -51,7 +51,7 @@ def test_temporal_inpainter_psnr():
     psnr = []
     for c in moving_clips():
         hole = dilate(torch.from_numpy(c["mask"]), 1).numpy()
-        bg = decompose.inpaint_temporal(c["video"], hole)
+        bg = inpaint.inpaint_temporal(c["video"], hole)
         err = (bg.astype(float) - c["bg"])[c["mask"]]                    # the subject's own pixels
         psnr.append(10 * np.log10(255 ** 2 / max((err ** 2).mean(), 1e-3)))
         assert (bg[~hole] == c["video"][~hole]).all()                    # outside the hole: untouched

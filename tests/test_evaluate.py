@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from plumbing.cli import BadInput, run_cli
 from plumbing.video import read_mask, read_video, write_video
 import evaluate
-from others import metrics
+from others import judge, metrics
 import toy
 
 torch.set_num_threads(1)
@@ -232,7 +232,7 @@ def _parser_for(argv):
 
 def test_pair_runs(toy_runs, released, tmp_path):
     runs, _, recs = toy_runs
-    pairs, (only_a, only_b) = evaluate.pair_runs(runs["perfect"], runs["copy"])
+    pairs, (only_a, only_b) = judge.pair_runs(runs["perfect"], runs["copy"])
     assert len(pairs) == 8 and (only_a, only_b) == (0, 0)
     for p, rec in zip(pairs, recs):
         assert p["id"] == rec["id"] and p["a"] == str(Path(rec["reference"]).resolve()) and p["b"].endswith(
@@ -240,15 +240,15 @@ def test_pair_runs(toy_runs, released, tmp_path):
     # B holds one triplet fewer (and one A lacks): matched by id, the rest counted
     part = _results(tmp_path / "part", json_lines(runs["copy"] / "results.jsonl")[1:] + [
         {**json_lines(runs["copy"] / "results.jsonl")[0], "id": "extra"}])
-    pairs, counts = evaluate.pair_runs(runs["perfect"], part)
+    pairs, counts = judge.pair_runs(runs["perfect"], part)
     assert [p["id"] for p in pairs] == [r["id"] for r in recs[1:]] and counts == (1, 1)
     # the released layout: one folder, two methods
-    pairs, counts = evaluate.pair_runs(released, released, "released", ("gen-recomposer", "copy-paste"))
+    pairs, counts = judge.pair_runs(released, released, "released", ("gen-recomposer", "copy-paste"))
     assert len(pairs) == 3 and counts == (0, 0) and all(p["a"].endswith("gen-recomposer.mp4") for p in pairs)
     with pytest.raises(BadInput, match="same videos"):
-        evaluate.pair_runs(runs["copy"], runs["copy"])
+        judge.pair_runs(runs["copy"], runs["copy"])
     with pytest.raises(BadInput, match="no triplet in both"):
-        evaluate.pair_runs(runs["perfect"], _results(tmp_path / "other", [{**json_lines(
+        judge.pair_runs(runs["perfect"], _results(tmp_path / "other", [{**json_lines(
             runs["copy"] / "results.jsonl")[0], "id": "zzz"}]))
 
 

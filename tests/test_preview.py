@@ -62,3 +62,17 @@ def test_preview_renders_in_chromium(split, tmp_path):
     from PIL import Image
     img = np.asarray(Image.open(shot).convert("RGB")).astype(float)
     assert img.shape[:2] == (900, 1000) and img.std() > 20                       # not a blank page
+
+
+def test_preview_shows_a_missing_layer_file_instead_of_failing(tmp_path):
+    """A clip file deleted after the Split: the page is still written, that cell says so and the page names it
+    (mutation: the try around gif_data_uri removed -> FileNotFoundError out of decompose.py --preview)."""
+    toy.write_data(tmp_path / "d", 2)
+    gone = sorted((tmp_path / "d" / "fg").iterdir())[0]
+    gone.unlink()
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "decompose.py"), "--preview",
+                        str(tmp_path / "d")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    page = (tmp_path / "d" / "preview.html").read_text()
+    assert "1 layer file(s) missing or unreadable" in page and gone.stem in page
+    assert page.count("<img ") == 2 * 4 - 1

@@ -237,3 +237,21 @@ def test_init_continues_a_base(tmp_path):
     b = V.VAE.from_pretrained(tmp_path / "b")
     assert b.config.block_out_channels == (8, 8, 16)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_resume_refuses_a_crafted_checkpoint(tmp_path):
+    """`toy.py base --resume` reads <out>.ckpt.pt with weights_only=True: a pickle that would run code is refused
+    in one line and runs nothing (mutation: weights_only=False -> the marker file appears)."""
+    import pickle
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+    out = tmp_path / "b"
+    out.with_name(out.name + ".ckpt.pt").write_bytes(pickle.dumps({"vae": Evil()}))
+    r = subprocess.run([sys.executable, str(ROOT / "toy.py"), "base", "--out", str(out), "--resume", "--vae-steps", "2",
+                        "--scale-clips", "2", "--eval-clips", "2"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode != 0 and "not a checkpoint this script wrote" in r.stderr, r.stderr[-2000:]
+    assert not marker.exists()
