@@ -80,6 +80,9 @@ def evaluate_record(rec, base, nets, max_frames=0, max_side=0, toy_threshold=40.
     """One results.jsonl record (paths relative to `base`) -> its metrics; nets: a Networks.
     max_frames / max_side / toy_threshold / cp_radius / segmenter / sam2: as the flags of the same names."""
     gen, fg, bg, mask, geom = load_record(rec, base, max_frames, max_side)
+    if min(gen.shape[1:3]) < 16:
+        raise ValueError(f"the result is {gen.shape[2]}x{gen.shape[1]}: too small to segment and score (at least "
+                         "16 pixels a side)")
     gen_mask = subject_mask(gen, segmenter, sam2)
     out = {"id": rec.get("id"), "result": str(resolve_path(rec["result"], base).resolve()), "frames": len(gen),
            "size": list(gen.shape[1:3]), "gen_fg_ratio": float(gen_mask.mean())}

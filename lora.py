@@ -26,15 +26,12 @@ In diffusers (what tests/test_lora.py checks against ours):
 import argparse
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from plumbing import weights
 from plumbing.cli import BadInput, run_cli
@@ -111,11 +108,7 @@ def save_adapter(sd, folder, config):
     peft = {"r": config["rank"], "lora_alpha": config["alpha"],
             "target_modules": [t.split(".", 1)[1] for t in config["targets"]]}         # matched by name suffix
     meta = {"format": "pt", "lora_adapter_metadata": json.dumps({PREFIX + k: v for k, v in peft.items()})}
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")                             # written, then renamed
-    os.close(fd)
-    save_file(adapter, tmp, metadata=meta)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, folder / WEIGHTS)
+    weights.atomic_save(adapter, folder / WEIGHTS, metadata=meta)                     # written, then renamed
     weights.save_state_dict({k: v.float() for k, v in sd.items() if k.startswith("patch_embed.proj.")}, folder, PATCH)
     atomic_write_text(folder / CONFIG, json.dumps(config, indent=2) + "\n")
 

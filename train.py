@@ -806,7 +806,8 @@ def save_checkpoint(run, model, opt, step):
         if run.master:
             shutil.rmtree(tmp, ignore_errors=True)
         raise BadInput(f"--out: could not write checkpoint {tmp} ({one_line(e)}); disk full or not writable? The "
-                       "older checkpoints are intact: make room, then --resume") from None
+                       "older checkpoints are intact: make room, then rerun with --resume (without it if none "
+                       "was saved)") from None
     if run.master:
         prune(run.out, run.a.keep)
     run.barrier()

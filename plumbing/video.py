@@ -261,6 +261,8 @@ def write_video(path, frames, fps=8, crf=18):
                 c.mux(s.encode())
         os.chmod(tmp, 0o644)                      # mkstemp makes 0600; outputs are for everyone to read
         os.replace(tmp, path)
+    except OSError as e:                          # a full disk: name the file the user asked for, not the temporary
+        raise OSError(e.errno, e.strerror, str(path)) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -118,7 +118,7 @@ def save_state_dict(sd, folder, weights_name, max_shard_bytes=None):
     sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
     total = sum(v.numel() * v.element_size() for v in sd.values())
     if not max_shard_bytes or total <= max_shard_bytes:
-        _atomic_save(sd, folder / weights_name)
+        atomic_save(sd, folder / weights_name)
         return
     shards, cur, size = [], {}, 0
     for k, v in sd.items():
@@ -132,18 +132,25 @@ def save_state_dict(sd, folder, weights_name, max_shard_bytes=None):
     weight_map = {}
     for i, shard in enumerate(shards):
         name = f"{stem}-{i + 1:05d}-of-{len(shards):05d}.{ext}"
-        _atomic_save(shard, folder / name)
+        atomic_save(shard, folder / name)
         weight_map.update({k: name for k in shard})
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     atomic_write_text(folder / f"{weights_name}.index.json", json.dumps(index, indent=2) + "\n")
 
 
-def _atomic_save(sd, path):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+def atomic_save(sd, path, metadata=None):
+    """A safetensors file written then renamed; a failed write (a full disk) leaves no temporary file and raises
+    OSError naming `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
     os.close(fd)
-    save_file(sd, tmp, metadata={"format": "pt"})
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600
-    os.replace(tmp, path)
+    try:
+        save_file(sd, tmp, metadata=metadata or {"format": "pt"})
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 

@@ -315,6 +315,52 @@ def test_sample_still_and_one_frame_backgrounds(composer, clips, tmp_path):
         assert len(v) == 9 and fps == pytest.approx(8.0), (bg, len(v), fps)
 
 
+def test_a_full_disk_is_one_line_naming_the_file(composer, clips, tmp_path, monkeypatch, capsys):
+    """sample.py (and every script through run_cli) on a full disk: one line naming the file it could not write,
+    exit 1, no temporary file left (mutation: run_cli without its OSError branch -> a traceback)."""
+    import errno
+    import av
+    import sample
+    from plumbing.cli import run_cli
+    real_open = av.open
+
+    def full_when_writing(path, mode="r", *a, **k):          # the encoder's file, as a full disk refuses it
+        if mode == "w":
+            raise av.error.OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *a, **k)
+    monkeypatch.setattr(av, "open", full_when_writing)
+    monkeypatch.setattr(sys, "argv", ["sample.py", "--ckpt", str(composer), "--fg", str(clips / "fg.mp4"), "--bg",
+                                      str(clips / "bg.mp4"), "--steps", "1", "--out", str(tmp_path / "o.mp4")])
+    with pytest.raises(SystemExit) as e:
+        run_cli(sample.main, sample.parser)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 1 and "could not write" in err and str(tmp_path / "o.mp4") in err, err
+    assert "No space left" in err and not list(tmp_path.iterdir())
+
+
+def test_atomic_text_write_on_a_full_disk_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    import plumbing.files as pf
+
+    class Full:
+        def __init__(self, fd, *a, **k):
+            os.close(fd)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(pf.os, "fdopen", Full)
+    with pytest.raises(OSError) as e:
+        pf.atomic_write_text(tmp_path / "results.jsonl", "x")
+    assert e.value.filename == str(tmp_path / "results.jsonl") and e.value.errno == errno.ENOSPC
+    assert not list(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------------------------------------- train.py
 
 def train_args(base, d, out, *extra):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -409,3 +410,32 @@ def test_eval_cli_prints_one_line_and_exits_2(tmp_path, argv, words):
     res = results(tmp_path / "res", [])
     argv = argv if argv[0] == "compare" else ["results", res, *argv]
     one_line_error(cli("evaluate.py", *argv), "evaluate.py", *words)
+
+
+def test_evaluate_odd_records_are_recorded_not_fatal(tmp_path):
+    """A 10000x10 result is recorded with its reason and the others are scored; the rerun does not meet it again.
+    An all-black input mask gives null fg measures and an all-white one null bg measures, each with a note saying
+    why (mutations: the size check removed -> a RuntimeError from deep inside torch as the reason; the empty-mask
+    rule removed -> wf_fg_hist 0.0 instead of null)."""
+    c = toy.clip(1)
+    write_video(tmp_path / "fg.mp4", c["fg"], 8)
+    write_video(tmp_path / "bg.mp4", c["bg"], 8)
+    write_video(tmp_path / "mask.mp4", mask_to_rgb(c["mask"]), 8)
+    write_video(tmp_path / "black.mp4", np.zeros((9, 64, 64, 3), np.uint8), 8)
+    write_video(tmp_path / "white.mp4", np.full((9, 64, 64, 3), 255, np.uint8), 8)
+    write_video(tmp_path / "wide.mp4", np.random.default_rng(0).integers(0, 255, (9, 10, 10000, 3), np.uint8), 8)
+    for i in range(3):
+        write_video(tmp_path / f"r{i}.mp4", toy.clip(1 + i)["video"], 8)
+    rec = lambda i, result, mask: {"id": i, "fg": "fg.mp4", "bg": "bg.mp4", "mask": mask, "result": result}
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        rec("wide", "wide.mp4", "mask.mp4"), rec("ok", "r0.mp4", "mask.mp4"), rec("black", "r1.mp4", "black.mp4"),
+        rec("white", "r2.mp4", "white.mp4")]))
+    r = cli("evaluate.py", "results", tmp_path, "--max-frames", "3")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    rows = {x["id"]: x for x in map(json.loads, (tmp_path / "eval" / "metrics.jsonl").read_text().splitlines())}
+    assert rows["wide"]["status"] == "error" and "10000x10: too small" in rows["wide"]["error"]
+    assert rows["ok"]["status"] == "ok" and rows["ok"]["wf_fg_hist"] > 0
+    assert rows["black"]["wf_fg_hist"] is None and "input mask is empty" in rows["black"]["notes"][0]
+    assert rows["white"]["wf_bg_psnr"] is None and "no background" in " ".join(rows["white"]["notes"])
+    r = cli("evaluate.py", "results", tmp_path, "--max-frames", "3")
+    assert r.returncode == 0 and "skipping wide" not in r.stderr, r.stderr[-2000:]

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from plumbing.dataset import LayeredClips
+import composer
 import diffusion
-import sample
 import train
 import vae as V
 from augment import Augment
@@ -66,7 +66,8 @@ def test_conditioning_contract(vae_07, tiny_data, tmp_path):
     texts = Texts(b["caption"])
     s = vae_07.config.scaling_factor
     enc = lambda x: vae_07.encode(x)[0] * s
-    cond = train.Conditioner(vae_07, texts, Augment(flip_p=0, crop_p=0, jitter_p=0), NOISE_OFF, NOISE_OFF, 0.0)
+    cond = train.Conditioner(vae_07, texts, Augment(flip_p=0, crop_p=0, jitter_p=0), fg_noise=NOISE_OFF,
+                             bg_noise=NOISE_OFF, text_drop=0.0)
     x0, fg, bg, text, mask_lat = cond(b, [3, 5], torch.Generator().manual_seed(0))
 
     stub = StubDiT()
@@ -90,7 +91,8 @@ def test_conditioning_contract(vae_07, tiny_data, tmp_path):
     dsc = LayeredClips(tiny_data, frames=9, size=(64, 64), skip=("video", "bg"))
     bc = train.collate([dsc[i] for i in (3, 5)])
     assert "video" not in bc and "bg" not in bc
-    cond_c = train.Conditioner(vae_07, texts, Augment(flip_p=0, crop_p=0, jitter_p=0), NOISE_OFF, NOISE_OFF, 0.0,
+    cond_c = train.Conditioner(vae_07, texts, Augment(flip_p=0, crop_p=0, jitter_p=0), fg_noise=NOISE_OFF,
+                               bg_noise=NOISE_OFF, text_drop=0.0,
                                cache=cache)
     x0c, fgc, bgc, _, _ = cond_c(bc, [3, 5], torch.Generator().manual_seed(0))
     torch.testing.assert_close(torch.cat([fgc, bgc], 1), x_in[:, 16:], rtol=0, atol=2e-5)  # batch 1 vs 2
@@ -181,7 +183,8 @@ def test_text_dropout_rate(vae_07, tiny_data):
     ds = LayeredClips(tiny_data, frames=9, size=(64, 64))
     b = train.collate([ds[i] for i in range(2)])
     texts = Texts(b["caption"])
-    cond = train.Conditioner(vae_07, texts, Augment(flip_p=0, crop_p=0, jitter_p=0), NOISE_OFF, NOISE_OFF, 0.25)
+    cond = train.Conditioner(vae_07, texts, Augment(flip_p=0, crop_p=0, jitter_p=0), fg_noise=NOISE_OFF,
+                             bg_noise=NOISE_OFF, text_drop=0.25)
     cond.encode = lambda x, g: torch.zeros(x.shape[0], 16, 3, 16, 16)          # only the captions matter here
     n = 0
     for step in range(200):
