@@ -424,6 +424,31 @@ def test_colour_jitter_factor_ranges():
         assert ks(xs, uniform_cdf(lo, hi)) < KS / math.sqrt(n), name
 
 
+@pytest.mark.parametrize("scale", [(1.25, 2.0), (0.5, 0.8)], ids=["zoom-in", "zoom-out"])
+def test_zoom_direction_follows_crop_scale(monkeypatch, scale):
+    """--crop-scale > 1 crops in (the subject grows), < 1 zooms out (it shrinks): on a one-sided range every
+    drawn window has W / w inside the range, and every accepted crop scales the subject's area by z^2 times the
+    share kept (0.9..1), give or take the nearest-neighbour rounding of its edges (a pixel a side, bounded here by
+    20 %). The release's range is symmetric in log, where a zoom applied the wrong way round draws the same law:
+    only a one-sided range tells the directions apart."""
+    windows, warp = [], A._warp
+    monkeypatch.setattr(A, "_warp", lambda x, theta, mode: (windows.append((mode, theta.clone())) or
+                                                            warp(x, theta, mode)))
+    aug = dataclasses.replace(training_augment(), flip_p=0, crop_p=1, jitter_p=0, crop_scale=scale)
+    accepted = 0
+    for seed in range(40):
+        fg, m = SPRITES[seed % N_CLIPS]
+        windows.clear()
+        _, m2 = aug(fg, m, torch.Generator().manual_seed(seed))
+        zs = [W / (th[0, 0].item() * W) for mode, th in windows if mode == "nearest"]
+        assert zs and all(scale[0] - 1e-6 <= z <= scale[1] + 1e-6 for z in zs), zs
+        if any(mode == "bilinear" for mode, _ in windows):
+            accepted += 1
+            ratio, z = (m2.sum() / m.sum()).item(), zs[-1]
+            assert 0.9 * z * z * 0.8 <= ratio <= z * z * 1.2, (seed, z, ratio)
+    assert accepted >= 20
+
+
 def test_flip_detector_reads_flips_under_crop_and_jitter():
     """The detector the frequency test relies on: right on every sample when flips are forced on or off, with
     re-framing and jitter always on."""
