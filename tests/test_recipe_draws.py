@@ -11,7 +11,10 @@ drop 0.0; t uniform on 0..999 (every CogVideoX trainer).
 
 Tolerances: a frequency p over n trials gets 4 standard errors, 4 sqrt(p (1 - p) / n) (two-sided, ~6e-5); a
 mean of n normals with spread s gets 4 s / sqrt(n); a sample std 4 s / sqrt(2 (n - 1)); a distribution gets the
-Kolmogorov-Smirnov bound D < 1.95 / sqrt(n) (P ~ 0.001 under the right law).
+Kolmogorov-Smirnov bound D < 1.95 / sqrt(n) (P ~ 0.001 under the right law). Every generator is seeded, so
+each number is the same on every run: the bounds say how far a breakage must move a draw to be caught, not how
+often a correct recipe fails. The cached paths and the training-loop run are marked slow; the uncached path and
+the cheap tests run in the quick lane.
 """
 import dataclasses
 import inspect
