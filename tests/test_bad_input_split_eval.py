@@ -372,6 +372,7 @@ def test_compare_reads_a_half_written_metrics_file(tmp_path, capsys):
     assert "| run | 2 | 20.5 |" in (tmp_path / "cmp" / "compare.md").read_text()
 
 
+@pytest.mark.slow
 def test_eval_resumes_and_never_destroys_earlier_scores(tmp_path, triplets, capsys):
     (tmp_path / "gen").mkdir()
     recs = [{**r, "result": str(shutil.copy(r["result"], tmp_path / "gen" / f"{r['id']}.mp4"))} for r in triplets]
@@ -412,6 +413,7 @@ def test_eval_cli_prints_one_line_and_exits_2(tmp_path, argv, words):
     one_line_error(cli("evaluate.py", *argv), "evaluate.py", *words)
 
 
+@pytest.mark.slow
 def test_evaluate_odd_records_are_recorded_not_fatal(tmp_path):
     """A 10000x10 result is recorded with its reason and the others are scored; the rerun does not meet it again.
     An all-black input mask gives null fg measures and an all-white one null bg measures, each with a note saying

@@ -95,6 +95,7 @@ def check_same_dataset(one, two, ordered=True):
     assert not list(two.glob("metadata.rank-*.jsonl"))                   # joined, then removed
 
 
+@pytest.mark.slow
 def test_decompose_two_processes_and_kill(videos, tmp_path):
     one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
     decompose.main(decompose.parser.parse_args(["--videos", str(videos), "--out", str(one), *SPLIT]))
@@ -135,6 +136,7 @@ def results_by_id(folder):
     return {r["id"]: {**{k: v for k, v in r.items() if k != "stamps"}, "result": Path(r["result"]).name} for r in recs}
 
 
+@pytest.mark.slow
 def test_sample_two_processes_and_kill(composer, tmp_path):
     args = ["--ckpt", composer, "--triplets", composer / "tri" / "triplets.jsonl", "--steps", "2", "--batch", "1",
             "--sampler", "ddim", "--guidance", "2"]
@@ -154,6 +156,7 @@ def test_sample_two_processes_and_kill(composer, tmp_path):
                               read_video(killed / rec["result"])[0]), k
 
 
+@pytest.mark.slow
 def test_evaluate_two_processes_and_kill(composer, tmp_path):
     tri = composer / "tri"
     recs = [json.loads(x) for x in lines(tri / "triplets.jsonl")]

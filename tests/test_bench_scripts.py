@@ -1,4 +1,5 @@
 """The measurement scripts of issue 16 run end to end at toy size, so the GPU ones never rot untested."""
+import pytest
 import importlib.util
 import math
 import re
@@ -30,6 +31,7 @@ def numbers(obj):
     return [float(obj)] if isinstance(obj, (int, float)) and not isinstance(obj, bool) else []
 
 
+@pytest.mark.slow
 def test_realscale_tiny_prints_every_row(capsys):
     torch.set_num_threads(1)
     res = load("bench_realscale").main(["--tiny", "--device", "cpu", "--iters", "2"])

@@ -38,6 +38,7 @@ def moving_clips(n=4, T=33, S=96):
     return out
 
 
+@pytest.mark.slow
 def test_motion_segmenter_iou():
     ious = []
     for c in moving_clips():
@@ -94,6 +95,7 @@ def test_sam2_tiny_random_model(tmp_path):
     assert m.shape == c["mask"].shape and m.dtype == bool
 
 
+@pytest.mark.slow
 def test_vlm_captioner_tiny_random_model(tmp_path):
     vlm, _ = tiny_vlm(tmp_path / "vlm")
     video = toy_clip(2, 9, 64, 64)["video"]
@@ -141,6 +143,7 @@ def check_dataset(out, n):
     return recs
 
 
+@pytest.mark.slow
 def test_kill_then_resume(tmp_path):
     videos = toy_folder(tmp_path, range(6))
     out = tmp_path / "out"
@@ -162,6 +165,7 @@ def test_kill_then_resume(tmp_path):
     assert "clips kept" in r.stdout
 
 
+@pytest.mark.slow
 def test_gt_masks_shards_and_merge(tmp_path):
     videos = toy_folder(tmp_path, range(3), masks=True)
     out = tmp_path / "out"
@@ -180,6 +184,7 @@ def test_gt_masks_shards_and_merge(tmp_path):
     assert (read_mask(out / rec["masks"]) == gt).mean() > 0.99
 
 
+@pytest.mark.slow
 def test_bad_inputs(tmp_path):
     (tmp_path / "empty").mkdir()
     r = cli("--videos", tmp_path / "empty", "--out", tmp_path / "o")

@@ -54,6 +54,7 @@ def toy_runs(tmp_path_factory):
     return runs, rows, perfect
 
 
+@pytest.mark.slow
 def test_perfect_composite_scores_as_the_truth(toy_runs):
     _, rows, _ = toy_runs
     for r in rows["perfect"]:
@@ -142,6 +143,7 @@ def test_network_metrics_run_end_to_end_on_tiny_official_files(toy_runs, tmp_pat
     assert "M1 fg identity (ViCLIP) ↑" in md and "M2 action KL (Swin3D) ↓" in md and "No weights" not in md
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (REAL / "fig1-bird" / "stm_output.mp4").exists(), reason="../shared/real not present")
 def test_real_clips_weight_free_report(tmp_path, capsys):
     """The paper's composites vs a copy-paste made here (fg pasted over bg with its mask), at 160 px / 9 frames.

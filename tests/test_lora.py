@@ -124,6 +124,7 @@ def ckpt_keys(ck):
     return set(dcp.FileSystemReader(str(ck)).read_metadata().state_dict_metadata)
 
 
+@pytest.mark.slow
 def test_torchrun_lora_resume_is_exact_and_sample_uses_it(mini_i2v, tiny_data, tmp_path):
     run(lora_run(mini_i2v, tiny_data, tmp_path / "straight") + ["--merge", "--save-dtype", "fp32"])
     run(lora_run(mini_i2v, tiny_data, tmp_path / "split") + ["--stop-at", "2"])
@@ -161,6 +162,7 @@ def test_torchrun_lora_resume_is_exact_and_sample_uses_it(mini_i2v, tiny_data, t
     assert read_video(tmp_path / "res" / "t0000.mp4")[0].shape == (9, 64, 96, 3)
 
 
+@pytest.mark.slow
 def test_one_process_bf16_frozen_fp32_trained(mini_i2v, tiny_data, tmp_path):
     """--bf16 in one process: frozen weights in bf16 under autocast, the adapters, the patch projection and their
     AdamW state in fp32 (the checkpoint holds nothing else); --lora with --preset is refused before anything loads."""

@@ -194,6 +194,7 @@ def test_text_dropout_rate(vae_07, tiny_data):
     assert len(drawn) == 400 and abs(n / 400 - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 400), n
 
 
+@pytest.mark.slow
 def test_overfit_beats_a_bound_from_the_data(tiny_data, tmp_path):
     """70 steps on 4 clips must take the identity loss well below what the zero predictor scores on these
     clips. A zero v gives x0_hat = a xt (a = sqrt(abar)), whose weighted error w (x0_hat - x0)^2 with
@@ -230,6 +231,7 @@ def test_overfit_beats_a_bound_from_the_data(tiny_data, tmp_path):
     assert last < 0.5 * bound, (last, bound)
 
 
+@pytest.mark.slow
 def test_shipped_composer_scores_above_a_floor(tmp_path):
     """The shipped toy composer on the three bundled examples, 10 DDIM steps at guidance 2, scored by evaluate.py's
     exact toy metrics: measured here 1.00 affordance and 0.52 shape IoU (docs/toy-world.md: 1.00 / 0.50 at 50 steps on

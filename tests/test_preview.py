@@ -38,6 +38,7 @@ def split(tmp_path_factory):
     return d / "out"
 
 
+@pytest.mark.slow
 def test_preview_page_is_self_contained(split):
     page = (split / "preview.html").read_text()
     recs = [r for r in read_metadata(split) if r["status"] == "ok"]
@@ -64,6 +65,7 @@ def test_preview_renders_in_chromium(split, tmp_path):
     assert img.shape[:2] == (900, 1000) and img.std() > 20                       # not a blank page
 
 
+@pytest.mark.slow
 def test_preview_shows_a_missing_layer_file_instead_of_failing(tmp_path):
     """A clip file deleted after the Split: the page is still written, that cell says so and the page names it
     (mutation: the try around gif_data_uri removed -> FileNotFoundError out of decompose.py --preview)."""

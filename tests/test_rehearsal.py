@@ -84,6 +84,7 @@ def python(cmd):
     return [sys.executable] + cmd[1:]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not REAL.is_dir(), reason="../shared/real (the paper's example clips) is not here")
 def test_real_scale_rehearsal(mini_i2v, tmp_path):
     cmds = readme_commands()

@@ -306,6 +306,7 @@ def test_remover_rejects_bad_inputs(tmp_path):
         rm(video.astype(np.float32), mask)
 
 
+@pytest.mark.slow
 def test_decompose_splits_with_the_remover(tmp_path):
     """decompose.py --inpainter minimax on raw clips: the Split stage fills the hole with the remover (a tiny random
     one here, saved in the zibojia/minimax-remover layout); offline, a remover that cannot be had stops the run in

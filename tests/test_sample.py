@@ -34,6 +34,7 @@ def sample(args):
     return r
 
 
+@pytest.mark.slow
 def test_end_to_end_size_length_determinism(composer, tmp_path):
     c = toy.clip(5, T=17, H=80, W=96)          # other size and length: resampled with a notice
     write_video(tmp_path / "fg.mp4", c["fg"], fps=10)
@@ -53,6 +54,7 @@ def test_end_to_end_size_length_determinism(composer, tmp_path):
     assert not np.array_equal(read_video(tmp_path / "c.mp4")[0], v)
 
 
+@pytest.mark.slow
 def test_triplet_batch(composer, tmp_path):
     toy.write_triplets(tmp_path / "tri", 3)
     r = sample(["--ckpt", str(composer), "--triplets", str(tmp_path / "tri" / "triplets.jsonl"), "--steps", "2",
@@ -63,6 +65,7 @@ def test_triplet_batch(composer, tmp_path):
     assert all(read_video(r["result"])[0].shape == (9, 64, 64, 3) for r in recs)
 
 
+@pytest.mark.slow
 def test_bad_inputs(composer, tmp_path):
     r = sample(["--ckpt", str(composer), "--fg", str(tmp_path / "missing.mp4"), "--bg", str(tmp_path / "missing.mp4")])
     assert r.returncode != 0 and "missing.mp4: no such video file" in r.stderr
@@ -77,6 +80,7 @@ def test_bad_inputs(composer, tmp_path):
     assert r.returncode != 0 and "mask is empty" in r.stderr
 
 
+@pytest.mark.slow
 def test_bundled_default_runs(tmp_path):
     """The quick start: no --ckpt, no inputs -> the shipped toy composer on the shipped examples."""
     r = sample(["--steps", "2", "--grid", "--out", str(tmp_path)])

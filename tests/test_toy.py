@@ -114,6 +114,7 @@ def test_novel_colour_and_light(tmp_path):
     assert [t["expect"]["track"] for t in base] == [t["expect"]["track"] for t in r]
 
 
+@pytest.mark.slow
 def test_cli(tmp_path):
     """`python toy.py data|triplets` write the dataset lists and the triplets with their references."""
     run = lambda *a: subprocess.run([sys.executable, *map(str, a)], cwd=ROOT, capture_output=True, text=True)
@@ -165,6 +166,7 @@ def check_folder(out):
     return vae, x
 
 
+@pytest.mark.slow
 def test_build_tiny(tmp_path):
     out = tmp_path / "base"
     r = base("--out", out, "--vae-steps", "2", "--batch", "1", "--scale-clips", "4", "--eval-clips", "2")
@@ -195,6 +197,7 @@ def test_shipped_base():
     assert toy.psnr(y, x, m) > 15
 
 
+@pytest.mark.slow
 def test_vae_training_resumes_exactly(tmp_path, monkeypatch):
     """A build killed mid-way and rerun with --resume ends with the same VAE as one straight run."""
     from safetensors.torch import load_file
@@ -239,6 +242,7 @@ def test_init_continues_a_base(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_crafted_checkpoint(tmp_path):
     """`toy.py base --resume` reads <out>.ckpt.pt with weights_only=True: a pickle that would run code is refused
     in one line and runs nothing (mutation: weights_only=False -> the marker file appears)."""

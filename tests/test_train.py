@@ -28,6 +28,7 @@ def common(base, data, out):
             "--workers", "1", "--threads", "1", "--ac", "--grad-accum", "2"]
 
 
+@pytest.mark.slow
 def test_torchrun_fsdp2_resume_is_exact(tiny_base, tiny_data, tmp_path):
     run(common(tiny_base, tiny_data, tmp_path / "straight"))
     run(common(tiny_base, tiny_data, tmp_path / "split") + ["--stop-at", "2"])
@@ -48,6 +49,7 @@ def test_torchrun_fsdp2_resume_is_exact(tiny_base, tiny_data, tmp_path):
     assert m.config.in_channels == 48
 
 
+@pytest.mark.slow
 def test_single_process_with_cache_and_ablations(tiny_base, tiny_data, tmp_path):
     """One process, the latent cache, validation; and the two ablation flags change what is trained: the same
     seed and data with --plain-loss, with --no-augment, or with neither give other losses."""
@@ -65,6 +67,7 @@ def test_single_process_with_cache_and_ablations(tiny_base, tiny_data, tmp_path)
     assert losses["noaug"] != losses["full"]             # augmentation changes the fg the composer sees
 
 
+@pytest.mark.slow
 def test_bad_arguments_are_clear(tiny_base, tiny_data, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", str(tiny_base), "--preset", "toy",
                         "--data", str(tiny_data), "--frames", "8", "--out", str(tmp_path / "x")],
@@ -85,6 +88,7 @@ def dcp_state(ckpt, tmp_path):
     return dtypes, torch.load(tmp_path / "ckpt.pt", weights_only=False)["model"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32-compute", "bf16-compute"])
 def test_bf16_base_trains_with_fp32_masters(mini_i2v, tiny_data, tmp_path, bf16):
     """The official 5B-I2V is stored in bf16. Its weights must train as fp32 masters: at lr 5e-6 an update is
@@ -106,6 +110,7 @@ def test_bf16_base_trains_with_fp32_masters(mini_i2v, tiny_data, tmp_path, bf16)
     assert {v.dtype for v in sd.values()} == {torch.bfloat16} and sd["patch_embed.proj.weight"].shape[1] == 48
 
 
+@pytest.mark.slow
 def test_trains_on_the_stm_release_layout(tiny_base, tmp_path):
     """The release's folder layout: the gate keeps 2 of 4 clips for training, validation composes the
     validation-only clip (is_training False)."""

@@ -55,6 +55,7 @@ def steps_logged(out):
 
 # ---------------------------------------------------------------------------------------------- 1. never destroy a run
 
+@pytest.mark.slow
 def test_a_run_is_never_overwritten_or_resumed_with_another_recipe(tiny_base, tiny_data, tmp_path):
     out = tmp_path / "run"
     train.main(flags(tiny_base, tiny_data, out))
@@ -75,6 +76,7 @@ def test_a_run_is_never_overwritten_or_resumed_with_another_recipe(tiny_base, ti
 
 # ---------------------------------------------------------------------------------------------- 2. a good checkpoint
 
+@pytest.mark.slow
 def test_finite_but_useless_weights_never_replace_the_last_good_checkpoint(tiny_base, tiny_data, tmp_path,
                                                                           monkeypatch, capsys):
     """A step at a huge learning rate leaves finite weights whose next loss is NaN (injected: every weight set to
@@ -169,6 +171,7 @@ def no_space(*args, **kw):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_or_export_write_is_one_line_and_leaves_no_tmp(tiny_base, tiny_data, tmp_path,
                                                                           monkeypatch):
     out = tmp_path / "run"
@@ -202,6 +205,7 @@ class RunsCode:
         return (open, (self.path, "w"))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_pickle_cannot_run_code(tiny_base, tiny_data, tmp_path, capsys):
     """A .metadata that is not the one saved (its sha256 is in step.json) is refused before it is unpickled; a
     crafted non-tensor value in a .distcp (its .metadata digest right) fails torch.load(weights_only=True) and the

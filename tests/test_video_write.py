@@ -103,6 +103,7 @@ for name, size in {sizes!r}.items():
 """
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_same_bytes(tmp_path):
     """Two fresh interpreters, one of them held to a single CPU, write the clips; so does this process."""
     procs = []
