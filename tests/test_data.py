@@ -246,3 +246,24 @@ def test_stm_release_layout_uses_clean_plates_and_metadata_gates(tmp_path):
     (root / "metadata.csv").write_text((root / "metadata.csv").read_text().rsplit("\n", 2)[0] + "\n")
     with pytest.raises(ValueError, match="metadata.csv: 3 rows but videos.txt has 4"):
         LayeredClips(root)
+
+
+def test_a_variable_frame_rate_video_keeps_its_real_length(tmp_path):
+    """Six frames at t = 0, 1/30, 2/30, 1, 2, 3 s: the nominal rate (~5.5 fps) would say 1.1 s; the timestamps say
+    3 s plus one mean frame interval (3.6 s), which is what sample.py keeps (mutation: n / nominal fps -> 1.1)."""
+    import fractions
+    import av
+    path = tmp_path / "vfr.mp4"
+    with av.open(str(path), "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        s.codec_context.time_base = fractions.Fraction(1, 30)
+        for i, t in enumerate([0, 1, 2, 30, 60, 90]):
+            f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 40, np.uint8), format="rgb24")
+            f.pts, f.time_base = t, fractions.Fraction(1, 30)
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    frames, fps, seconds = read_video(path, duration=True)
+    assert len(frames) == 6 and seconds == pytest.approx(3.6, abs=1e-6) and len(frames) / fps < 1.5
