@@ -125,7 +125,7 @@ def main(args):
     flags = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in vars(args).items() if k in SAME_FLAGS}
     ranks = Ranks()
     job = Job(args.out, "metadata", items, settings=flags, ranks=ranks, shard=shard, what="clip",
-              inputs=lambda it: [it["source"]] + ([it["mask_file"]] if it.get("mask_file") else []))
+              inputs=lambda it: [it["source"], it.get("mask_file"), {"caption": caption_of(it, st)}])
     if ranks.rank == 0:
         print("".join(n + "\n" for n in notes), end="", file=sys.stderr)
     todo = job.todo()
@@ -200,6 +200,14 @@ def clip_mask(video, G, st, src, key, n, start, stride):
         return fit_video(m, T, H, W, stride=stride, start=start, mask=True, name=f"mask of {src}")
     mask = motion_mask(video, G)
     return sam2_mask(video, mask, st.sam2) if st.segmenter == "sam2" else mask
+
+
+def caption_of(it, st):
+    """The caption --captions gives this clip (part of what its record depends on), or None."""
+    if st.captioner != "file" or it.get("error"):
+        return None
+    stem = Path(it["source"]).stem if Path(it["source"]).is_file() else Path(it["source"]).name
+    return next((st.caption_map[k] for k in (it["id"], it["key"], stem) if k in st.caption_map), None)
 
 
 def clip_caption(video, st, cid, key, stem):
@@ -390,7 +398,7 @@ def check_flags(args):
             ("--size", " ".join(map(str, a.size)), min(a.size) >= 16, "H W of at least 16 pixels each"),
             ("--strides", " ".join(map(str, a.strides)), min(a.strides) >= 1, "strides of at least 1"),
             ("--max-clips", a.max_clips, a.max_clips >= 1, "at least 1"),
-            ("--fps", a.fps, a.fps >= 1, "at least 1"),
+            ("--fps", a.fps, 1 <= a.fps <= 240, "in [1, 240]"),
             ("--seed", a.seed, a.seed >= 0, "at least 0"),
             ("--min-fg/--max-fg", f"{a.min_fg}/{a.max_fg}", 0 <= a.min_fg <= a.max_fg <= 1,
              "0 <= min <= max <= 1 (shares of the frame)"),
@@ -398,7 +406,8 @@ def check_flags(args):
             ("--remover-steps", a.remover_steps, a.remover_steps >= 1, "at least 1"),
             ("--vlm-frames", a.vlm_frames, a.vlm_frames >= 1, "at least 1"),
             ("--workers", a.workers, a.workers >= 1, "at least 1"),
-            ("--threads", a.threads, a.threads >= 0, "at least 0 (0: cores / workers)"))
+            ("--threads", a.threads, 0 <= a.threads <= 1024, "in [0, 1024] (0: cores / workers)"),
+            ("--workers", a.workers, a.workers <= 1024, "at most 1024"))
     parse_shard(args.shard)
     check_out_dir(args.out)
     if args.captioner == "template":

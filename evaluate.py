@@ -162,6 +162,7 @@ def score(args):
     nets_files = [w for w in (args.viclip, args.bpe, args.swin, args.raft, args.sam2) if w]
     inputs = lambda it: [resolve_path(it[k], base) for k in ("result", "fg", "bg", "mask") if it.get(k)] + nets_files
     settings = {k: getattr(args, k) for k in SCORE_FLAGS}
+    settings["results"] = str(base.resolve())           # one eval folder holds the scores of one run
     ranks = Ranks()                                   # torchrun: this process's share of the records
     nets = load_networks(args, str(ranks.device) if ranks.world > 1 and args.device == "cuda" else args.device)
     job = Job(out, "metrics", items, inputs=inputs, settings=settings, ranks=ranks, overwrite=args.overwrite,
@@ -314,6 +315,9 @@ def run_compare(args):
     report.html)."""
     if args.out:
         check_out_dir(args.out)
+        if (Path(args.out) / "metrics.jsonl").exists():
+            raise BadInput(f"compare --out {args.out}: holds a run's scores (metrics.jsonl) and its report.html, which "
+                           "compare's would replace; use another --out")
     runs = {}
     for r in args.runs:
         name, summary, rows = load_run(r)

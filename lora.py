@@ -124,9 +124,14 @@ def composer_config(base):
 
 def read_config(folder):
     try:
-        return json.loads((Path(folder) / CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        cfg = json.loads((Path(folder) / CONFIG).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{folder}: not a LoRA folder with a readable {CONFIG} ({e})") from None
+    need = {"rank", "alpha", "targets", "base_model"}
+    if not isinstance(cfg, dict) or not need <= set(cfg):
+        raise ValueError(f"{folder}: {CONFIG} is not the one train.py --lora writes (it needs "
+                         f"{', '.join(sorted(need))})")
+    return cfg
 
 
 def load_adapter(model, folder):

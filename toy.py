@@ -49,7 +49,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from plumbing.dataset import LayeredWriter
+from plumbing.cli import BadInput, check_ranges, run_cli
+from plumbing.dataset import LayeredWriter, read_metadata
 from plumbing.files import atomic_write_text
 from plumbing.video import LUMA, dilate, mask_to_rgb, to_tensor, write_video
 from others.metrics import masked_psnr
@@ -350,6 +351,12 @@ def write_data(out, clips, T=9, H=64, W=64, seed=0, fps=8, colour=None, tint=Non
     """A layered-clip dataset (LayeredClips reads it) of `clips` toy clips; resumable. colour / tint: every
     sprite in this colour / every scene under this light (see clip)."""
     w = LayeredWriter(out)
+    other = [r for r in read_metadata(out) if r.get("status") == "ok" and (r.get("frames") != T or
+                                                                          list(r.get("size", [])) != [H, W])]
+    if other:
+        raise BadInput(f"--out {out}: holds clips of {other[0].get('frames')} frames of {other[0].get('size')}; "
+                       f"this run makes {T} frames of {[H, W]}: use another --out (resuming adds to a dataset of "
+                       "one shape)")
     for i in tqdm(range(clips), desc=f"toy world -> {out}"):
         cid = f"toy{seed:03d}_{i:06d}"
         if cid in w.done:
@@ -462,6 +469,9 @@ def load_ckpt(path, vae, opt):
     except Exception as e:
         raise SystemExit(f"--resume: {path} is not a checkpoint this script wrote ({type(e).__name__}); delete it to "
                          "start over") from None
+    if not isinstance(st, dict) or not {"config", "vae", "opt", "rng", "step", "seconds"} <= set(st):
+        raise SystemExit(f"--resume: {path} is not a checkpoint this script wrote (it lacks the VAE, optimiser or "
+                         "step); delete it to start over")
     if st["config"] != dataclasses.asdict(vae.config):
         raise SystemExit(f"--resume: {path} holds a VAE with another config; pass the same --vae-channels / "
                          "--init as the killed run")
@@ -595,7 +605,39 @@ p.add_argument("--threads", type=int, default=1,
                help="torch CPU threads (1: on a shared 2-core box, 2 threads spin-wait and run ~5x slower)")
 
 
+def check_flags(a):
+    """Every value that cannot work ends the run here, in one line, before anything is written."""
+    rules = [("--frames", a.frames, a.frames >= 1 and (a.frames - 1) % 4 == 0, "4k+1 (9, 13, 49, ...)"),
+             ("--size", " ".join(map(str, a.size)), min(a.size) >= 16 and all(v % 16 == 0 for v in a.size),
+              "H W, multiples of 16"),
+             ("--seed", a.seed, 0 <= a.seed < 2**31, "in [0, 2^31)")]
+    if a.cmd in ("data", "triplets"):
+        n = a.clips if a.cmd == "data" else a.n
+        rules += [("--clips" if a.cmd == "data" else "--n", n, n >= 1, "at least 1"),
+                  ("--fps", a.fps, 1 <= a.fps <= 240, "in [1, 240]")]
+    else:
+        rules += [("--batch", a.batch, a.batch >= 1, "at least 1"),
+                  ("--vae-steps", a.vae_steps, a.vae_steps >= 0, "at least 0 (0: keep --init's VAE as it is)"),
+                  ("--threads", a.threads, 1 <= a.threads <= 1024, "in [1, 1024]"),
+                  ("--scale-clips", a.scale_clips, a.scale_clips >= 1, "at least 1"),
+                  ("--eval-clips", a.eval_clips, a.eval_clips >= 1, "at least 1"),
+                  ("--ckpt-every", a.ckpt_every, a.ckpt_every >= 1, "at least 1"),
+                  ("--lr", a.lr, math.isfinite(a.lr) and a.lr > 0, "a finite number above 0"),
+                  ("--minutes", a.minutes, a.minutes > 0, "above 0")]
+    check_ranges(*rules)
+    out = Path(a.out)
+    if a.cmd == "base" and out.exists() and any(out.iterdir()) and not (out / "model_index.json").exists():
+        raise BadInput(f"--out {out}: a folder that is not a toy base (no model_index.json); base replaces its --out "
+                       "whole, so name a new folder or an earlier base")
+    if a.cmd == "base" and a.init:
+        try:
+            V.VAE.from_pretrained(a.init)
+        except (FileNotFoundError, RuntimeError, ValueError, KeyError, TypeError, OSError) as e:
+            raise BadInput(f"--init {a.init}: not a base folder whose vae/ loads ({str(e).splitlines()[0]})") from None
+
+
 def main(args):
+    check_flags(args)
     if args.cmd == "data":
         n = write_data(args.out, args.clips, args.frames, *args.size, seed=args.seed, fps=args.fps,
                        colour=args.colour, tint=args.tint)
@@ -640,4 +682,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parser.parse_args())
+    run_cli(main, parser)

@@ -58,6 +58,8 @@ def check_device(name, flag="--device"):
         raise BadInput(f"{flag} {name}: CUDA is not available on this machine; use {flag} cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise BadInput(f"{flag} {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise BadInput(f"{flag} {name}: Apple's MPS is not available on this machine; use {flag} cpu")
     if dev.type not in ("cpu", "cuda", "mps"):
         raise BadInput(f"{flag} {name}: use cpu or cuda")
     return dev

@@ -11,11 +11,12 @@ import csv
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import torch
 
-from .cli import BadInput
+from .cli import BadInput, run_cli
 from .records import join_records, read_jsonl, read_records, stale_outputs
 from .files import atomic_write_text
 from .video import (VIDEO_EXTS, check_aligned, fit_video, mask_to_rgb, probe, read_mask, read_video,
@@ -71,7 +72,7 @@ def release_splits(root, n):
     p = Path(root) / "metadata.csv"
     if not p.exists():
         return ["train"] * n
-    with open(p, newline="") as f:
+    with open(p, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     if len(rows) != n:
         raise ValueError(f"{p}: {len(rows)} rows but videos.txt has {n} lines; they must align")
@@ -86,9 +87,11 @@ def read_metadata(root):
     if p.exists():
         for line in p.read_text().split("\n"):
             try:
-                out.append(json.loads(line))
+                r = json.loads(line)
             except json.JSONDecodeError:
-                pass
+                continue
+            if isinstance(r, dict) and "id" in r:                # a stray line that is no record is passed over
+                out.append(r)
     return out
 
 
@@ -203,6 +206,8 @@ def text_problem(s, what):
         s.encode("utf-8")
     except UnicodeEncodeError as e:
         return f"{what} is not valid Unicode text ({e.reason} at {e.start}: U+{ord(s[e.start]):04X})"
+    if what != "prompt" and "\0" in s:
+        return f"{what} {s!r} holds a NUL character, which no file name can"
     return None
 
 
@@ -217,6 +222,7 @@ def read_triplets(path):
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     for n, line_b in enumerate(raw.split(b"\n"), 1):
+        line_b = line_b.removeprefix(b"\xef\xbb\xbf")          # two files joined by `cat` keep the second's BOM
         if not line_b.strip():
             continue
         where = f"{path}:{n}"
@@ -266,12 +272,17 @@ def read_triplets(path):
 
 
 def check_files(item):
-    """-> None, or why the item's files cannot be used (cheap: the containers are probed, not decoded)."""
+    """-> None, or why the item's files cannot be used (cheap: the containers are probed, not decoded). The optional
+    `reference` (a correct composite, shown beside the grid) that cannot be read is dropped with a note instead."""
     for k in ("fg", "bg", "mask", "reference"):
         if item.get(k):
             try:
                 n, _ = probe(item[k])
             except (FileNotFoundError, ValueError) as e:
+                if k == "reference":
+                    print(f"note: {item['id']}: reference {e}; composed without it", file=sys.stderr)
+                    item.pop(k)
+                    continue
                 return f"{k} {e}"
             if n < 1:
                 return f"{k} {item[k]}: no frames"
@@ -318,9 +329,10 @@ def read_captions(path):
     """jsonl ({"video"|"id": stem, "caption"|"text": ...}) or tsv (stem<TAB>caption) -> dict."""
     out = {}
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = read_list(path)                     # "\n" ends a line: a caption may hold U+2028 or U+0085
     except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"--captions {path}: cannot be read ({type(e).__name__}); give a jsonl or tsv file") from None
+        raise BadInput(f"--captions {path}: cannot be read ({type(e).__name__}); give a UTF-8 jsonl or tsv "
+                       "file") from None
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -330,12 +342,14 @@ def read_captions(path):
             except json.JSONDecodeError as e:
                 raise BadInput(f"--captions {path}:{i + 1}: not a JSON object ({e.msg}); "
                                'expected {"video": stem, "caption": text}') from None
+            if not isinstance(r, dict):
+                raise BadInput(f"--captions {path}:{i + 1}: expected a JSON object with video and caption")
             key, cap = r.get("video", r.get("id")), r.get("caption", r.get("text"))
         else:
             key, _, cap = line.partition("\t")
         if key is None or not isinstance(cap, str) or not cap.strip():
             raise BadInput(f"--captions {path}:{i + 1}: expected a video stem and a caption")
-        out[Path(str(key)).stem if str(key).endswith(VIDEO_EXTS) else str(key)] = cap.strip()
+        out[Path(str(key)).stem if str(key).endswith(VIDEO_EXTS) else str(key)] = one_line(cap)
     return out
 
 
@@ -432,11 +446,15 @@ def absolute_videos(rec, base, keys=("fg", "bg", "mask", "result", "reference"))
     return {k: str(resolve_path(rec[k], base).resolve()) if rec.get(k) else None for k in keys}
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("root", help="dataset folder")
-    args = p.parse_args()
-    ds = LayeredClips(args.root, layers=False)
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("root", help="dataset folder")
+
+
+def main(args):
+    try:
+        ds = LayeredClips(args.root, layers=False)
+    except (FileNotFoundError, ValueError) as e:
+        raise BadInput(str(e)) from None
     recs = read_metadata(args.root)
     x = ds[0]["video"] if len(ds) else None
     print(f"{args.root}: {len(ds)} clips, {len(recs)} metadata records, "
@@ -445,4 +463,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, parser)

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -84,15 +85,21 @@ class Lock:
                 try:
                     other = json.loads(self.path.read_text())
                 except (OSError, ValueError):
-                    other = {}
-                # stale: its process is gone, or it is this process's own (an earlier job here that raised)
-                mine = other.get("host") == me["host"]
-                if mine and (not _alive(other.get("pid")) or other.get("pid") == me["pid"]):
+                    other = None
+                # stale: its process is gone, or it is this process's own (an earlier job here that raised), or it
+                # was never written (a full disk) and is older than a writer needs to fill it
+                mine = isinstance(other, dict) and other.get("host") == me["host"]
+                empty = not isinstance(other, dict) and time.time() - _mtime(self.path) > 10
+                if empty or mine and (not _alive(other.get("pid")) or other.get("pid") == me["pid"]):
                     self.path.unlink(missing_ok=True)
                     continue
-                return other
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
+                return other if isinstance(other, dict) else {}
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
+            except OSError as e:                       # a full disk: leave no empty lock behind
+                self.path.unlink(missing_ok=True)
+                raise OSError(e.errno, e.strerror, str(self.path)) from None
             self.held = True
             atexit.register(self.release)
             return None
@@ -113,6 +120,13 @@ class Lock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+
+
+def _mtime(path):
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return time.time()
 
 
 def _alive(pid):

@@ -65,23 +65,23 @@ def read_jsonl(path):
     """A JSON-lines file -> (objects as (line number, dict), problems as (line number, one-line message)). A torn
     last line (its writer stopped mid-line) and lines that are not JSON objects are reported and left out."""
     try:
-        lines = Path(path).read_text().split("\n")
-    except (OSError, UnicodeDecodeError) as e:
+        lines = Path(path).read_bytes().split(b"\n")
+    except OSError as e:
         raise BadInput(f"{path}: cannot be read ({type(e).__name__}); give a JSON-lines file") from None
     rows, problems = [], []
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
+        try:                                                  # line by line: one line in Latin-1 costs that line
+            obj = json.loads(line.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
             obj = None
         if isinstance(obj, dict):
             rows.append((i, obj))
         elif i == len(lines):                                 # no newline after it: the writer was stopped
             problems.append((i, f"{path}:{i}: torn last line (its writer was stopped mid-line), left out"))
         else:
-            problems.append((i, f"{path}:{i}: not a JSON object, left out"))
+            problems.append((i, f"{path}:{i}: not a JSON object (or not UTF-8), left out"))
     return rows, problems
 
 
