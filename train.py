@@ -13,6 +13,14 @@ Real scale, one node of 8 GPUs (multi-node: add --nnodes=N --rdzv-backend=c10d -
     torchrun --nproc_per_node=8 train.py --model THUDM/CogVideoX-5b-I2V --data data/stm \\
         --frames 49 --size 480 720 --batch 2 --grad-accum 4 --lr 5e-6 --warmup 1000 --steps 20000 \\
         --bf16 --ac --cache-latents --ckpt-every 500 --val-every 1000 --out runs/stm5b
+    torchrun --nproc_per_node=8 train.py --model THUDM/CogVideoX-5b-I2V --data data/stm --cache-latents \\
+        --out runs/stm5b                                   # the same: the paper's recipe is this base's default
+The defaults follow the base (RECIPES, told from its transformer/config.json before any weight loads): the toy base
+gets the toy's, a CogVideoX-5B-I2V-layout base the paper's (49x480x720, lr 5e-6, warm-up 1000, 20000 steps, global
+batch 64 whatever the number of GPUs: --grad-accum = --global-batch / (--batch x world), bf16 and AC on CUDA). Any
+flag overrides them; the resolved recipe is printed first and stored in OUT/args.json, and a value far from it (e.g.
+a full fine-tune above lr 1e-4) gets a one-line warning. Watch a run in OUT/report.html (curves, recipe, validation
+videos; rewritten at each log and validation step); --log-to tensorboard|wandb sends the same scalars there too.
 One GPU, LoRA (lora.py: adapters on every block's attention, the patch projection in full, the rest frozen in bf16;
 output OUT/lora/ in the diffusers LoRA format; --merge also writes OUT/transformer/):
     python train.py --model THUDM/CogVideoX-5b-I2V --data data/stm --lora 16 --lora-alpha 8 --lr 1e-4 --batch 1 \\
@@ -27,7 +35,8 @@ Precision: the trainable weights and AdamW's state are fp32 whatever dtype the b
 MixedPrecisionPolicy (bf16 params in forward/backward, fp32 gradient reduction) under torchrun, torch.autocast
 in one process. The frozen VAE and T5 run in the compute dtype.
 
-Outputs in --out: log.jsonl, ckpt/step_NNNNNNN (distributed checkpoints), val/*.mp4, and at the end
+Outputs in --out: args.json (the resolved flags), log.jsonl, val.jsonl (validation loss and videos), report.html,
+ckpt/step_NNNNNNN (distributed checkpoints), val/*.mp4, and at the end
 transformer/ (diffusers format, --save-dtype: sample.py --ckpt OUT, or CogVideoXTransformer3DModel.from_pretrained).
 A checkpoint counts as good once the step after it had a finite loss (its step.json says "good": true).
 What --resume trusts: a checkpoint's .metadata (a pickle) is loaded only if its sha256 matches the one step.json
@@ -40,6 +49,8 @@ import hashlib
 import json
 import math
 import os
+import pickle
+import re
 import shutil
 import time
 import warnings
@@ -52,6 +63,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError
+from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from tqdm import tqdm
 
@@ -64,16 +76,35 @@ import composer
 from plumbing import weights
 from plumbing.files import atomic_write_text
 from augment import Augment
+from others import pages
 from dit import DiT, DiTConfig, PRESETS
 from text import EmbeddingCache, T5Encoder, Tokenizer
-from vae import VAE
+from vae import VAE, VAEConfig
 
 ROOT = Path(__file__).resolve().parent
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # one process saves and loads its checkpoints with torch.distributed.checkpoint too, as intended
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+class RecipeParser(argparse.ArgumentParser):
+    """parse_args also fills in the base's recipe (resolve_recipe, quietly), so a parsed namespace is complete
+    wherever it is used; one that cannot resolve (a global batch that does not divide) is left for check_flags to
+    report in one line. flags_given records which recipe flags were on the command line."""
+
+    def parse_args(self, args=None, namespace=None):
+        a = super().parse_args(args, namespace)
+        if a.flags_given is None:
+            a.flags_given = [k for k in RECIPE_FLAGS if getattr(a, k) is not None]
+        try:
+            resolve_recipe(a)
+        except BadInput:
+            pass
+        return a
+
+
+parser = RecipeParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 arg = parser.add_argument
 arg("--model", default=str(ROOT / "assets" / "toy-base"),
     help="base model: folder laid out like THUDM/CogVideoX-5b-I2V, or a hub id")
@@ -81,15 +112,20 @@ arg("--preset", default=None, choices=list(PRESETS),
     help="train the composer from scratch with this DiT preset instead of widening --model's transformer (toy)")
 arg("--data", required=True, help="layered-clip dataset folder (toy.py data / decompose.py / the StM release's)")
 arg("--out", default="runs/stm", help="output folder: logs, checkpoints, final transformer/")
-arg("--frames", type=int, default=9, help="frames per clip (4k+1; 49 for CogVideoX)")
-arg("--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"), help="frame size (480 720 for CogVideoX)")
+arg("--frames", type=int, default=None, help="frames per clip (4k+1; recipe: toy 9, 5B-I2V the base's 49)")
+arg("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+    help="frame size (recipe: toy 64 64, 5B-I2V the base's sample size, 480 720)")
 arg("--stride", type=int, default=1, help="frame stride when a clip is longer than --frames")
-arg("--batch", type=int, default=8, help="micro-batch per process")
-arg("--grad-accum", type=int, default=1, help="micro-batches per optimiser step (global batch = batch x accum x world)")
-arg("--steps", type=int, default=1500, help="optimiser steps")
-arg("--lr", type=float, default=1e-3, help="peak learning rate (paper, 5B: 5e-6)")
+arg("--batch", type=int, default=None, help="micro-batch per process (recipe: toy 8, 5B-I2V 2)")
+arg("--grad-accum", type=int, default=None,
+    help="micro-batches per optimiser step (default: derived from --global-batch; toy 1)")
+arg("--global-batch", type=int, default=None,
+    help="samples per optimiser step = batch x accum x world (recipe: 5B-I2V 64 whatever the world; toy: batch x "
+         "world)")
+arg("--steps", type=int, default=None, help="optimiser steps (recipe: toy 1500, 5B-I2V 20000)")
+arg("--lr", type=float, default=None, help="peak learning rate (recipe: toy 1e-3, 5B-I2V 5e-6, with --lora 1e-4)")
 arg("--min-lr", type=float, default=0.0, help="learning rate at the end of the cosine")
-arg("--warmup", type=int, default=100, help="linear warm-up steps (paper: 1000)")
+arg("--warmup", type=int, default=None, help="linear warm-up steps (recipe: toy 100, 5B-I2V 1000)")
 arg("--betas", type=float, nargs=2, default=[0.9, 0.95], help="AdamW betas")
 arg("--eps", type=float, default=1e-8, help="AdamW eps")
 arg("--wd", type=float, default=1e-4, help="AdamW weight decay (matrices only)")
@@ -112,8 +148,10 @@ arg("--bg-noise-latent", action="store_true",
     help="with --cache-latents: add the bg noise to the cached bg latent instead of encoding noised pixels each "
          "step (a shortcut, not the release's recipe: see the README's measurement)")
 arg("--cache-dir", default=None, help="where the caches live (default: --out/cache); share it between runs")
-arg("--bf16", action="store_true", help="bf16 compute (fp32 master weights either way); fp32 compute otherwise")
-arg("--ac", action="store_true", help="activation checkpointing per transformer block")
+arg("--bf16", action=argparse.BooleanOptionalAction, default=None,
+    help="bf16 compute (fp32 master weights either way); fp32 compute otherwise (recipe: 5B-I2V on CUDA)")
+arg("--ac", action=argparse.BooleanOptionalAction, default=None,
+    help="activation checkpointing per transformer block (recipe: 5B-I2V on CUDA)")
 arg("--save-dtype", choices=list(DTYPES), default=None,
     help="dtype of the final transformer/ (default: bf16 when widening --model, like the official weights; "
          "fp32 with --preset)")
@@ -121,9 +159,10 @@ arg("--workers", type=int, default=2, help="threads per rank that decode clips (
 arg("--seed", type=int, default=0,
     help="seed of init, data order and noise (every draw is a function of seed, step, rank)")
 arg("--log-every", type=int, default=10, help="steps between log lines")
-arg("--ckpt-every", type=int, default=250, help="steps between checkpoints")
+arg("--ckpt-every", type=int, default=None, help="steps between checkpoints (recipe: toy 250, 5B-I2V 500)")
 arg("--keep", type=int, default=2, help="checkpoints to keep")
-arg("--val-every", type=int, default=500, help="steps between validation videos (0: never)")
+arg("--val-every", type=int, default=None,
+    help="steps between validation videos (0: never; recipe: toy 500, 5B-I2V 1000)")
 arg("--val-steps", type=int, default=50, help="sampler steps of validation videos (StM release: 50)")
 arg("--val-sampler", default="dpm", choices=["ddim", "dpm"], help="sampler of validation videos (StM release: dpm)")
 arg("--val-guidance", type=float, default=6.0, help="text guidance of validation videos (StM release: 6.0)")
@@ -143,6 +182,11 @@ arg("--lora", type=int, default=0, metavar="RANK",
 arg("--lora-alpha", type=float, default=None, help="LoRA scale alpha/rank (default: alpha = rank; StM release: 8)")
 arg("--lora-ff", action="store_true", help="with --lora: also adapt the feed-forward layers (ff.net.0.proj, ff.net.2)")
 arg("--merge", action="store_true", help="with --lora: also write OUT/transformer/, the merged full composer")
+arg("--recipe", choices=["toy", "cogvideox-5b-i2v"], default=None,
+    help="the defaults to start from (default: told from the base's transformer/config.json, see RECIPES)")
+arg("--log-to", choices=["tensorboard", "wandb"], default=None,
+    help="also send the log scalars there (OUT/tb, or a wandb run); OUT/report.html is written either way")
+arg("--flags-given", nargs="*", default=None, help=argparse.SUPPRESS)    # set by parse_args: for the recipe line
 
 
 def main(a):
@@ -205,6 +249,7 @@ def train_loop(run, model, opt, cond, ds, ds_val, step):
     n_params = sum(p.numel() for p in model.parameters())
     model.train()
     log = open_log(run, step)
+    sink = open_sink(a.log_to, run) if run.master and a.log_to else None
     t_last, losses = time.time(), []
     unconfirmed = step or None                       # the checkpoint whose weights this step's loss tests, if any
     bar = tqdm(total=a.steps, initial=step, desc="train", disable=not run.master, dynamic_ncols=True)
@@ -215,7 +260,7 @@ def train_loop(run, model, opt, cond, ds, ds_val, step):
         stats = torch.zeros(3, device=run.device)
         for micro in range(a.grad_accum):
             idx = batch_indices(len(ds), step, micro, run.rank, run.world, a.batch, a.grad_accum, a.seed)
-            b = collate(list(run.pool.map(ds.__getitem__, idx)))
+            b = collate(list(run.pool.map(functools.partial(read_clip, ds), idx)))
             g = gen(a.seed, step, run.rank, micro)
             x0, fg, bg, text, mask_lat = cond(b, idx, g)                    # x0, fg, bg (B, 16, T', H', W')
             t = sched.sample_t(len(idx), generator=g).to(run.device)
@@ -255,13 +300,22 @@ def train_loop(run, model, opt, cond, ds, ds_val, step):
                 tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
+                if sink:
+                    sink(rec)
+                write_report(run)
         if step % a.ckpt_every == 0 or step == a.steps or step == a.stop_at:
             if not params_finite(model, run.distributed):                  # never save, or keep, a broken model
                 stop_not_finite(run, step, "the weights")
             save_checkpoint(run, model, opt, step)
             unconfirmed = step
         if a.val_every and (step % a.val_every == 0 or step == a.steps):
-            validate(run, model, cond.vae, cond.texts, ds_val, step)
+            rec = validate(run, model, cond.vae, cond.texts, ds_val, step)
+            if run.master:
+                with open(run.out / "val.jsonl", "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                if sink:
+                    sink(rec)
+                write_report(run)
         if step == a.stop_at:
             run.say(f"stopping at step {step} as asked (--stop-at); continue with --resume")
             break
@@ -270,6 +324,9 @@ def train_loop(run, model, opt, cond, ds, ds_val, step):
         where = export(run, model, opt)
         final = f"final loss {losses[-1]:.4f}" if losses else "nothing left to train"
         run.say(f"done: {step} steps, {final}; {where}")
+    if run.master:
+        run.say(run_summary(*read_records(run.out)) + f" (report: {run.out / 'report.html'})")
+        write_report(run)
     run.barrier()
 
 
@@ -340,16 +397,141 @@ def setup_processes(a):
 # Checking what the user gave, before any compute
 
 
+# The recipe a base gets by default. Every value is a flag's default (None in argparse) and any flag overrides it;
+# resolve_recipe fills in the rest and args.json stores what it resolved to. "cogvideox-5b-i2v" is the paper's
+# (§4.1: 49x480x720, lr 5e-6, 1,000 warm-up steps, 20,000 steps, global batch 64), bf16 compute and activation
+# checkpointing on CUDA; frames and size follow the base's sample size (its learned PE is made for it). "toy" is the
+# CPU toy world's (assets/toy-base, --preset toy/toy-l). lora_lr: the peak lr with --lora (the StM release: 1e-4).
+RECIPES = {
+    "toy": dict(frames=9, size=[64, 64], batch=8, global_batch=None, lr=1e-3, lora_lr=1e-3, warmup=100, steps=1500,
+                bf16=False, ac=False, ckpt_every=250, val_every=500),
+    "cogvideox-5b-i2v": dict(frames=49, size=[480, 720], batch=2, global_batch=64, lr=5e-6, lora_lr=1e-4, warmup=1000,
+                             steps=20000, bf16="cuda", ac="cuda", ckpt_every=500, val_every=1000),
+}
+RECIPE_FLAGS = ("frames", "size", "batch", "grad_accum", "global_batch", "steps", "lr", "warmup", "bf16", "ac",
+                "ckpt_every", "val_every", "recipe")
+FAR = 20                 # a learning rate this many times the recipe's, or a global batch 1/8 of it, gets a warning
+
+
+def base_config(a):
+    """The composer's DiTConfig before any weight loads: --preset's, or --model's transformer/config.json (a hub id:
+    that one file) -> (config or None, where it came from)."""
+    if a.preset:
+        return PRESETS[a.preset], f"--preset {a.preset}"
+    p = Path(a.model)
+    try:
+        if p.exists():
+            folder = weights.resolve(p, "transformer")
+            return weights.read_config(folder, DiTConfig), str(folder / "config.json")
+        if str(a.model).count("/") == 1 and not str(a.model).startswith((".", "/")):
+            from huggingface_hub import hf_hub_download
+            f = Path(hf_hub_download(str(a.model), "transformer/config.json"))
+            return weights.read_config(f.parent, DiTConfig), f"{a.model}/transformer/config.json"
+    except Exception:                                   # offline, no transformer/ (the toy base), unreadable
+        pass
+    return None, None
+
+
+def detect_recipe(a, forced):
+    """-> (recipe name, why, the base's sample (frames, H, W) or None). The 5B-I2V family is told by its interface:
+    226 T5 tokens, 3D RoPE and 32 (I2V) or 48 (StM) input channels, whatever its width (the rehearsal's miniature
+    has it); the toy presets take 32 text tokens. No readable config: a local folder is the toy base (it ships no
+    transformer/), a hub id a real base."""
+    cfg, src = base_config(a)
+    sample = None
+    if cfg is not None:
+        real = cfg.max_text_seq_length == 226 and cfg.use_rotary_positional_embeddings and cfg.in_channels in (32, 48)
+        if real:
+            try:
+                local = Path(a.model).exists()
+                vcfg = weights.read_config(weights.resolve(a.model, "vae"), VAEConfig) if local else None
+                space = 2 ** (len(vcfg.block_out_channels) - 1) if vcfg else 8
+                sample = (cfg.sample_frames, cfg.sample_height * space, cfg.sample_width * space)
+            except (FileNotFoundError, ValueError, TypeError):
+                pass
+        name = "cogvideox-5b-i2v" if real else "toy"
+        why = f"{src}: {cfg.max_text_seq_length} text tokens, {cfg.in_channels} input channels"
+    else:
+        local = Path(a.model).exists()
+        name, why = ("toy", f"--model {a.model}: no transformer/config.json") if local else \
+            ("cogvideox-5b-i2v", f"--model {a.model}: a hub id whose config could not be read")
+    if forced:
+        name, why = a.recipe, "--recipe"
+    return name, why, sample
+
+
+def resolve_recipe(a):
+    """Fill every flag left at None from the base's recipe, derive --grad-accum from --global-batch (or the global
+    batch from an explicit --grad-accum), and store the recipe's name in a.recipe -> (a one-line summary, warnings).
+    Idempotent: a second call finds nothing left to fill."""
+    if getattr(a, "flags_given", None) is None:                     # a namespace not from parser.parse_args
+        a.flags_given = [k for k in RECIPE_FLAGS if getattr(a, k) is not None]
+    given = a.flags_given
+    name, why, sample = detect_recipe(a, "recipe" in given)
+    r = dict(RECIPES[name])
+    paper = dict(r)
+    if sample:                                          # the base's own sample size (49x480x720 for the real 5B-I2V)
+        r["frames"], r["size"] = sample[0], list(sample[1:])
+    cuda = torch.cuda.is_available()
+    for k in ("frames", "size", "batch", "steps", "warmup", "ckpt_every", "val_every", "bf16", "ac"):
+        if getattr(a, k) is None:
+            setattr(a, k, cuda if r[k] == "cuda" else r[k])
+    if a.lr is None:
+        a.lr = r["lora_lr"] if a.lora else r["lr"]
+    world = int(os.environ.get("WORLD_SIZE", 1)) if "RANK" in os.environ else 1
+    if a.batch < 1 or (a.global_batch is not None and a.global_batch < 1):
+        raise BadInput(f"--batch {a.batch} / --global-batch {a.global_batch}: need at least 1")
+    if a.grad_accum is not None:
+        gb = a.batch * a.grad_accum * world
+        if a.global_batch is not None and a.global_batch != gb:
+            raise BadInput(f"--global-batch {a.global_batch} but --batch {a.batch} x --grad-accum {a.grad_accum} x "
+                           f"{world} processes = {gb}; give --global-batch or --grad-accum, or values that agree")
+        a.global_batch = gb
+    else:
+        gb = a.global_batch or r["global_batch"] or a.batch * world
+        if gb % (a.batch * world):
+            raise BadInput(f"--global-batch {gb}: not a multiple of --batch {a.batch} x {world} processes = "
+                           f"{a.batch * world}; pick a global batch that is, or another --batch")
+        a.global_batch, a.grad_accum = gb, gb // (a.batch * world)
+    a.recipe = name
+    summary = (f"recipe {name} ({why}): {a.frames}x{a.size[0]}x{a.size[1]}, global batch {a.global_batch} = "
+               f"{a.batch} per process x {a.grad_accum} accum x {world} processes, lr {a.lr:g}, warm-up {a.warmup}, "
+               f"{a.steps} steps, bf16 {'on' if a.bf16 else 'off'}, AC {'on' if a.ac else 'off'}, checkpoint every "
+               f"{a.ckpt_every}, validation every {a.val_every}"
+               + (f"; given: {', '.join('--' + k.replace('_', '-') for k in given)}" if given else ""))
+    want_lr, kind = (r["lora_lr"], "LoRA") if a.lora else (r["lr"], "full fine-tune")
+    used = (f"the paper used lr {want_lr:g} ({kind}), warm-up {r['warmup']}, global batch {r['global_batch']}, "
+            f"{paper['frames']}x{paper['size'][0]}x{paper['size'][1]}, {r['steps']} steps" if name != "toy" else
+            f"the toy recipe is lr {want_lr:g}, warm-up {r['warmup']}, batch {r['batch']}, {r['steps']} steps")
+    warn = []
+    if not want_lr / FAR <= a.lr <= want_lr * FAR:
+        warn.append(f"warning: --lr {a.lr:g} is far {'above' if a.lr > want_lr else 'below'} the {name} recipe for a "
+                    f"{kind} of this base: {used}")
+    if r["global_batch"] and a.global_batch * 8 < r["global_batch"]:
+        warn.append(f"warning: global batch {a.global_batch} is far below the {name} recipe's: {used}")
+    if sample and (a.frames, *a.size) != sample:
+        warn.append(f"warning: --frames/--size {a.frames}x{a.size[0]}x{a.size[1]} differ from this base's sample size "
+                    f"{'x'.join(map(str, sample))}, which its learned position embedding was made for: {used}")
+    return summary, warn
+
+
 # Flags that change how a run goes, not what it trains: a --resume may change them freely. Any other flag is part
 # of the recipe, and a resume that changes one needs --resume-with-new-flags.
 NOT_RECIPE = {"out", "steps", "stop_at", "threads", "workers", "log_every", "ckpt_every", "keep", "val_every",
               "val_steps", "val_sampler", "val_guidance", "cache_dir", "ac", "save_dtype", "merge", "resume",
-              "resume_with_new_flags"}
+              "resume_with_new_flags", "log_to", "flags_given"}
 MAX_NOISE = 2.0          # sigma ~ e^2 = 7.4 on [-1, 1] pixels: the layer is gone under the noise
 
 
 def check_flags(a):
-    """One line for a flag value that cannot work, or an --out that cannot take this run, before anything loads."""
+    """Resolve the recipe (printed, with its warnings, by rank 0), then one line for a flag value that cannot work,
+    or an --out that cannot take this run, before anything loads."""
+    summary, warn = resolve_recipe(a)
+    if os.environ.get("RANK", "0") == "0":
+        for line in [summary, *warn]:
+            print(line, flush=True)
+    if a.log_to:
+        open_sink(a.log_to, None)                                           # a missing package: one line, now
     inf = float("inf")
     msg = check_shape(a.frames, *a.size, "--frames/--size")
     problems = [(msg, msg),
@@ -391,10 +573,45 @@ def check_flags(a):
     check_out(a)
 
 
+def read_clip(ds, i):
+    """ds[i], or one line naming the clip when a file that passed the up-front probe fails to decode (a corrupt frame
+    deep inside a video or frame folder): fix or drop it from the lists, then --resume."""
+    try:
+        return ds[i]
+    except (ValueError, OSError) as e:
+        it = ds.items[i]
+        raise BadInput(f"--data clip {i} ({it['video']}): {str(e).splitlines()[0]}; fix it or remove its line from "
+                       "the lists, then rerun with --resume") from None
+
+
+def check_learned_positions(a):
+    """A composer whose position embedding is a learned table (5B-I2V 1.0, the toy presets) takes only the size it
+    was made for: any other --size is refused here, not by a shape error at step 0."""
+    if not Path(a.model).exists():                                 # a hub id: nothing is downloaded to check it
+        return
+    try:
+        c = PRESETS[a.preset] if a.preset else weights.read_config(weights.resolve(a.model, "transformer"), DiTConfig)
+        space = weights.meta_model(VAE, weights.read_config(weights.resolve(a.model, "vae"), VAEConfig)).space
+    except (FileNotFoundError, RuntimeError, ValueError, TypeError, KeyError):
+        return                                                    # the model is checked where it loads
+    want = (c.sample_height * space, c.sample_width * space)
+    if c.use_learned_positional_embeddings and tuple(a.size) != want:
+        raise BadInput(f"--size {a.size[0]} {a.size[1]}: this composer's learned position embedding is tied to "
+                       f"{want[0]}x{want[1]}; use --size {want[0]} {want[1]}")
+
+
 def check_out(a):
     """--out holds no other run (else --resume is needed: a new run there would replace its checkpoints, log, args
     and export); with --resume, the run is before --steps and --stop-at and trained the same recipe."""
     out = Path(a.out)
+    for flag, given in (("--model", a.model), ("--data", a.data), ("--cache-dir", a.cache_dir)):
+        p = Path(given) if given and Path(given).exists() else None
+        if p and flag != "--cache-dir" and (out.resolve() == p.resolve() or p.resolve() in out.resolve().parents):
+            raise BadInput(f"--out {a.out}: is (inside) the {flag} folder {given}; a run writes its checkpoints, "
+                           "cache and export there: name a folder of its own")
+    if max(a.threads, a.workers) > 1024:
+        raise BadInput(f"--threads {a.threads} / --workers {a.workers}: at most 1024")
+    check_learned_positions(a)
     done = complete_checkpoints(out) or [p for p in (out / "transformer", out / "lora") if p.exists()]
     if not a.resume:
         if done:
@@ -659,25 +876,94 @@ def open_log(run, step):
     after its checkpoint, and a fresh one starts over a run that died before its first checkpoint."""
     if not run.master:
         return None
-    p, keep = run.out / "log.jsonl", []
-    for line in p.read_text().splitlines() if p.exists() else []:
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line + "\n")
-        except (ValueError, KeyError, TypeError):                     # a torn last line
-            pass
-    atomic_write_text(p, "".join(keep))
+    for p in (run.out / "val.jsonl", run.out / "log.jsonl"):           # val.jsonl: the validation records
+        keep = []
+        for line in p.read_text().splitlines() if p.exists() else []:
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line + "\n")
+            except (ValueError, KeyError, TypeError):                 # a torn last line
+                pass
+        atomic_write_text(p, "".join(keep))
     return open(p, "a")
+
+
+def read_records(out):
+    """log.jsonl and val.jsonl of the whole run (a resumed one too) -> (log records, validation records)."""
+    def read(p):
+        recs = []
+        for line in p.read_text().splitlines() if p.exists() else []:
+            try:
+                recs.append(json.loads(line))
+            except ValueError:
+                pass
+        return recs
+    return read(Path(out) / "log.jsonl"), read(Path(out) / "val.jsonl")
+
+
+def run_summary(log, val):
+    """The run in one line: steps, samples and tokens seen, training wall time, mean MFU, best validation loss."""
+    if not log:
+        return "summary: nothing logged yet"
+    wall = tokens = samples = 0.0
+    prev = 0
+    for r in log:                                       # each record stands for the steps since the one before
+        n = r["step"] - prev
+        prev = r["step"]
+        wall += r.get("s_per_step", 0.0) * n
+        samples += r.get("samples_per_s", 0.0) * r.get("s_per_step", 0.0) * n
+        tokens += r.get("tokens_per_s", 0.0) * r.get("s_per_step", 0.0) * n
+    mfu = [r["mfu"] for r in log if "mfu" in r]
+    best = min(val, key=lambda r: r["val_loss"]) if val else None
+    hms = f"{int(wall // 3600)}:{int(wall % 3600 // 60):02d}:{wall % 60:04.1f}"
+    return (f"summary: {log[-1]['step']} steps, {samples:.0f} samples, {tokens:.4g} tokens, {hms} of training "
+            "(h:mm:ss), mean MFU " + (f"{100 * sum(mfu) / len(mfu):.1f}%" if mfu else "n/a")
+            + (f", best validation loss {best['val_loss']:.4f} (fg {best['val_loss_fg']:.4f}, bg "
+               f"{best['val_loss_bg']:.4f}) at step {best['step']}" if best else ", no validation yet"))
+
+
+def write_report(run):
+    """OUT/report.html (atomically) from the whole run's log.jsonl and val.jsonl: curves, recipe, val videos."""
+    log, val = read_records(run.out)
+    pages.write_train_report(run.out, log, val, vars(run.a), run_summary(log, val))
+
+
+def open_sink(kind, run):
+    """--log-to: a function that sends one log or validation record's scalars to TensorBoard (OUT/tb) or wandb.
+    The package is imported only here; missing, it is one line (check_flags calls this with run=None first)."""
+    pkg = {"tensorboard": "tensorboard", "wandb": "wandb"}[kind]
+    try:
+        if kind == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+        else:
+            import wandb
+    except ImportError:
+        raise BadInput(f"--log-to {kind}: the {pkg} package is not installed (pip install {pkg}); or leave "
+                       "--log-to out (OUT/report.html and log.jsonl are written either way)") from None
+    if run is None:
+        return None
+    scalars = lambda rec: {k: v for k, v in rec.items() if k != "step" and isinstance(v, (int, float))}
+    if kind == "tensorboard":
+        w = SummaryWriter(str(run.out / "tb"))
+
+        def send(rec):
+            for k, v in scalars(rec).items():
+                w.add_scalar(k, v, rec["step"])
+            w.flush()
+        return send
+    wandb.init(project="stm", name=run.out.name, dir=str(run.out), config=vars(run.a), resume="allow")
+    return lambda rec: wandb.log(scalars(rec), step=rec["step"])
 
 
 def log_record(run, stats, gnorm, x0, text, *, step, lr, dt, n_params):
     """One log line: losses (total, fg, bg), lr, grad norm and speed; on a GPU also peak memory and MFU."""
     samples = run.a.batch * run.a.grad_accum * run.world
+    tokens = x0.shape[2] * x0.shape[3] * x0.shape[4] // 4 + text.shape[1]     # per sample: 2x2 patches + text
     rec = {"step": step, "loss": stats[0].item(), "loss_fg": stats[1].item(), "loss_bg": stats[2].item(),
-           "lr": lr, "grad_norm": gnorm.item(), "s_per_step": dt, "samples_per_s": samples / dt}
+           "lr": lr, "grad_norm": gnorm.item(), "s_per_step": dt, "samples_per_s": samples / dt,
+           "tokens_per_s": tokens * samples / dt}
     if run.device.type == "cuda":
         rec["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-        tokens = x0.shape[2] * x0.shape[3] * x0.shape[4] // 4 + text.shape[1]
         flops = 6 * n_params * tokens * samples                             # matmul FLOPs, fwd + bwd (no attention)
         rec["mfu"] = flops / dt / (989e12 * run.world)                      # of H100 bf16 dense peak
     return rec
@@ -686,7 +972,7 @@ def log_record(run, stats, gnorm, x0, text, *, step, lr, dt, n_params):
 @torch.no_grad()
 def validate(run, model, vae, texts, ds, step):
     """Compose held-out pairs (fg of clip i, bg of clip i+1) with composer.compose and the recipe's sampler
-    settings, and write fg | bg | result videos."""
+    settings, and write fg | bg | result videos; and the validation loss -> the validation record."""
     a = run.a
     idx = [0, 1][:len(ds)]
     b = collate([ds[i] for i in idx])
@@ -696,11 +982,35 @@ def validate(run, model, vae, texts, ds, step):
         video = composer.compose(model, vae, texts, b["fg"], bg, b["mask"], b["caption"], steps=a.val_steps,
                                  sampler=a.val_sampler, guidance=a.val_guidance, seed=a.seed, device=run.device,
                                  dtype=run.dtype)
+        losses = val_loss(run, model, vae, texts, b)
     model.train()
+    names = [f"val/step{step:07d}_{j}.mp4" for j in range(len(idx))]
     if run.master:
         for j in range(len(idx)):
             grid = torch.cat([b["fg"][j], bg[j], video[j]], -1)
-            write_video(run.out / "val" / f"step{step:07d}_{j}.mp4", to_uint8(grid), fps=8)
+            write_video(run.out / names[j], to_uint8(grid), fps=8)
+    return {"step": step, "val_loss": losses[0], "val_loss_fg": losses[1], "val_loss_bg": losses[2],
+            "videos": names, "prompts": list(b["caption"])}
+
+
+def val_loss(run, model, vae, texts, b):
+    """The identity loss on the validation clips' own layers (posterior means, no augmentation, no layer noise) at
+    five fixed timesteps with seeded noise: the same number for the same weights, so it can be compared across
+    steps -> [loss, fg part, bg part]."""
+    sched, p = diffusion.Schedule(), next(vae.parameters())
+    enc = lambda x: vae.encode(x.to(p.device, p.dtype))[0] * vae.config.scaling_factor
+    x0, bg = enc(b["video"]), enc(b["bg"])
+    m = diffusion.latent_mask(b["mask"], vae.time, vae.space).to(p.device)
+    fg = enc(b["fg"]) * m.to(x0.dtype)
+    text, g, out = texts(list(b["caption"])), gen(run.a.seed, "val"), torch.zeros(3)
+    for t in (100, 300, 500, 700, 900):
+        tt = torch.full((len(x0),), t, dtype=torch.long, device=run.device)
+        xt = sched.add_noise(x0, torch.randn(x0.shape, generator=g).to(x0), tt)
+        v = model(torch.cat([xt, fg, bg], 1), text, tt)
+        x0_hat = sched.x0_from_v(xt.float(), v.float(), tt)
+        loss, fl, bl = diffusion.identity_loss(x0_hat, x0.float(), m, sched.loss_weight(tt), run.a.alpha)
+        out += torch.stack([loss, fl, bl]).float().cpu() / 5
+    return out.tolist()
 
 
 def export(run, model, opt):
@@ -756,16 +1066,22 @@ def stop_not_finite(run, step, what, refute=None):
 
 
 def complete_checkpoints(out):
+    """The checkpoint folders this script names step_NNNNNNN (a user's step_old backup beside them is not one)."""
     d = Path(out) / "ckpt"
-    return sorted(p for p in d.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")) if d.exists() else []
+    return sorted(p for p in d.glob("step_*") if p.is_dir() and re.fullmatch(r"step_\d+", p.name)) \
+        if d.exists() else []
 
 
 def checkpoint_record(ck):
-    """{step, metadata_sha256, good} of a checkpoint; good is None until the next step's loss is known."""
+    """{step, metadata_sha256, good} of a checkpoint; good is None until the next step's loss is known. A step.json
+    that is not the object this script writes counts as none: no digest matches it, so it is not loaded."""
+    step = int(Path(ck).name.split("_")[1])
     try:
-        return json.loads((Path(ck) / "step.json").read_text())
+        rec = json.loads((Path(ck) / "step.json").read_text())
     except (OSError, ValueError):
-        return {"step": int(Path(ck).name.split("_")[1])}                  # unreadable: no digest matches it
+        rec = None
+    ok = isinstance(rec, dict) and rec.get("step") == step and isinstance(rec.get("metadata_sha256"), str)
+    return rec if ok else {"step": step}
 
 
 def sha256(path):
@@ -840,6 +1156,33 @@ def trained_only(model, **kw):
     return StateDictOptions(ignore_frozen_params=frozen, strict=not frozen, **kw)
 
 
+# What DCP's .metadata pickle may build: its own metadata types, torch.Size, dtypes, layouts and paths; nothing that
+# runs code. A crafted .metadata (even with step.json's digest forged to match) fails to load instead of running.
+SAFE_METADATA = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+                 ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"),
+                 ("pathlib", "PureWindowsPath"), ("torch.distributed.checkpoint.filesystem", "_StorageInfo")}
+
+
+class SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if (module, name) in SAFE_METADATA or module == "torch.distributed.checkpoint.metadata" or dtype:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not a DCP metadata type: not loaded")
+
+
+class SafeMetadataReader(dcp.FileSystemReader):
+    """DCP's file reader, except that .metadata is unpickled by SafeUnpickler."""
+
+    def read_metadata(self, *args, **kwargs):
+        with self.fs.create_stream(self._get_metadata_path(kwargs.get("rank")), "rb") as f:
+            metadata = SafeUnpickler(f).load()
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
 class WeightsOnlyPlanner(dcp.DefaultLoadPlanner):
     """DCP's loader, except that a pickled non-tensor value (the optimiser's settings) must first load with
     torch.load(weights_only=True), which builds plain data only: a crafted value cannot run code."""
@@ -860,10 +1203,18 @@ def load_checkpoint(model, opt, ck):
                        "checkpoint to resume from an older one")
     msd, osd = get_state_dict(model, opt, options=trained_only(model))
     state = {"model": msd, "optim": osd}
-    dcp.load(state, checkpoint_id=str(ck), planner=WeightsOnlyPlanner())    # fails on any key the checkpoint lacks
+    dcp.load(state, storage_reader=SafeMetadataReader(str(ck)),          # fails on any key the checkpoint lacks
+             planner=WeightsOnlyPlanner())
     set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=trained_only(model))
     return record["step"]
+
+
+def error_line(e):
+    """One line for an exception: DCP's wraps each rank's whole traceback in its message; its last "XError: ..." line
+    is the cause."""
+    causes = [line.strip() for line in str(e).splitlines() if re.match(r"\s*\w*(Error|Exception)\b", line)]
+    return (causes[-1] if causes else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")[:300]
 
 
 def resume(run, model, opt):
@@ -878,7 +1229,7 @@ def resume(run, model, opt):
         except (KeyboardInterrupt, SystemExit, BadInput):
             raise
         except BaseException as e:                      # a torn or corrupt file (DCP's own error is a BaseException)
-            run.say(f"warning: skipping checkpoint {ck}: it does not load ({type(e).__name__}: {str(e)[:200]})")
+            run.say(f"warning: skipping checkpoint {ck}: it does not load ({error_line(e)})")
             continue
         if not params_finite(model, run.distributed):
             run.say(f"warning: skipping checkpoint {ck}: its weights are not finite")

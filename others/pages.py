@@ -246,7 +246,7 @@ def _read_answers(f, key):
     """One subject's export -> (the document, [(example id, criterion, choice)]); anything off is one BadInput
     naming the file."""
     try:
-        doc = json.loads(Path(f).read_text())
+        doc = json.loads(Path(f).read_text(encoding="utf-8-sig"))     # an editor may have added a BOM
     except OSError as e:
         raise BadInput(f"{f}: cannot read it ({e.strerror})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -274,9 +274,11 @@ def tally_study(out, files):
     "A" on the page is the left video, run A's iff the key says a_left."""
     out = Path(out)
     try:
-        key = json.loads((out / "key.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        key = json.loads((out / "key.json").read_text(encoding="utf-8-sig"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadInput(f"tally {out}: no readable key.json there ({e}); pass the --out of evaluate.py study")
+    if not isinstance(key, dict) or not {"study", "names", "examples"} <= set(key):
+        raise BadInput(f"tally {out}: key.json is not the one evaluate.py study writes (study, names, examples)")
     if not files:
         raise BadInput(f"tally {out}: no answer files given")
     latest = {}                                           # every file checked before anything is written
@@ -447,6 +449,7 @@ def write_preview(out, max_clips=24, width=192):
     esc = html.escape
     rows = []
     missing = []
+    ratio = lambda r: f"{r['fg_ratio']:.1%}" if isinstance(r.get("fg_ratio"), (int, float)) else "?"
 
     def cell(r, key, name):                  # a layer file gone or unreadable is shown as such, not a traceback
         try:
@@ -458,7 +461,7 @@ def write_preview(out, max_clips=24, width=192):
     for r in tqdm(kept[:max_clips], desc="preview"):
         cells = "".join(cell(r, key, name) for key, name in PREVIEW_LAYERS)
         rows.append(f'<section><h2>{esc(str(r["id"]))}</h2><p>{esc(r.get("caption", ""))}</p>'
-                    f'<p class="meta">fg ratio {r.get("fg_ratio", 0):.1%} &middot; {r.get("frames")} frames '
+                    f'<p class="meta">fg ratio {ratio(r)} &middot; {r.get("frames")} frames '
                     f'&middot; source {esc(str(r.get("source", "")))}</p><div class="row">{cells}</div></section>')
     stats = ", ".join(f"{k}: {v}" for k, v in counts.most_common())
     warn = f'<p class="warn">{len(missing)} layer file(s) missing or unreadable: {esc(", ".join(missing[:8]))}</p>' \
@@ -484,3 +487,89 @@ window.addEventListener("load", count);
 """
     atomic_write_text(out / "preview.html", page)
     return out / "preview.html"
+
+
+# ---------------------------------------------------------------------------------------------
+# The training report: train.py's OUT/report.html, rewritten at every log and validation step
+
+TRAIN_CURVES = (("loss", "loss (total, fg, bg)", ("loss", "loss_fg", "loss_bg")), ("lr", "learning rate", ("lr",)),
+                ("grad_norm", "gradient norm (before clipping)", ("grad_norm",)),
+                ("s_per_step", "seconds per step", ("s_per_step",)), ("tokens_per_s", "tokens / s", ("tokens_per_s",)),
+                ("mfu", "MFU (matmul FLOPs of H100 bf16 peak)", ("mfu",)),
+                ("val_loss", "validation loss (total, fg, bg)", ("val_loss", "val_loss_fg", "val_loss_bg")))
+CURVE_COLOURS = ("#3f6fb5", "#d9822b", "#3a9a5b")
+
+
+def curve_svg(key, label, records, series, width=420, height=190):
+    """records [{step, ...}] -> an inline SVG line chart of `series` over step: one <polyline data-series="name">
+    per series, one point per record that has it; min / max on the y axis and the first / last step on the x axis."""
+    pts = {s: [(r["step"], r[s]) for r in records if _num(r.get(s))] for s in series}
+    allp = [p for ps in pts.values() for p in ps]
+    left, right, top, bottom = 58, 10, 22, 26
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="curve" data-key="{E(key)}" width="{width}" '
+           f'height="{height}" font-family="sans-serif" font-size="11">',
+           f'<text x="4" y="14" font-weight="bold">{E(label)}</text>']
+    if not allp:
+        out.append(f'<text x="{left}" y="{height / 2:.0f}" fill="#888">not recorded on this run</text>')
+        return "\n".join(out) + "</svg>"
+    x0, x1 = min(p[0] for p in allp), max(p[0] for p in allp)
+    y0, y1 = min(p[1] for p in allp), max(p[1] for p in allp)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + abs(y0) * 0.1 + 1e-12)
+    X = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)
+    Y = lambda y: height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
+    out.append(f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
+               'fill="none" stroke="#ccc"/>')
+    for y in (y0, y1):
+        out.append(f'<text x="{left - 4}" y="{Y(y) + 4:.1f}" text-anchor="end">{_fmt(y)}</text>')
+    for x, anchor in ((x0, "start"), (x1, "end")):
+        out.append(f'<text x="{X(x):.1f}" y="{height - 8}" text-anchor="{anchor}">step {x:g}</text>')
+    for i, (s, ps) in enumerate(pts.items()):
+        if not ps:
+            continue
+        c = CURVE_COLOURS[i % len(CURVE_COLOURS)]
+        xy = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in ps)
+        out.append(f'<polyline data-series="{E(s)}" data-points="{len(ps)}" points="{xy}" fill="none" '
+                   f'stroke="{c}" stroke-width="1.5"><title>{E(s)}: last {ps[-1][1]:.6g} at step {ps[-1][0]}'
+                   '</title></polyline>')
+        if len(ps) == 1:
+            out.append(f'<circle cx="{X(ps[0][0]):.1f}" cy="{Y(ps[0][1]):.1f}" r="2.5" fill="{c}"/>')
+        if len(series) > 1:
+            out.append(f'<text x="{width - right - 82 * (len(series) - i)}" y="14" fill="{c}">{E(s)}</text>')
+    return "\n".join(out) + "</svg>"
+
+
+def write_train_report(out, log, val, recipe, summary, title=""):
+    """out/report.html of a training run: `summary` (one line), the curves of log (log.jsonl records: loss and its
+    fg / bg parts, lr, gradient norm, step time, tokens/s, MFU) and val (val.jsonl records: validation loss, and
+    their "videos", paths relative to out), the resolved recipe (args.json's dict) and the validation videos by
+    step side by side, the newest first. Self-contained (inline SVG, no script library); opens from disk."""
+    out = Path(out)
+    recs = {"val_loss": val}
+    curves = "".join(curve_svg(k, lab, recs.get(k, log), series) for k, lab, series in TRAIN_CURVES)
+    keys = ("recipe", "model", "data", "frames", "size", "batch", "grad_accum", "global_batch", "lr", "min_lr",
+            "warmup", "steps", "bf16", "ac", "lora", "alpha", "plain_loss", "no_augment", "cache_latents", "seed")
+    shown = [k for k in keys if k in recipe] + [k for k in recipe if k not in keys]
+    rows = "".join(f"<tr><td>--{E(k.replace('_', '-'))}</td><td>{E(json.dumps(recipe[k]))}</td></tr>" for k in shown)
+    sections = []
+    for r in sorted(val, key=lambda r: -r["step"]):
+        prompts = r.get("prompts") or []
+        cells = "".join(_video(v, f"{prompts[j] if j < len(prompts) else ''}", 360, out / v)
+                        for j, v in enumerate(r.get("videos", [])) if (out / v).is_file())
+        sections.append(f'<section class="val" data-step="{r["step"]}"><h3>step {r["step"]}: validation loss '
+                        f'{_fmt(r.get("val_loss"))} (fg {_fmt(r.get("val_loss_fg"))}, bg {_fmt(r.get("val_loss_bg"))})'
+                        f'</h3><p class="def">fg | bg | composite</p><div class="row">{cells}</div></section>')
+    last = log[-1] if log else {}
+    now = ", ".join(f"{k} {_fmt(last[k])}" for k in ("step", "loss", "lr", "grad_norm") if k in last)
+    title = title or f"Training: {out.name}"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{E(title)}</title><style>{CSS}
+.curve{{margin:4px 12px 4px 0;background:#fff}}</style></head><body><h1>{E(title)}</h1>
+<p class="note" id="summary">{E(summary)}</p><p>Last log record: {E(now) or "none yet"}. This page is rewritten at
+every log and validation step: reload it to follow the run.</p>
+<h2>Curves</h2><div class="row">{curves}</div>
+<h2>Validation</h2><p>{len(val)} validation step(s), the newest first.</p>
+{"".join(sections)}
+<h2>Recipe</h2><p>As resolved (args.json).</p><table class="recipe">{rows}</table>
+<script>{LAZY_JS}lazyVideos();</script></body></html>
+"""
+    atomic_write_text(out / "report.html", page)
+    return out / "report.html"

@@ -11,6 +11,7 @@ The official layouts this understands (diffusers and transformers write them):
     python -c "from plumbing import weights; print(weights.resolve('THUDM/CogVideoX-5b-I2V', 'vae'))"
 """
 import dataclasses
+import errno
 import importlib.util
 import json
 import os
@@ -18,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .cli import BadInput
@@ -151,6 +153,11 @@ def atomic_save(sd, path, metadata=None):
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise OSError(e.errno, e.strerror, str(path)) from None
+    except SafetensorError as e:              # safetensors' own error for a failed write: a full disk, said as such
+        Path(tmp).unlink(missing_ok=True)
+        full = "No space left" in str(e)
+        raise OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else str(e),
+                      str(path)) from None
 
 
 

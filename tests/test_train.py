@@ -96,7 +96,8 @@ def test_bf16_base_trains_with_fp32_masters(mini_i2v, tiny_data, tmp_path, bf16)
     mismatch (Float input, BFloat16 weights); with it, autocast computes in bf16 over the fp32 weights."""
     out = tmp_path / "run"
     run(["--model", str(mini_i2v), "--data", str(tiny_data), "--out", str(out), "--size", "64", "96",
-         "--batch", "2", "--steps", "2", "--warmup", "1", "--lr", "5e-6", "--val-every", "0", "--workers", "1",
+         "--batch", "2", "--grad-accum", "1", "--steps", "2", "--warmup", "1", "--lr", "5e-6", "--val-every", "0",
+         "--workers", "1",
          "--threads", "1", "--log-every", "1"] + (["--bf16"] if bf16 else []), nproc=0)
     dtypes, trained = dcp_state(out / "ckpt" / "step_0000002", tmp_path)
     assert len(dtypes) > 50 and set(dtypes.values()) == {torch.float32}          # weights and AdamW state

@@ -8,6 +8,7 @@ line and leaves no .tmp; a checkpoint's pickles cannot run code. In-process runs
 import errno
 import json
 import pickle
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -233,3 +234,18 @@ def test_a_checkpoint_pickle_cannot_run_code(tiny_base, tiny_data, tmp_path, cap
     assert not marker.exists()
     assert "skipping checkpoint" in said and "step_0000003: it does not load" in said, said[-800:]
     assert "step_0000002 at step 2" in said
+    # a crafted .metadata whose digest in step.json was forged to match: SafeUnpickler refuses to build it (mutation:
+    # dcp.load with the default reader -> the marker file appears)
+    (ck / "step_0000002" / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    forged = {**json.loads((ck / "step_0000002" / "step.json").read_text()),
+              "metadata_sha256": train.sha256(ck / "step_0000002" / ".metadata")}
+    (ck / "step_0000002" / "step.json").write_text(json.dumps(forged))
+    shutil.rmtree(ck / "step_0000003")
+    capsys.readouterr()
+    with pytest.raises(BadInput, match="none of the checkpoints"):
+        train.main(flags(tiny_base, tiny_data, out, "--resume", "--steps", "3"))
+    assert not marker.exists() and "step_0000002: it does not load" in capsys.readouterr().out
+    # a user's step_old backup and a step.json that is a list are no checkpoints: said, never a traceback
+    (ck / "step_old").mkdir()
+    (ck / "step_0000002" / "step.json").write_text("[1]")
+    refused(flags(tiny_base, tiny_data, out, "--resume", "--steps", "3"), "step_0000002/.metadata", "sha256")
