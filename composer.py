@@ -6,6 +6,7 @@ Below it: where a trained composer is found (a train.py output, a transformer fo
 how it is loaded with the VAE and T5 of its base model, and how a composition's fg / mask / bg files become its
 inputs (resampled to the composer's frames and size, the output rate keeping the bg's duration).
 """
+import contextlib
 import json
 from pathlib import Path
 
@@ -26,16 +27,23 @@ MAX_DERIVED_MASK = 0.6        # a "subject on black" whose non-black part covers
 
 @torch.no_grad()
 def compose(model, vae, texts, fg, bg, mask, prompts, steps=50, sampler="dpm", guidance=6.0, dynamic_cfg=False,
-            seed=0, tile=False, device="cpu", dtype=torch.float32, progress=True):
+            seed=0, tile=False, device="cpu", dtype=torch.float32, progress=True, offload=None):
     """fg, bg (B,3,T,H,W), mask (B,1,T,H,W), prompts -> composed video (B,3,T,H,W) in [-1,1].
     The DiT input is [noisy | fg latent * latent mask | bg latent], latents times the VAE's scaling factor,
-    as train.py's Conditioner builds it. texts: list of prompts -> (B, L, D) embeddings."""
+    as train.py's Conditioner builds it. texts: list of prompts -> (B, L, D) embeddings, or the (2B, L, D)
+    [prompts | empty prompts] embeddings already computed (embed(); sample.py encodes every prompt first, so T5
+    leaves the GPU before sampling). tile: True, False or "auto" (decode_tiling: from the free memory).
+    offload: an Offload that brings each model to the device only while it runs (None: they stay where they are)."""
+    off = offload or Offload("none", device)
     s = vae.config.scaling_factor
-    enc = lambda x: vae.encode(x.to(device, dtype), tile=tile)[0] * s     # the posterior mean: no noise at inference
-    m_lat = diffusion.latent_mask(mask, vae.time, vae.space).to(device, dtype)
-    cond = torch.cat([enc(fg) * m_lat, enc(bg)], 1)                        # (B, 32, T', H', W')
     B = len(prompts)
-    text = texts(list(prompts) + [""] * B)                                # (2B, L, D): [cond | uncond]
+    text = (texts if torch.is_tensor(texts) else embed(texts, prompts, off)).to(device, dtype)   # [cond | uncond]
+    m_lat = diffusion.latent_mask(mask, vae.time, vae.space).to(device, dtype)
+    dec = decode_tiling(vae, (B, vae.config.latent_channels) + tuple(m_lat.shape[2:]), device, dtype, off) \
+        if tile == "auto" else {"tile": tile}
+    enc = lambda x: vae.encode(x.to(device, dtype), tile=dec["tile"], tile_size=dec.get("tile_size"))[0] * s  # no noise
+    with off.use("vae"):
+        cond = torch.cat([enc(fg) * m_lat, enc(bg)], 1)                    # (B, 32, T', H', W')
     sched = diffusion.Schedule()
 
     def v_fn(x, t, i):                     # classifier-free guidance on the text; fg and bg in both halves
@@ -47,8 +55,153 @@ def compose(model, vae, texts, fg, bg, mask, prompts, steps=50, sampler="dpm", g
 
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn((B, vae.config.latent_channels) + tuple(m_lat.shape[2:]), generator=g).to(device)
-    z = sched.sample(v_fn, noise, steps=steps, sampler=sampler, generator=g, progress=progress)
-    return vae.decode((z / s).to(dtype), tile=tile).float().clamp(-1, 1).cpu()
+    with off.use("transformer"):
+        z = sched.sample(v_fn, noise, steps=steps, sampler=sampler, generator=g, progress=progress)
+    with off.use("vae"):
+        return vae.decode((z / s).to(dtype), **dec).float().clamp(-1, 1).cpu()
+
+
+def embed(texts, prompts, offload=None):
+    """prompts -> (2B, L, D) embeddings [prompts | empty prompts], what compose guides with; T5 on the device only
+    for this call under offload."""
+    with (offload or Offload()).use("t5"):
+        return texts(list(prompts) + [""] * len(prompts))
+
+
+def embed_all(texts, prompts, offload=None, batch=8):
+    """Every distinct prompt (and the empty one) -> {prompt: (L, D) on the CPU}, in batches; a batch job calls it
+    once before sampling, then T5 leaves the GPU (offload.release)."""
+    todo = sorted(set(prompts) | {""})
+    out = {}
+    with (offload or Offload()).use("t5"):
+        for i in range(0, len(todo), batch):
+            out.update(zip(todo[i:i + batch], texts(todo[i:i + batch]).cpu()))
+    return out
+
+
+def text_of(table, prompts):
+    """The (2B, L, D) [prompts | empty prompts] embeddings compose takes, from embed_all's table."""
+    return torch.stack([table[p] for p in prompts] + [table[""]] * len(prompts))
+
+
+class Offload:
+    """Where each model lives during inference, and the log of every move (name, "device" | "host").
+    none: every model is moved to the device when added and stays (T5 leaves once the prompts are encoded:
+    release("t5")). model: each stays on the host and is on the device only inside use(name) (T5, VAE, the whole
+    transformer in turn). sequential: as model for the VAE; the transformer's and T5's blocks come to the device one
+    at a time, before their forward, and leave after it (forward hooks); the rest of those models (embeddings, norms,
+    output head: small) comes inside use(name). The host copies are kept (pinned on CUDA), so leaving the device
+    drops the device copy without copying back: inference never changes a weight. On the CPU every move is a no-op,
+    so the outputs are the same in every mode (tests/test_offload.py) and only the log shows the moves."""
+    MODES = ("none", "model", "sequential")
+
+    def __init__(self, mode="none", device="cpu"):
+        if mode not in self.MODES:
+            raise ValueError(f"offload {mode!r}: one of {self.MODES}")
+        self.mode, self.device, self.events, self.modules, self.host = mode, torch.device(device), [], {}, {}
+
+    def add(self, name, module, blocks=None, keep=()):
+        """Take charge of `module` (loaded on the host); blocks: its nn.ModuleList to stream (sequential); keep:
+        modules inside the blocks that move with the rest instead (T5's position-bias table, read before block 0)."""
+        self.modules[name] = module
+        if self.mode == "none":
+            self.to_device(name)
+            return module
+        stream = self.mode == "sequential" and blocks is not None
+        kept = {m for k in keep for m in k.modules()}
+        self.host[name] = self._tensors(module, skip=set(blocks.modules()) - kept if stream else set())
+        for i, b in enumerate(blocks if stream else []):
+            key = f"{name}.{i}"
+            self.host[key] = self._tensors(b, skip=kept)
+            b.register_forward_pre_hook(lambda m, args, k=key: self.to_device(k))
+            b.register_forward_hook(lambda m, args, out, k=key: self.to_host(k))
+        return module
+
+    def _tensors(self, module, skip=()):
+        pin = self.device.type == "cuda" and torch.cuda.is_available()
+        out = []
+        for sub in module.modules():
+            if sub in skip:
+                continue
+            for kind in ("_parameters", "_buffers"):
+                for k, t in getattr(sub, kind).items():
+                    if t is None:
+                        continue
+                    host = t.data.pin_memory() if pin and not t.is_pinned() else t.data
+                    if kind == "_buffers":
+                        sub._buffers[k] = t = host
+                    else:
+                        t.data = host                    # the unpinned original is freed now, not at first use
+                    out.append((sub, kind, k, t, host))
+        return out
+
+    def _place(self, name, where):
+        self.events.append((name, where))
+        if name not in self.host:                        # mode none: a real move (T5 leaving for good)
+            if name in self.modules:
+                self.modules[name].to(self.device if where == "device" else "cpu")
+            return
+        for sub, kind, k, obj, host in self.host[name]:
+            if kind == "_buffers":
+                sub._buffers[k] = host.to(self.device, non_blocking=True) if where == "device" else host
+            elif where == "host":
+                sub._parameters[k] = obj                 # the same Parameter, its host data (never copied back)
+                obj.data = host
+            else:
+                t = host.to(self.device, non_blocking=True)
+                try:
+                    obj.data = t                         # the same Parameter object: compiled code stays valid
+                except RuntimeError:                     # a device whose tensors cannot swap in (meta, in tests)
+                    sub._parameters[k] = torch.nn.Parameter(t, requires_grad=obj.requires_grad)
+
+    def to_device(self, name):
+        self._place(name, "device")
+
+    def to_host(self, name):
+        self._place(name, "host")
+
+    @contextlib.contextmanager
+    def use(self, name):
+        """`name` on the device inside the block (model / sequential); nothing moves in mode none."""
+        if self.mode == "none" or name not in self.modules:
+            yield
+            return
+        self.to_device(name)
+        try:
+            yield
+        finally:
+            self.to_host(name)
+
+    def release(self, name):
+        """Mode none: `name` leaves the device for good (T5 once every prompt is encoded); else it is there only
+        inside use() already."""
+        if self.mode == "none" and name in self.modules:
+            self.to_host(name)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+NOTED = set()
+
+
+def decode_tiling(vae, z_shape, device, dtype, offload=None):
+    """tile="auto" -> the VAE's decode kwargs: on CUDA from the free memory (vae.plan_decode; what PyTorch's cache
+    holds unused counts as free, the VAE's own weights as used when offload brings it in later), elsewhere the rule
+    H*W > 256*256; the choice printed once."""
+    H, W = (s * vae.space for s in z_shape[-2:])
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return {"tile": H * W > 256 * 256}
+    free = torch.cuda.mem_get_info(dev)[0] + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+    if offload is not None and offload.mode != "none" and "vae" in offload.modules:
+        free -= sum(p.numel() * p.element_size() for p in offload.modules["vae"].parameters())
+    kw, need, why = vae.plan_decode(z_shape, free, dtype)
+    how = f"tiled, {'x'.join(map(str, kw['tile_size']))} px tiles" if kw["tile"] else "untiled"
+    if (how, kw["chunk_frames"]) not in NOTED:                    # once per choice, not per composition
+        NOTED.add((how, kw["chunk_frames"]))
+        print(f"note: VAE decode {how}, {kw['chunk_frames']} latent frames per call ({why}; this one "
+              f"~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free)")
+    return kw
 
 
 def composer_folders(ckpt, model):
@@ -98,16 +251,35 @@ def shape_of(tfolder, base, frames, size):
     return T, H, W
 
 
-def load_models(tfolder, base, device, dtype):
+def load_models(tfolder, base, device, dtype, offload=None, compile=False):
+    """-> (transformer, VAE, prompts -> embeddings). offload: an Offload (None: everything on `device`); with one
+    the models are read onto the host and it places them (mode none: all on the device now). compile: torch.compile
+    each transformer block (regional: the 42 blocks share one compiled graph; hooks of sequential offload stay
+    outside it)."""
+    at = device if offload is None or offload.mode == "none" else "cpu"
     try:
-        model = (lora.load_composer(tfolder, base, dtype, device) if lora.is_adapter(tfolder)   # merged at load
-                 else DiT.from_pretrained(tfolder, subfolder="", dtype=dtype, device=device).eval())
-        vae = VAE.from_pretrained(base, dtype=dtype, device=device)
+        model = (lora.load_composer(tfolder, base, dtype, at) if lora.is_adapter(tfolder)   # merged at load
+                 else DiT.from_pretrained(tfolder, subfolder="", dtype=dtype, device=at).eval())
+        vae = VAE.from_pretrained(base, dtype=dtype, device=at)
         tok = Tokenizer.from_pretrained(base, max_length=model.config.max_text_seq_length)
-        t5 = T5Encoder.from_pretrained(base, dtype=dtype, device=device)
+        t5 = T5Encoder.from_pretrained(base, dtype=dtype, device=at)
     except (FileNotFoundError, RuntimeError, ValueError, KeyError, TypeError) as e:
         raise BadInput(f"could not load the models: {e}") from None
+    if offload is not None:
+        table = t5.encoder.block[0].layer[0].SelfAttention.relative_attention_bias     # read before block 0 runs
+        offload.add("t5", t5, t5.encoder.block, keep=[table])
+        offload.add("transformer", model, model.transformer_blocks)
+        offload.add("vae", vae)
+    if compile:
+        compile_blocks(model)
     return model, vae, lambda p: encode_prompts(p, tok, t5, device=device, dtype=dtype)
+
+
+def compile_blocks(model):
+    """torch.compile every transformer block's forward in place (outputs equal to fp32 rounding: tested)."""
+    for b in model.transformer_blocks:
+        b.forward = torch.compile(b.forward)
+    return model
 
 
 def load_inputs(fg, bg, mask, T, H, W):
@@ -135,6 +307,9 @@ def load_inputs(fg, bg, mask, T, H, W):
             print(f"note: {name} is {len(v)} frames of {v.shape[2]}x{v.shape[1]}; resampled to {T} frames of {W}x{H}")
     # the bg's duration over T frames; a still (an image, or one frame) is a still scene at CogVideoX's rate
     fps = T / bg_seconds if len(bgv) > 1 and bg_seconds > 0 else STILL_FPS
+    if fps > 240:
+        raise BadInput(f"{bg}: lasts {bg_seconds:.3g} s, so {T} frames would play at {fps:.0f} fps; give --fps (a "
+                       "slow-motion clip: the rate to play it at)")
     fgv, bgv = fit_video(fgv, T, H, W), fit_video(bgv, T, H, W)
     m = fit_video(m, T, H, W, mask=True)
     fgv = fgv * m[..., None]

@@ -9,6 +9,7 @@ Compose: put a foreground subject into a background video under a prompt (paper 
 Real scale (GPU, bf16, tiled VAE decode; the StM release's sampler settings are the defaults):
     python sample.py --model THUDM/CogVideoX-5b-I2V --ckpt runs/stm5b --fg fg.mp4 --mask mask.mp4 --bg bg.mp4 \\
         --prompt "..." --steps 50 --guidance 6 --sampler dpm
+    (a GPU with less memory: --offload model, ~14 GB, or --offload sequential, ~4 GB, derived: docs/one-gpu.md)
 
 The composition itself is composer.compose (encode the layers, sample with guidance on the text, decode); this
 script is the batch around it. --ckpt is a train.py output folder, a folder holding a diffusers `transformer/`, a
@@ -33,7 +34,8 @@ import torch
 import composer
 from plumbing.cli import BadInput, check_device, check_out_dir, run_cli
 from plumbing.ranks import Ranks
-from plumbing.records import Job
+from plumbing.files import stamp
+from plumbing.records import Job, read_records
 from plumbing.dataset import check_files, read_triplets
 from plumbing.video import fit_video, read_video, to_tensor, to_uint8, write_video
 
@@ -65,7 +67,13 @@ arg("--grid", action="store_true", help="also write fg | bg | result side by sid
     "`reference` (a correct composite), that video and the same through the VAE")
 arg("--batch", type=int, default=4, help="compositions per forward pass (triplet mode)")
 arg("--fps", type=float, default=None, help="output frame rate (default: keep the background's duration)")
-arg("--tile", action="store_true", help="tiled VAE decode (automatic above 256x256)")
+arg("--tile", action="store_true", help="force the tiled VAE (default: tiled when an untiled decode would not fit "
+    "the free GPU memory, the reason printed; on the CPU above 256x256)")
+arg("--offload", default="none", choices=composer.Offload.MODES, help="none: every model on the GPU (T5 leaves "
+    "once the prompts are encoded); model: T5, transformer, VAE each on the GPU only while it runs; sequential: "
+    "the transformer's and T5's blocks stream through the GPU one at a time (least memory, slowest); docs/one-gpu.md")
+arg("--compile", action="store_true", help="torch.compile the transformer's blocks (first composition pays the "
+    "compile)")
 arg("--overwrite", action="store_true", help="replace earlier results in --out made with other settings")
 arg("--device", default=None, help="cpu or cuda (default: cuda if available)")
 
@@ -77,12 +85,16 @@ def main(a):
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tfolder, base = composer.composer_folders(a.ckpt, a.model)
     T, H, W = composer.shape_of(tfolder, base, a.frames, a.size)
-    tile = a.tile or H * W > 256 * 256
+    tile = True if a.tile else "auto"
+    if a.offload != "none" and device.type != "cuda":
+        print(f"note: --offload {a.offload} on {device.type}: the models already live in host memory, nothing to "
+              "move; the same outputs, no memory saved")
+    offload = composer.Offload(a.offload, device)
     settings = {"ckpt": str(Path(a.ckpt).resolve()) if Path(a.ckpt).exists() else a.ckpt, "steps": a.steps,
                 "sampler": a.sampler, "guidance": a.guidance, "dynamic_cfg": a.dynamic_cfg, "seed": a.seed,
-                "frames": T, "size": [H, W], "fps": a.fps, "grid": a.grid}
+                "frames": T, "size": [H, W], "fps": a.fps, "grid": a.grid, "batch": a.batch}
     if a.out.lower().endswith((".mp4", ".gif")):
-        return compose_one(a, tfolder, base, (T, H, W), tile, device, dtype)
+        return compose_one(a, tfolder, base, (T, H, W), tile, device, dtype, offload)
 
     items, bad = read_triplets(a.triplets or ROOT / "assets" / "examples" / "triplets.jsonl") if not a.fg else \
         ([{"id": "result", "fg": a.fg, "bg": a.bg, "mask": a.mask, "prompt": a.prompt or ""}], {})
@@ -92,15 +104,19 @@ def main(a):
     for it in items:
         if it["id"] not in bad:
             bad[it["id"]] = clash_with_inputs(it, out) or check_files(it)
+    a.overwrite or check_folder(out, [it for it in items if not bad[it["id"]]])
+    model, vae, texts = composer.load_models(tfolder, base, device, dtype, offload, a.compile)   # before any write
     # the record engine: a triplet is done when its record matches these settings, its inputs and the checkpoint
     job = Job(out, "results", items, settings=settings, ranks=ranks, overwrite=a.overwrite, what="composition",
-              inputs=lambda j: [tfolder, base] + [j.get(k) for k in ("fg", "bg", "mask", "reference")])
+              inputs=lambda j: [tfolder, base, *(j.get(k) for k in ("fg", "bg", "mask", "reference")),
+                                {"prompt": j.get("prompt")}])
     for i, why in bad.items():
         if why and not job.is_done(i):
             job.skip(i, why)
-    model, vae, texts = composer.load_models(tfolder, base, device, dtype)
-    rows = []
-    for chunk in job.batches(a.batch, bar=ranks.world > 1):      # fixed-position: a rerun draws the same noise
+    groups, rows = job.batches(a.batch, bar=ranks.world > 1), []      # fixed-position: a rerun, the same noise
+    table = composer.embed_all(texts, [j["prompt"] for g in groups for j in g if not bad.get(j["id"])], offload)
+    offload.release("t5")                                  # every prompt encoded: T5 leaves the GPU
+    for chunk in groups:
         chunk = [j for j in chunk if not bad.get(j["id"]) and j["id"] not in job.skipped]
         for j in chunk:
             try:
@@ -111,9 +127,10 @@ def main(a):
         if not chunk:
             continue
         fg, bg, mask = (torch.stack([ins[j["id"]][k] for j in chunk]) for k in range(3))
-        video = composer.compose(model, vae, texts, fg, bg, mask, [j["prompt"] for j in chunk], steps=a.steps,
+        prompts = [j["prompt"] for j in chunk]
+        video = composer.compose(model, vae, composer.text_of(table, prompts), fg, bg, mask, prompts, steps=a.steps,
                                  sampler=a.sampler, guidance=a.guidance, dynamic_cfg=a.dynamic_cfg, seed=a.seed,
-                                 tile=tile, device=device, dtype=dtype, progress=ranks.world == 1)
+                                 tile=tile, device=device, dtype=dtype, progress=ranks.world == 1, offload=offload)
         for j, v, f, b in zip(chunk, video, fg, bg):
             fps = a.fps or ins.pop(j["id"])[3]
             if job.is_done(j["id"]):                       # recomputed with its batch, not rewritten
@@ -123,21 +140,22 @@ def main(a):
             written.append(name)
             if a.grid:
                 grid = to_uint8(torch.cat([f, b, v], -1))
-                for ext in ("mp4", "gif"):
+                for ext in ("mp4", "gif") if fps <= 100 else ("mp4",):     # a GIF holds at most 100 fps
                     written.append(out / "grid" / f"{j['id']}.{ext}")
                     write_video(written[-1], grid, fps)
                 if len(rows) < 8 and ranks.world == 1:     # with a known-correct composite (toy triplets), if any
                     rows.append((np.concatenate([grid] + reference_columns(j.get("reference"), vae, T, H, W, tile,
-                                                                           device, dtype), 2), fps))
-            job.done(j["id"], {**j, "result": str(name.resolve()), "fps": fps, "settings": settings},
-                     outputs=written)
+                                                                           device, dtype, offload), 2), fps))
+            inputs = {k: stamp(j[k]) for k in ("fg", "bg", "mask") if j.get(k)}   # evaluate checks they still are
+            job.done(j["id"], {**j, "result": str(name.resolve()), "fps": fps, "settings": settings,
+                               "input_stamps": inputs}, outputs=written)
             print(f"wrote {name}")
     recs = job.finish()
     if recs is None:                                       # ranks > 0: rank 0 reports
         return
     if a.grid and ranks.world > 1:                         # the grids of the other ranks, read back
         rows = [(np.concatenate([read_video(out / "grid" / f"{r['id']}.mp4")[0]] + reference_columns(
-            r.get("reference"), vae, T, H, W, tile, device, dtype), 2), r["fps"])
+            r.get("reference"), vae, T, H, W, tile, device, dtype, offload), 2), r["fps"])
             for r in recs if r.get("status") == "ok" and r.get("settings") == settings][:8]
     if a.grid and len(rows) > 1:
         write_grid([r for r, _ in rows], out / "grid", rows[-1][1])
@@ -149,24 +167,32 @@ def main(a):
              else ""))
 
 
-def compose_one(a, tfolder, base, shape, tile, device, dtype):
+def compose_one(a, tfolder, base, shape, tile, device, dtype, offload):
     """A single composition into one file --out: never replaces a file without --overwrite, nor an input."""
     out = Path(a.out)
     for flag in ("fg", "bg", "mask"):
         if getattr(a, flag) and Path(getattr(a, flag)).resolve() == out.resolve():
             raise BadInput(f"--out {a.out}: is the --{flag} input; name another file")
-    if out.exists() and not a.overwrite:
-        raise BadInput(f"--out {a.out}: exists; add --overwrite to replace it, or name another file")
+    grids = [out.with_name(f"{out.stem}_grid.{ext}") for ext in ("mp4", "gif")] if a.grid else []
+    for f in [out] + grids:
+        if f.is_dir():
+            raise BadInput(f"--out {a.out}: {f} is a folder; name a file")
+        if any(getattr(a, k) and Path(getattr(a, k)).resolve() == f.resolve() for k in ("fg", "bg", "mask")):
+            raise BadInput(f"--out {a.out}: {f.name} would overwrite an input; name another file")
+        if f.exists() and not a.overwrite:
+            raise BadInput(f"--out {a.out}: {f} exists; add --overwrite to replace it, or name another file")
     check_out_dir(out.parent)
     fg, bg, mask, fps = composer.load_inputs(a.fg, a.bg, a.mask, *shape)     # a bad input fails before the models
-    model, vae, texts = composer.load_models(tfolder, base, device, dtype)
-    v = composer.compose(model, vae, texts, fg[None], bg[None], mask[None], [a.prompt or ""], steps=a.steps,
+    model, vae, texts = composer.load_models(tfolder, base, device, dtype, offload, a.compile)
+    text = composer.embed(texts, [a.prompt or ""], offload)
+    offload.release("t5")
+    v = composer.compose(model, vae, text, fg[None], bg[None], mask[None], [a.prompt or ""], steps=a.steps,
                          sampler=a.sampler, guidance=a.guidance, dynamic_cfg=a.dynamic_cfg, seed=a.seed, tile=tile,
-                         device=device, dtype=dtype)[0]
+                         device=device, dtype=dtype, offload=offload)[0]
     write_video(out, to_uint8(v), a.fps or fps)
     if a.grid:
         grid = to_uint8(torch.cat([fg, bg, v], -1))
-        for ext in ("mp4", "gif"):
+        for ext in ("mp4", "gif") if (a.fps or fps) <= 100 else ("mp4",):    # a GIF holds at most 100 fps
             write_video(out.with_name(f"{out.stem}_grid.{ext}"), grid, a.fps or fps)
     print(f"wrote {out}")
 
@@ -201,6 +227,22 @@ def check_flags(a):
         check_device(a.device)
 
 
+def check_folder(out, items):
+    """Before anything is written: in a folder sample.py never wrote, a file <out>/<id>.mp4 (the user's own); in one
+    it did, a record of the same id made from other files (another triplets file) - refused, not replaced."""
+    recs = {k: r for f in sorted(out.glob("results*.jsonl")) for k, r in read_records(f).items()}   # + journals
+    keys = ("fg", "bg", "mask")
+    ours = (out / "results.settings.json").exists()
+    foreign = [it["id"] for it in items if (out / f"{it['id']}.mp4").exists() and not ours]
+    other = [it["id"] for it in items if recs.get(it["id"], {}).get("status") == "ok"
+             and any(recs[it["id"]].get(k) != it.get(k) for k in keys)]
+    for ids, what in ((foreign, "hold(s) videos no record of this folder accounts for"),
+                      (other, "hold(s) results made from other fg / bg / mask files")):
+        if ids:
+            raise BadInput(f"--out {out}: {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''} {what}; use another "
+                           "--out, or --overwrite to replace them")
+
+
 def clash_with_inputs(item, out):
     """Why an item's output would overwrite one of its inputs (--out holding the inputs), or None."""
     res = (out / f"{item['id']}.mp4").resolve()
@@ -210,19 +252,21 @@ def clash_with_inputs(item, out):
     return None
 
 
-def reference_columns(path, vae, T, H, W, tile, device, dtype):
+def reference_columns(path, vae, T, H, W, tile, device, dtype, offload):
     """A known-correct composite, as is and through this VAE (encode + decode): the second is the sharpest any
     composer decoded by this VAE can draw, so the grid shows how much of a blur is the composer's."""
     if not path:
         return []
     ref = fit_video(read_video(path)[0], T, H, W)                    # uint8 (T, H, W, 3)
     x = to_tensor(ref)[None].to(device, dtype)                       # (1, 3, T, H, W)
-    return [ref, to_uint8(vae.decode(vae.encode(x, tile=tile)[0], tile=tile)[0])]
+    tile = tile is True or (tile == "auto" and H * W > 256 * 256)
+    with offload.use("vae"):
+        return [ref, to_uint8(vae.decode(vae.encode(x, tile=tile)[0], tile=tile)[0])]
 
 
 def write_grid(rows, path_stem, fps):
     rows = [np.pad(r, ((0, 0), (0, 2), (0, max(x.shape[2] for x in rows) - r.shape[2]), (0, 0))) for r in rows]
-    for ext in ("mp4", "gif"):                                 # 2-px black line between rows
+    for ext in ("mp4", "gif") if fps <= 100 else ("mp4",):    # 2-px black line between rows; a GIF: <= 100 fps
         write_video(f"{path_stem}.{ext}", np.concatenate(rows, 1)[:, :-2], fps)
 
 

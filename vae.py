@@ -380,6 +380,37 @@ class VAE(nn.Module):
         z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)        # the decoder must tolerate posterior noise
         return self.decode(z, chunk_frames=None, grad=True), mean, logvar
 
+    def decode_bytes(self, z_shape, dtype=torch.bfloat16, chunk_frames=2, tile_size=None):
+        """Rough peak bytes of one decode (a rule, derived, not measured): ~5 live tensors of the widest
+        full-resolution activation (the last upsample's output: block_out_channels[1] channels) over one call's
+        pixel frames plus the causal-conv cache, on one tile (tile_size in pixels) or the whole frame; plus the
+        output. 49x480x720 bf16, untiled: ~11.7 GiB; a 240x360 tile: ~3.1 GiB."""
+        B, _, t, h, w = z_shape
+        size = torch.empty((), dtype=dtype).element_size()
+        H, W = tile_size or (h * self.space, w * self.space)
+        frames = self.time * (min(chunk_frames or t, t) + 1) + 2
+        widest = max(self.config.block_out_channels[:2])
+        return 5 * B * widest * frames * H * W * size + B * 3 * (self.time * (t - 1) + 1) * h * w * self.space ** 2 * 4
+
+    def plan_decode(self, z_shape, free, dtype=torch.bfloat16):
+        """-> (decode kwargs, bytes needed, why): untiled, with as many latent frames per call as fit in half of
+        `free` bytes (fewer calls; half, so a roomy GPU is not filled for little speed), else 2 (one window) if
+        that fits in 80%; else tiled, 2 latent frames per call, the default tiles (half the training size) halved
+        until they fit in 80% (down to 64x64 px)."""
+        t, h, w = z_shape[2:]
+        for n in range(t + t % 2, 1, -2):                   # untiled, the most windows per call that fit
+            need = self.decode_bytes(z_shape, dtype, n)
+            if need <= (0.5 if n > 2 else 0.8) * free:
+                return {"tile": False, "chunk_frames": n}, need, "fits untiled"
+        untiled = self.decode_bytes(z_shape, dtype, 2)
+        ts = [min(self.config.sample_height // 2, h * self.space), min(self.config.sample_width // 2, w * self.space)]
+        while True:
+            need = self.decode_bytes(z_shape, dtype, 2, tile_size=ts)
+            if need <= 0.8 * free or max(ts) <= 64:
+                why = f"an untiled decode needs ~{untiled / 2**30:.1f} GiB"
+                return {"tile": True, "tile_size": tuple(ts), "chunk_frames": 2}, need, why
+            ts = [max(64, s // 2 // self.space * self.space) for s in ts]
+
     # --- time chunks and spatial tiles --------------------------------------
 
     def _run(self, net, x, window, chunk_frames, name, grad=False):

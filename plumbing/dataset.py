@@ -18,7 +18,7 @@ import torch
 
 from .cli import BadInput, run_cli
 from .records import join_records, read_jsonl, read_records, stale_outputs
-from .files import atomic_write_text
+from .files import atomic_write_text, stamp
 from .video import (VIDEO_EXTS, check_aligned, fit_video, mask_to_rgb, probe, read_mask, read_video,
                     to_tensor, write_video)
 
@@ -369,6 +369,10 @@ def check_result(rec, base):
     changed = stale_outputs(rec, base)
     if changed:
         return f"{changed[0]} changed since sample.py wrote it; rerun sample.py to make its record true again"
+    stamps = rec.get("input_stamps") if isinstance(rec.get("input_stamps"), dict) else {}
+    changed = [k for k, v in stamps.items() if isinstance(rec.get(k), str) and stamp(resolve_path(rec[k], base)) != v]
+    if changed:
+        return f"its {changed[0]} changed since sample.py composed the result from it; rerun sample.py"
     for k in ("result", "fg", "bg", "mask"):
         if k == "mask" and not rec.get("mask"):
             continue

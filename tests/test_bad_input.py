@@ -371,6 +371,48 @@ def test_atomic_text_write_on_a_full_disk_leaves_nothing(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
+def test_sample_folder_rules_from_the_probe(composer, clips, tmp_path, capsys):
+    """The probe's sample.py findings, in process: a fresh folder holding the user's own <id>.mp4 is refused; a
+    second triplets file reusing an id for other files is refused; an edited prompt is composed again; a grid above
+    100 fps leaves the GIF out instead of failing; a slow-motion bg asks for --fps; evaluate skips a result whose fg
+    changed since. (Mutations: check_folder skipped -> the user's file replaced; the prompt left out of the inputs ->
+    '0 composition(s)' after the edit.)"""
+    import sample
+    from plumbing.dataset import read_results
+    go = lambda *a: sample.main(sample.parser.parse_args([str(x) for x in ["--ckpt", composer, "--steps", "1", *a]]))
+    for f in ("fg.mp4", "bg.mp4"):
+        (tmp_path / f).write_bytes((clips / f).read_bytes())
+    mine = tmp_path / "o" / "a.mp4"
+    mine.parent.mkdir()
+    mine.write_bytes(b"the user's own video")
+    trip = lambda name, **kw: write_triplets(tmp_path, [{"id": "a", "fg": "fg.mp4", "bg": "bg.mp4", "prompt": "x",
+                                                         **kw}]).rename(tmp_path / name)
+    t1 = trip("t1.jsonl")
+    with pytest.raises(BadInput, match="no record of this folder accounts for"):
+        go("--triplets", t1, "--out", tmp_path / "o")
+    assert mine.read_bytes() == b"the user's own video"
+    go("--triplets", t1, "--out", tmp_path / "p")
+    t2 = trip("t2.jsonl", bg="fg.mp4")
+    with pytest.raises(BadInput, match="made from other fg / bg / mask files"):
+        go("--triplets", t2, "--out", tmp_path / "p")
+    t3 = trip("t3.jsonl", prompt="an edited prompt")
+    capsys.readouterr()
+    go("--triplets", t3, "--out", tmp_path / "p")
+    assert "1 composition(s)" in capsys.readouterr().out
+    assert read_results(tmp_path / "p")[0][0][1]["prompt"] == "an edited prompt"
+    go("--fg", tmp_path / "fg.mp4", "--bg", tmp_path / "bg.mp4", "--out", tmp_path / "fast.mp4", "--grid",
+       "--fps", "200")
+    assert (tmp_path / "fast_grid.mp4").exists() and not (tmp_path / "fast_grid.gif").exists()
+    write_video(tmp_path / "slowmo.mp4", toy.clip(4)["bg"], fps=1000)
+    with pytest.raises(BadInput, match="give --fps"):
+        go("--fg", tmp_path / "fg.mp4", "--bg", tmp_path / "slowmo.mp4", "--out", tmp_path / "s.mp4")
+    time.sleep(0.01)
+    (tmp_path / "fg.mp4").write_bytes((clips / "whole.mp4").read_bytes())
+    with pytest.raises(BadInput, match="its fg changed since sample.py composed"):
+        read_results(tmp_path / "p")
+
+
 # ---------------------------------------------------------------------------------------------- train.py
 
 def train_args(base, d, out, *extra):
