@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from plumbing import weights
 from plumbing.cli import BadInput, run_cli
@@ -128,7 +128,8 @@ def read_config(folder):
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{folder}: not a LoRA folder with a readable {CONFIG} ({e})") from None
     need = {"rank", "alpha", "targets", "base_model"}
-    if not isinstance(cfg, dict) or not need <= set(cfg):
+    if not isinstance(cfg, dict) or not need <= set(cfg) or not isinstance(cfg["rank"], int) or cfg["rank"] < 1 \
+            or not isinstance(cfg["alpha"], (int, float)) or not isinstance(cfg["targets"], list):
         raise ValueError(f"{folder}: {CONFIG} is not the one train.py --lora writes (it needs "
                          f"{', '.join(sorted(need))})")
     return cfg
@@ -138,8 +139,11 @@ def load_adapter(model, folder):
     """Put folder's adapter and patch projection on `model` (a widened base, unmerged LoRALinears) -> model."""
     cfg = read_config(folder)
     add_lora(model, cfg["rank"], cfg["alpha"], cfg["targets"])
-    with safe_open(str(Path(folder) / WEIGHTS), "pt") as f:
-        sd = {k.removeprefix(PREFIX): f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(Path(folder) / WEIGHTS), "pt") as f:
+            sd = {k.removeprefix(PREFIX): f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{Path(folder) / WEIGHTS}: not a readable safetensors file ({e})") from None
     sd.update(weights.read_state_dict(folder, PATCH))
     want = {k: v for k, v in model.state_dict().items() if ".lora_" in k or k.startswith("patch_embed.proj.")}
     if set(sd) != set(want) or any(sd[k].shape != want[k].shape for k in sd):
@@ -173,8 +177,8 @@ def main(a):
         base = a.model or read_config(Path(a.out) / "lora")["base_model"]
         dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
         write_merged(Path(a.out) / "lora", base, Path(a.out) / "transformer", dt)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
-        raise BadInput(f"{a.out}: {e}") from None
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError, SafetensorError) as e:   # a file cut short too
+        raise BadInput(f"{a.out}: {str(e).splitlines()[0]}") from None
     print(f"wrote {Path(a.out) / 'transformer'}")
 
 

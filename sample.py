@@ -211,6 +211,8 @@ def check_flags(a):
                 (a.fps is not None and not (finite(a.fps) and 0.1 <= a.fps <= 240),
                  f"--fps {a.fps}: need a frame rate between 0.1 and 240"),
                 (a.frames is not None and a.frames < 1, f"--frames {a.frames}: need 4k+1 frames"),
+                (a.grid and a.fps is not None and a.fps > 100, f"--fps {a.fps} with --grid: the grid's GIF holds at "
+                 "most 100 fps; a lower --fps, or no --grid"),
                 (a.triplets and (a.fg or a.bg or a.mask or a.prompt is not None),
                  "--triplets composes the file's triplets: leave out --fg/--bg/--mask/--prompt (or --triplets)"),
                 (not a.fg and (a.mask or a.prompt is not None or a.bg),

@@ -74,7 +74,7 @@ import diffusion
 import lora
 import composer
 from plumbing import weights
-from plumbing.files import atomic_write_text
+from plumbing.files import Lock, atomic_write_text
 from augment import Augment
 from others import pages
 from dit import DiT, DiTConfig, PRESETS
@@ -210,7 +210,10 @@ def main(a):
     vae, tok, t5 = frozen_models(run)
     if run.master:
         (out / "ckpt").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "args.json", json.dumps(vars(a), indent=2))
+        other = run.lock.acquire()                                          # one run writes a folder at a time
+        if other is not None:
+            raise BadInput(f"--out {a.out}: process {other.get('pid', '?')} on {other.get('host', '?')} is training "
+                           "into it; wait for it to end, or use another --out")
         atomic_write_text(out / "skipped.json", json.dumps(bad, indent=1))
     cache_root = Path(a.cache_dir) if a.cache_dir else out / "cache"
     texts = EmbeddingCache(cache_root / "text", tok, t5, device=run.device, dtype=run.dtype)
@@ -237,6 +240,8 @@ def main(a):
     say(f"composer: {n_params / 1e6:.2f}M params, {n_train / 1e6:.3f}M trained (fp32 masters), world {run.world}, "
         f"compute {run.dtype}, AC {a.ac}" + (f", LoRA rank {a.lora} alpha {lora_spec(a)[1]:g}" if a.lora else ""))
     step = resume(run, model, opt) if a.resume else 0
+    if run.master:                                  # after a resume that worked: a refused one leaves args.json as is
+        atomic_write_text(out / "args.json", json.dumps(vars(a), indent=2))
     train_loop(run, model, opt, cond, ds, ds_val, step)
     if run.distributed:
         dist.destroy_process_group()
@@ -354,6 +359,11 @@ class Run:
     @property
     def master(self):
         return self.rank == 0
+
+    @functools.cached_property
+    def lock(self):
+        """OUT/.train.lock (plumbing.files.Lock): a second run training into the same --out is refused."""
+        return Lock(self.out, ".train.lock")
 
     def say(self, *s):
         if self.master:
@@ -573,15 +583,19 @@ def check_flags(a):
     check_out(a)
 
 
-def read_clip(ds, i):
-    """ds[i], or one line naming the clip when a file that passed the up-front probe fails to decode (a corrupt frame
-    deep inside a video or frame folder): fix or drop it from the lists, then --resume."""
-    try:
-        return ds[i]
-    except (ValueError, OSError) as e:
-        it = ds.items[i]
-        raise BadInput(f"--data clip {i} ({it['video']}): {str(e).splitlines()[0]}; fix it or remove its line from "
-                       "the lists, then rerun with --resume") from None
+def read_clip(ds, i, said=set()):
+    """ds[i]; a clip whose file passed the up-front probe but fails to decode (a corrupt frame deep inside a video or
+    frame folder) is said once and replaced by the next clip that decodes, so one bad file never stops a run."""
+    for k in range(len(ds)):
+        j = (i + k) % len(ds)
+        try:
+            return ds[j]
+        except (ValueError, OSError) as e:
+            if j not in said:
+                said.add(j)
+                print(f"warning: --data clip {j} ({ds.items[j]['video']}) does not decode, replaced by another: "
+                      f"{str(e).splitlines()[0]}", flush=True)
+    raise BadInput(f"--data: no clip decodes (the first: {ds.items[i]['video']})")
 
 
 def check_learned_positions(a):
@@ -1201,6 +1215,11 @@ def load_checkpoint(model, opt, ck):
         raise BadInput(f"--resume: {meta} is not the file saved with {ck} (its sha256 differs from the one in "
                        "step.json, or step.json has none); it is a pickle, so it is not loaded: delete that "
                        "checkpoint to resume from an older one")
+    try:                                    # read here first, so that DCP never gets to log a refusal's traceback
+        with open(meta, "rb") as f:
+            SafeUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as e:
+        raise ValueError(f"{meta}: {e}") from None
     msd, osd = get_state_dict(model, opt, options=trained_only(model))
     state = {"model": msd, "optim": osd}
     dcp.load(state, storage_reader=SafeMetadataReader(str(ck)),          # fails on any key the checkpoint lacks

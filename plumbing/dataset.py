@@ -28,7 +28,11 @@ LISTS = {"caption": "prompts.txt", "video": "videos.txt", "fg": "fg.txt", "bg": 
 def read_list(path):
     """A list file -> its lines. Only "\\n" ends a line (a stray U+2028 or U+0085 in a caption does not); a byte
     order mark and Windows line ends are dropped."""
-    text = Path(path).read_text(encoding="utf-8-sig")
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at {e.start}); save it as UTF-8") \
+            from None
     lines = [line.removesuffix("\r") for line in text.split("\n")]
     return lines[:-1] if lines and lines[-1] == "" else lines
 

@@ -87,7 +87,9 @@ def read_video(path, fps=None, duration=False):
     if not duration:
         return np.stack(frames), fps
     n, t = len(frames), [x for x in times if x is not None]
-    span = (max(t) - min(t)) * n / (n - 1) if n > 1 and len(t) == n and max(t) > min(t) else n / fps
+    # timestamps all equal or missing (a broken container): the nominal rate, unless it is no rate a camera films at
+    span = (max(t) - min(t)) * n / (n - 1) if n > 1 and len(t) == n and max(t) > min(t) else \
+        n / (fps if 0 < fps <= 240 else DEFAULT_FPS)
     return np.stack(frames), fps, span
 
 

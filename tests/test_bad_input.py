@@ -375,7 +375,7 @@ def test_atomic_text_write_on_a_full_disk_leaves_nothing(tmp_path, monkeypatch):
 def test_sample_folder_rules_from_the_probe(composer, clips, tmp_path, capsys):
     """The probe's sample.py findings, in process: a fresh folder holding the user's own <id>.mp4 is refused; a
     second triplets file reusing an id for other files is refused; an edited prompt is composed again; a grid above
-    100 fps leaves the GIF out instead of failing; a slow-motion bg asks for --fps; evaluate skips a result whose fg
+    100 fps is refused before any model loads; a slow-motion bg asks for --fps; evaluate skips a result whose fg
     changed since. (Mutations: check_folder skipped -> the user's file replaced; the prompt left out of the inputs ->
     '0 composition(s)' after the edit.)"""
     import sample
@@ -401,9 +401,10 @@ def test_sample_folder_rules_from_the_probe(composer, clips, tmp_path, capsys):
     go("--triplets", t3, "--out", tmp_path / "p")
     assert "1 composition(s)" in capsys.readouterr().out
     assert read_results(tmp_path / "p")[0][0][1]["prompt"] == "an edited prompt"
-    go("--fg", tmp_path / "fg.mp4", "--bg", tmp_path / "bg.mp4", "--out", tmp_path / "fast.mp4", "--grid",
-       "--fps", "200")
-    assert (tmp_path / "fast_grid.mp4").exists() and not (tmp_path / "fast_grid.gif").exists()
+    with pytest.raises(BadInput, match="GIF holds at most 100 fps"):
+        go("--fg", tmp_path / "fg.mp4", "--bg", tmp_path / "bg.mp4", "--out", tmp_path / "fast.mp4", "--grid",
+           "--fps", "200")
+    assert not list(tmp_path.glob("fast*"))
     write_video(tmp_path / "slowmo.mp4", toy.clip(4)["bg"], fps=1000)
     with pytest.raises(BadInput, match="give --fps"):
         go("--fg", tmp_path / "fg.mp4", "--bg", tmp_path / "slowmo.mp4", "--out", tmp_path / "s.mp4")
