@@ -177,3 +177,16 @@ def tiny_vlm(path, family="qwen2_vl"):
         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     (path / "processor_config.json").write_text(json.dumps({"processor_class": processor}))
     return path, ids["vision_start"]
+
+
+def tiny_composer(out, base):
+    """A train.py-style output folder in `out`: a toy-preset composer random everywhere (so its output depends on
+    every input) in transformer/, and args.json naming the base model. -> out"""
+    import dit
+    torch.manual_seed(0)
+    m = dit.DiT(dit.PRESETS["toy"])
+    for p in m.parameters():
+        p.data.normal_(0, 0.05)
+    m.save_pretrained(Path(out) / "transformer")
+    (Path(out) / "args.json").write_text(json.dumps({"model": str(base)}))
+    return Path(out)

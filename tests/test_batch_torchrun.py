@@ -12,17 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from plumbing.ranks import Progress, Ranks
 from plumbing.records import rank_records
 from plumbing.video import read_video, write_video
 import decompose
 import evaluate
 import sample
 import toy
-from conftest import kill_all, single_thread
-from dit import DiT, PRESETS
+from conftest import kill_all, single_thread, tiny_composer
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -118,13 +115,7 @@ def test_decompose_two_processes_and_kill(videos, tmp_path):
 @pytest.fixture(scope="module")
 def composer(tiny_base, tmp_path_factory):
     """A tiny random composer (train.py output layout) and 6 toy triplets."""
-    out = tmp_path_factory.mktemp("composer")
-    torch.manual_seed(0)
-    m = DiT(PRESETS["toy"])
-    for p in m.parameters():
-        p.data.normal_(0, 0.05)
-    m.save_pretrained(out / "transformer")
-    (out / "args.json").write_text(json.dumps({"model": str(tiny_base)}))
+    out = tiny_composer(tmp_path_factory.mktemp("composer"), tiny_base)
     toy.write_triplets(out / "tri", 6)
     return out
 

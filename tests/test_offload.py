@@ -1,7 +1,6 @@
 """sample.py --offload / --compile and the VAE's automatic tiling (composer.Offload, compile_blocks, plan_decode).
 On the CPU a move is a no-op, so the outputs must be bit-equal across modes and the move log shows what a GPU does;
 the "meta" device stands in for a real one where a test needs the weights to really leave."""
-import json
 import time
 
 import pytest
@@ -9,7 +8,8 @@ import torch
 
 import composer
 import toy
-from dit import DiT, PRESETS
+from conftest import tiny_composer
+from dit import DiT
 from plumbing.video import to_tensor
 from vae import VAE, VAEConfig
 
@@ -19,14 +19,7 @@ PROMPTS = ["a red boat", "a small dog on grass"]
 @pytest.fixture(scope="module")
 def folder(tiny_base, tmp_path_factory):
     """A train.py-style output (transformer/ + args.json naming the tiny base), as test_sample.py makes it."""
-    out = tmp_path_factory.mktemp("composer")
-    torch.manual_seed(0)
-    m = DiT(PRESETS["toy"])
-    for p in m.parameters():
-        p.data.normal_(0, 0.05)
-    m.save_pretrained(out / "transformer")
-    (out / "args.json").write_text(json.dumps({"model": str(tiny_base)}))
-    return composer.composer_folders(str(out), None)
+    return composer.composer_folders(str(tiny_composer(tmp_path_factory.mktemp("composer"), tiny_base)), None)
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import toy
-
+from conftest import tiny_composer
 from plumbing.video import read_video, write_video
-from dit import DiT, PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,14 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def composer(tiny_base, tmp_path_factory):
     """A train.py-style output folder: transformer/ + args.json naming the base model."""
-    out = tmp_path_factory.mktemp("composer")
-    torch.manual_seed(0)
-    m = DiT(PRESETS["toy"])
-    for p in m.parameters():                    # random everywhere, so the output depends on every input
-        p.data.normal_(0, 0.05)
-    m.save_pretrained(out / "transformer")
-    (out / "args.json").write_text(json.dumps({"model": str(tiny_base)}))
-    return out
+    return tiny_composer(tmp_path_factory.mktemp("composer"), tiny_base)
 
 
 def sample(args):
