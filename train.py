@@ -74,7 +74,7 @@ import diffusion
 import lora
 import composer
 from plumbing import weights
-from plumbing.files import Lock, atomic_write_text
+from plumbing.files import Lock, atomic_write_text, sha256
 from augment import Augment
 from others import pages
 from dit import DiT, DiTConfig, PRESETS
@@ -1098,14 +1098,6 @@ def checkpoint_record(ck):
     return rec if ok else {"step": step}
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def params_finite(model, distributed):
     ok = torch.tensor(float(all(torch.isfinite(p.detach().to_local() if hasattr(p, "to_local") else p.detach()).all()
                                 for p in model.parameters())))
@@ -1229,13 +1221,6 @@ def load_checkpoint(model, opt, ck):
     return record["step"]
 
 
-def error_line(e):
-    """One line for an exception: DCP's wraps each rank's whole traceback in its message; its last "XError: ..." line
-    is the cause."""
-    causes = [line.strip() for line in str(e).splitlines() if re.match(r"\s*\w*(Error|Exception)\b", line)]
-    return (causes[-1] if causes else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")[:300]
-
-
 def resume(run, model, opt):
     """The newest complete checkpoint that is not known bad, loads and holds finite weights; any other is skipped,
     and said so -> its step."""
@@ -1248,7 +1233,7 @@ def resume(run, model, opt):
         except (KeyboardInterrupt, SystemExit, BadInput):
             raise
         except BaseException as e:                      # a torn or corrupt file (DCP's own error is a BaseException)
-            run.say(f"warning: skipping checkpoint {ck}: it does not load ({error_line(e)})")
+            run.say(f"warning: skipping checkpoint {ck}: it does not load ({one_line(e)})")
             continue
         if not params_finite(model, run.distributed):
             run.say(f"warning: skipping checkpoint {ck}: its weights are not finite")

@@ -25,6 +25,15 @@ def atomic_write_text(path, text):
         raise OSError(e.errno, e.strerror, str(path)) from None
 
 
+def sha256(path):
+    """The sha256 of a whole file, read in 1 MiB chunks (a checkpoint's pickle, a file a probe watches)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fd:
+        for chunk in iter(lambda: fd.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def stamp(path):
     """What a file is now, cheaply: size and modification time ("size:mtime_ns"), or None if it is missing. A record
     keeps the stamps of the files it wrote, so a file replaced or deleted since no longer matches its record."""
@@ -74,29 +83,21 @@ class Lock:
         self.held = False
 
     def acquire(self):
+        """-> None once this process holds the lock, else the holder ({host, pid}; {} if unknown)."""
         import atexit
-        import socket
-        me = {"host": socket.gethostname(), "pid": os.getpid()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                try:
-                    other = json.loads(self.path.read_text())
-                except (OSError, ValueError):
-                    other = None
-                # stale: its process is gone, or it is this process's own (an earlier job here that raised), or it
-                # was never written (a full disk) and is older than a writer needs to fill it
-                mine = isinstance(other, dict) and other.get("host") == me["host"]
-                empty = not isinstance(other, dict) and time.time() - _mtime(self.path) > 10
-                if empty or mine and (not _alive(other.get("pid")) or other.get("pid") == me["pid"]):
+                other = self._read()
+                if self._stale(other):
                     self.path.unlink(missing_ok=True)
                     continue
-                return other if isinstance(other, dict) else {}
+                return other or {}
             try:
                 with os.fdopen(fd, "w") as f:
-                    json.dump(me, f)
+                    json.dump(_me(), f)
             except OSError as e:                       # a full disk: leave no empty lock behind
                 self.path.unlink(missing_ok=True)
                 raise OSError(e.errno, e.strerror, str(self.path)) from None
@@ -106,20 +107,36 @@ class Lock:
         return {}
 
     def holder(self):
-        """The live process holding this lock ({host, pid}), or None (free, or stale)."""
-        import socket
+        """The live process holding this lock ({host, pid}; {} if unknown), or None (free, or stale)."""
+        if not self.path.exists():
+            return None
+        other = self._read()
+        return None if self._stale(other) else (other or {})
+
+    def _read(self):
         try:
             other = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
-        if other.get("host") == socket.gethostname() and not _alive(other.get("pid")):
-            return None
-        return other
+        return other if isinstance(other, dict) else None
+
+    def _stale(self, other):
+        """Its process is gone, or it is this process's own (an earlier job here that raised), or it was never
+        written (a full disk) and is older than a writer needs to fill it."""
+        me = _me()
+        if other is None:
+            return time.time() - _mtime(self.path) > 10
+        return other.get("host") == me["host"] and (not _alive(other.get("pid")) or other.get("pid") == me["pid"])
 
     def release(self):
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+
+
+def _me():
+    import socket
+    return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
 def _mtime(path):

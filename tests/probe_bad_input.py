@@ -20,12 +20,11 @@ fixtures made with toy.py, the shipped assets/toy-composer and assets/toy-base, 
   SKIP       the case could not be set up on this machine (said why)
 """
 import argparse
-import hashlib
 import json
 import os
 import pickle
-import re
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from plumbing.files import sha256  # noqa: E402
 
 PY = sys.executable
 COMPOSER = ROOT / "assets" / "toy-composer"
@@ -138,14 +138,6 @@ def said(r):
     return exc_line(r.stderr) if "Traceback" in r.stderr else error_line(r.stderr)
 
 
-def sha(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def snapshot(paths):
     """{file path: sha256} of every file under `paths` (files or folders; hidden lock files left out)."""
     out = {}
@@ -155,7 +147,7 @@ def snapshot(paths):
             if f.name.startswith(".") and f.name.endswith(".lock"):
                 continue
             try:
-                out[str(f)] = sha(f)
+                out[str(f)] = sha256(f)
             except OSError:
                 out[str(f)] = "unreadable"
     return out
@@ -503,11 +495,11 @@ def c_source_replaced(c):
     v = copytree(c.fx / "vids", c.d / "v")
     argv = decompose(v, c.d / "d")
     c.sh(argv)
-    before = {p.name: sha(p) for p in (c.d / "d" / "videos").glob("*.mp4")}
+    before = {p.name: sha256(p) for p in (c.d / "d" / "videos").glob("*.mp4")}
     vid(v / "toy0.mp4", toyclip(77, 25)["video"])
 
     def check(r):
-        now = {p.name: sha(p) for p in (c.d / "d" / "videos").glob("*.mp4")}
+        now = {p.name: sha256(p) for p in (c.d / "d" / "videos").glob("*.mp4")}
         changed = [k for k in now if before.get(k) != now[k]]
         return None if len(changed) == 1 else f"{len(changed)} clips changed after one source was replaced"
     return {"argv": argv, "check": check}
@@ -569,11 +561,11 @@ def c_mask_replaced(c):
         vid(m / f"toy{s}.mp4", mask_to_rgb(toyclip(s, 25)["mask"]))
     argv = decompose(c.fx / "vids", c.d / "d", "--segmenter", "gt", "--masks", m)
     c.sh(argv)
-    before = {p.name: sha(p) for p in (c.d / "d" / "masks").glob("*.mp4")}
+    before = {p.name: sha256(p) for p in (c.d / "d" / "masks").glob("*.mp4")}
     vid(m / "toy0.mp4", mask_to_rgb(toyclip(5, 25)["mask"]))
 
     def check(r):
-        now = {p.name: sha(p) for p in (c.d / "d" / "masks").glob("*.mp4")}
+        now = {p.name: sha256(p) for p in (c.d / "d" / "masks").glob("*.mp4")}
         changed = [k for k in now if before.get(k) != now[k]]
         return None if len(changed) == 1 else f"{len(changed)} masks changed after one mask video was replaced"
     return {"argv": argv, "check": check}
@@ -1568,7 +1560,7 @@ def c_dcp_pickle_sha(c):
     ck = r / "ckpt" / "step_0000002"
     crafted_pickle(ck / ".metadata", c.d / "PWNED")
     rec = json.loads((ck / "step.json").read_text())
-    rec["metadata_sha256"] = sha(ck / ".metadata")
+    rec["metadata_sha256"] = sha256(ck / ".metadata")
     (ck / "step.json").write_text(json.dumps(rec))
     return {"argv": train(c.fx / "data", r, "--resume", "--steps", "3"), "marker": c.d / "PWNED",
             "check": lambda res: None if "step_0000001" in res.stdout else "not resumed from the older checkpoint"}
@@ -1668,7 +1660,7 @@ def same_bytes(a, b):
     def check(r):
         if not Path(a).exists() or not Path(b).exists():
             return "a file is missing"
-        return None if sha(a) == sha(b) else f"{Path(a).name} and {Path(b).name} differ for the same frames"
+        return None if sha256(a) == sha256(b) else f"{Path(a).name} and {Path(b).name} differ for the same frames"
     return check
 
 
@@ -1725,7 +1717,7 @@ def c_det_decompose(c):
 
     def check(r):
         fa = sorted(p.relative_to(c.d / "a") for p in (c.d / "a").rglob("*.mp4"))
-        diff = [str(p) for p in fa if sha(c.d / "a" / p) != sha(c.d / "b" / p)]
+        diff = [str(p) for p in fa if sha256(c.d / "a" / p) != sha256(c.d / "b" / p)]
         return f"differ: {diff}" if diff else None
     return {"argv": decompose(c.fx / "vids", c.d / "b"), "check": check}
 
@@ -1736,7 +1728,7 @@ def c_det_triplets(c):
 
     def check(r):
         fa = sorted(p.relative_to(c.d / "a") for p in (c.d / "a").rglob("*.mp4"))
-        diff = [str(p) for p in fa if sha(c.d / "a" / p) != sha(c.d / "b" / p)]
+        diff = [str(p) for p in fa if sha256(c.d / "a" / p) != sha256(c.d / "b" / p)]
         return f"differ: {diff}" if diff else None
     return {"argv": cmd("toy.py", "triplets", "--out", c.d / "b", "--n", "1"), "check": check}
 
