@@ -311,8 +311,7 @@ def plan_items(sources, st, strides, max_clips, seed):
         longest = max(longest, n)
         if not plan:
             notes.append(f"skipping {src}: {n} frames, too short for {st.frames} frames")
-        mask_file = str(find_mask(st.masks, src, key)) if st.segmenter == "gt" and _has_mask(st.masks, src, key) \
-            else None
+        mask_file = _mask_file(st.masks, src, key) if st.segmenter == "gt" else None
         for start, stride in plan:
             items.append({"id": f"{key}_{start:06d}_s{stride}", "source": str(src), "key": key, "start": start,
                           "stride": stride, "frames": n, "source_fps": fps, "mask_file": mask_file})
@@ -325,12 +324,12 @@ def plan_items(sources, st, strides, max_clips, seed):
     return items, notes
 
 
-def _has_mask(spec, src, key):
+def _mask_file(spec, src, key):
+    """find_mask's path as a string, or None where the source has no mask (check_sources names them all)."""
     try:
-        find_mask(spec, src, key)
-        return True
+        return str(find_mask(spec, src, key))
     except FileNotFoundError:
-        return False
+        return None
 
 
 def find_mask(spec, source, key):

@@ -9,7 +9,6 @@ never leaves them misaligned.
 import argparse
 import csv
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .cli import BadInput, run_cli
-from .records import join_records, read_jsonl, read_records, stale_outputs
+from .records import append_jsonl, join_records, read_jsonl, read_records, stale_outputs
 from .files import atomic_write_text, stamp
 from .video import (VIDEO_EXTS, check_aligned, fit_video, mask_to_rgb, probe, read_mask, read_video,
                     to_tensor, write_video)
@@ -86,17 +85,10 @@ def release_splits(root, n):
 
 
 def read_metadata(root):
-    """Records of metadata.jsonl; a torn last line (a killed writer) is ignored."""
-    p, out = Path(root) / "metadata.jsonl", []
-    if p.exists():
-        for line in p.read_text().split("\n"):
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(r, dict) and "id" in r:                # a stray line that is no record is passed over
-                out.append(r)
-    return out
+    """Records of metadata.jsonl, in order; a torn last line (a killed writer) and stray lines that are no record
+    are passed over."""
+    p = Path(root) / "metadata.jsonl"
+    return [r for _, r in read_jsonl(p)[0] if "id" in r] if p.exists() else []
 
 
 class LayeredWriter:
@@ -124,12 +116,7 @@ class LayeredWriter:
 
     def record(self, **rec):
         """Append one record; one write of one line, so a kill leaves at most a torn last line."""
-        p = self.root / "metadata.jsonl"
-        torn = p.exists() and p.stat().st_size > 0 and p.read_bytes()[-1:] != b"\n"
-        with open(p, "a") as f:
-            f.write(("\n" if torn else "") + json.dumps(rec) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.root / "metadata.jsonl", rec)
         self.done.add(rec["id"])
 
     def finalize(self):

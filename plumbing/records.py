@@ -36,20 +36,6 @@ import hashlib
 from .files import Lock, atomic_write_text, fingerprint, stamp
 
 
-def rank_records(folder, stem):
-    """(records of every <stem>.rank-*.jsonl in folder, those files): what the ranks of a run wrote and rank 0 has
-    not joined yet (a killed run leaves them). A torn last line (its writer was killed mid-line) is left out."""
-    files = sorted(Path(folder).glob(f"{stem}.rank-*.jsonl"))
-    recs = []
-    for f in files:
-        for line in f.read_text().splitlines():
-            try:
-                recs.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return [r for r in recs if isinstance(r, dict)], files
-
-
 def append_jsonl(path, rec):
     """Append one record as one write of one line (fsync'd), so a kill leaves at most a torn last line; a torn
     line left by an earlier kill is ended first, so it never swallows this record."""

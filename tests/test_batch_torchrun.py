@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plumbing.records import rank_records
+from plumbing.records import read_records
 from plumbing.video import read_video, write_video
 import decompose
 import evaluate
@@ -49,7 +49,7 @@ def kill_when_written(p, folder, stem, tag):
         time.sleep(0.02)
     kill_all(tag)
     p.wait()
-    return rank_records(folder, stem)[0]
+    return [r for f in sorted(Path(folder).glob(f"{stem}.rank-*.jsonl")) for r in read_records(f).values()]
 
 
 def shares(stdout, desc):
