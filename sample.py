@@ -140,9 +140,7 @@ def main(a):
             written.append(name)
             if a.grid:
                 grid = to_uint8(torch.cat([f, b, v], -1))
-                for ext in ("mp4", "gif") if fps <= 100 else ("mp4",):     # a GIF holds at most 100 fps
-                    written.append(out / "grid" / f"{j['id']}.{ext}")
-                    write_video(written[-1], grid, fps)
+                written += write_grid(out / "grid" / j["id"], grid, fps)
                 if len(rows) < 8 and ranks.world == 1:     # with a known-correct composite (toy triplets), if any
                     rows.append((np.concatenate([grid] + reference_columns(j.get("reference"), vae, T, H, W, tile,
                                                                            device, dtype, offload), 2), fps))
@@ -158,7 +156,7 @@ def main(a):
             r.get("reference"), vae, T, H, W, tile, device, dtype, offload), 2), r["fps"])
             for r in recs if r.get("status") == "ok" and r.get("settings") == settings][:8]
     if a.grid and len(rows) > 1:
-        write_grid([r for r, _ in rows], out / "grid", rows[-1][1])
+        write_grid(out / "grid", stack_rows([r for r, _ in rows]), rows[-1][1])
     done_before = len(items) - len(job.left)
     print(f"{job.n_new} composition(s) in {job.seconds:.1f}s ({a.steps} {a.sampler} steps, guidance {a.guidance}, "
           f"seed {a.seed})" + (f"; {done_before} done before" if done_before else "")
@@ -191,9 +189,7 @@ def compose_one(a, tfolder, base, shape, tile, device, dtype, offload):
                          device=device, dtype=dtype, offload=offload)[0]
     write_video(out, to_uint8(v), a.fps or fps)
     if a.grid:
-        grid = to_uint8(torch.cat([fg, bg, v], -1))
-        for ext in ("mp4", "gif") if (a.fps or fps) <= 100 else ("mp4",):    # a GIF holds at most 100 fps
-            write_video(out.with_name(f"{out.stem}_grid.{ext}"), grid, a.fps or fps)
+        write_grid(out.with_name(f"{out.stem}_grid"), to_uint8(torch.cat([fg, bg, v], -1)), a.fps or fps)
     print(f"wrote {out}")
 
 
@@ -266,10 +262,18 @@ def reference_columns(path, vae, T, H, W, tile, device, dtype, offload):
         return [ref, to_uint8(vae.decode(vae.encode(x, tile=tile)[0], tile=tile)[0])]
 
 
-def write_grid(rows, path_stem, fps):
+def write_grid(path_stem, frames, fps):
+    """A grid as <path_stem>.mp4 and .gif (a GIF holds at most 100 fps: above, the mp4 only) -> the paths written."""
+    paths = [Path(f"{path_stem}.{ext}") for ext in (("mp4", "gif") if fps <= 100 else ("mp4",))]
+    for path in paths:
+        write_video(path, frames, fps)
+    return paths
+
+
+def stack_rows(rows):
+    """Grids of several compositions, one above the other, a 2-px black line between them."""
     rows = [np.pad(r, ((0, 0), (0, 2), (0, max(x.shape[2] for x in rows) - r.shape[2]), (0, 0))) for r in rows]
-    for ext in ("mp4", "gif") if fps <= 100 else ("mp4",):    # 2-px black line between rows; a GIF: <= 100 fps
-        write_video(f"{path_stem}.{ext}", np.concatenate(rows, 1)[:, :-2], fps)
+    return np.concatenate(rows, 1)[:, :-2]
 
 
 if __name__ == "__main__":
