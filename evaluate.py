@@ -227,7 +227,7 @@ def write_summary(args, out, rows, skipped, missing):
     source = {"folder": str(base.resolve()), "layout": args.layout, "method": (args.method or [None])[0]}
     name = args.name or (source["method"] if args.layout == "released" else base.resolve().name)
     summary = {**summarise(rows), "name": name, "skipped": skipped, "notes": notes, "source": source,
-               "segmenter": SEGMENTERS[args.segmenter].format(sam2=args.sam2)}
+               "segmenter": SEGMENTERS[args.segmenter].format(sam2=args.sam2), "composed_with": composed_with(base)}
     atomic_write_text(out / "summary.json", json.dumps(json_safe(summary), indent=1))
     note = f"\nLayers of the generated videos: {summary['segmenter']}.\n"
     note += f"\nNo weights for {', '.join(missing)}: \"weight-free\" columns are the fallbacks.\n" if missing else ""
@@ -241,6 +241,21 @@ def write_summary(args, out, rows, skipped, missing):
     return summary
 
 
+def composed_with(folder):
+    """The sample.py settings a results folder was composed with (guidance, steps, sampler, seed, ...), or None
+    (the released layout, or records without them)."""
+    rows, _ = read_jsonl(Path(folder) / "results.jsonl") if (Path(folder) / "results.jsonl").is_file() else ([], [])
+    return next((r["settings"] for _, r in rows if isinstance(r.get("settings"), dict)), None)
+
+
+def sweep_sets(folder, marker):
+    """A guidance sweep (sample.py --guidance G1 G2 ...: <folder>/gs-<g>/) -> its sets holding `marker` (a path
+    relative to a set), by guidance; [] where `folder` is no sweep."""
+    sets = [d for d in Path(folder).glob("gs-*") if d.is_dir() and (d / marker).is_file()]
+    value = lambda d: float(d.name[3:]) if d.name[3:].replace(".", "", 1).isdigit() else math.inf
+    return sorted(sets, key=lambda d: (value(d), d.name))
+
+
 def summarise(rows):
     """Mean of every numeric metric over the records (nan / None skipped)."""
     def mean(v):
@@ -250,14 +265,16 @@ def summarise(rows):
     return {"n": len(rows), **{k: mean([r.get(k) for r in rows]) for k in keys}}
 
 
-def table(runs):
-    """runs: {name: summary} -> markdown table shaped like the paper's Table 2 (rows = runs)."""
+def table(runs, by=None):
+    """runs: {name: summary} -> markdown table shaped like the paper's Table 2 (rows = runs); `by`: a sample.py
+    setting shown as a column of its own (guidance, for a sweep)."""
     cols = [(k, lab, arr) for k, lab, arr in COLUMNS if any(k in s for s in runs.values())]
-    lines = ["| run | n | " + " | ".join(f"{lab} {arr}" for _, lab, arr in cols) + " |",
-             "| --- | --- | " + " | ".join("---" for _ in cols) + " |"]
+    lines = ["| run | " + (f"{by} | " if by else "") + "n | " + " | ".join(f"{lab} {arr}" for _, lab, arr in cols)
+             + " |", "| --- | " + ("--- | " if by else "") + "--- | " + " | ".join("---" for _ in cols) + " |"]
     for name, s in runs.items():
         cell = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
-        lines.append(f"| {name} | {s['n']} | " + " | ".join(cell(s.get(k)) for k, _, _ in cols) + " |")
+        lines.append(f"| {name} | " + (f"{cell((s.get('composed_with') or {}).get(by))} | " if by else "")
+                     + f"{s['n']} | " + " | ".join(cell(s.get(k)) for k, _, _ in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -282,6 +299,14 @@ def run_results(args):
                        "facebook/sam2.1-hiera-tiny), or use --segmenter motion (weight-free)")
     if args.segmenter == "sam2":
         weights.check_weights(args.sam2, "--sam2", "--segmenter motion (weight-free)")
+    sets = sweep_sets(args.results, "results.jsonl") if args.layout == "results" and not \
+        (Path(args.results) / "results.jsonl").is_file() else []
+    if sets:                                            # a guidance sweep: every set scored into its own eval/
+        if args.out or args.name:
+            raise BadInput(f"results {args.results}: a sweep's sets are scored into <set>/eval, each named by its "
+                           "folder; leave out --out / --name (or score one set: results <set>)")
+        print(f"{args.results}: a guidance sweep of {len(sets)} sets: " + ", ".join(d.name for d in sets))
+        return {d.name: run_results(argparse.Namespace(**{**vars(args), "results": str(d)})) for d in sets}
     check_reading(args, "results", [args.results], 1)
     check_out_dir(results_out(args), "--out")
     return score(args)
@@ -319,10 +344,14 @@ def run_compare(args):
             raise BadInput(f"compare --out {args.out}: holds a run's scores (metrics.jsonl) and its report.html, which "
                            "compare's would replace; use another --out")
     runs = {}
-    for r in args.runs:
+    for r in [str(d) for r in args.runs for d in sweep_sets(r, "eval/metrics.jsonl") or [r]]:
         name, summary, rows = load_run(r)
         runs[name if name not in runs else f"{name} ({r})"] = (summary, rows)
-    text = table({k: v[0] for k, v in runs.items()})
+    gs = {k: (v[0].get("composed_with") or {}).get("guidance") for k, v in runs.items()}
+    by_guidance = len(set(gs.values()) - {None}) > 1       # a sweep: rows by guidance, each metric plotted on it
+    if by_guidance:
+        runs = dict(sorted(runs.items(), key=lambda kv: (gs[kv[0]] is None, gs[kv[0]] or 0)))
+    text = table({k: v[0] for k, v in runs.items()}, by="guidance" if by_guidance else None)
     print(text, end="")
     segs = {v[0].get("segmenter") for v in runs.values()} - {None}
     if len(segs) > 1:
@@ -331,12 +360,25 @@ def run_compare(args):
     if args.out:
         atomic_write_text(Path(args.out) / "compare.md", text)
         title = "compare: " + ", ".join(runs) + (f" ({'; '.join(sorted(segs))})" if segs else "")
+        plots = guidance_plots({k: v[0] for k, v in runs.items()}) if by_guidance else ""
+        if plots:
+            atomic_write_text(Path(args.out) / "guidance.html", f"<!doctype html><meta charset='utf-8'>{plots}")
         html = pages.write_runs_report(Path(args.out), {k: v[0] for k, v in runs.items()},
-                                       {k: v[1] for k, v in runs.items()}, COLUMNS, title)
-        print(f"-> {args.out}/compare.md, {html.name}")
+                                       {k: v[1] for k, v in runs.items()}, COLUMNS, title, extra=plots)
+        print(f"-> {args.out}/compare.md, {html.name}" + (", guidance.html (each metric against guidance)"
+                                                          if plots else ""))
     else:
         print("(add --out DIR for compare.md and report.html)")
     return {k: v[0] for k, v in runs.items()}
+
+
+def guidance_plots(summaries):
+    """{run: summary} of a guidance sweep -> HTML: one SVG line chart per metric, the metric against guidance."""
+    points = [{"guidance": s["composed_with"]["guidance"], **s} for s in summaries.values()
+              if (s.get("composed_with") or {}).get("guidance") is not None]
+    charts = [pages.curve_svg(k, f"{lab} {arr}", points, [k], x="guidance") for k, lab, arr in COLUMNS
+              if any(pages.number(p.get(k)) for p in points)]
+    return f'<h2>Against guidance</h2><div class="row">{"".join(charts)}</div>' if charts else ""
 
 
 def load_run(path):
@@ -355,7 +397,10 @@ def load_run(path):
             except (OSError, ValueError):
                 old = {}
             rows = [r for _, r in rows if r.get("status", "ok") == "ok"]      # not the records that failed
-            extra = {k: old[k] for k in ("source", "segmenter") if isinstance(old, dict) and k in old}
+            extra = {k: old[k] for k in ("source", "segmenter", "composed_with") if isinstance(old, dict) and k in old}
+            src = extra.get("source") or {}
+            if "composed_with" not in extra and src.get("layout") == "results":     # scored before it was kept
+                extra["composed_with"] = composed_with(src.get("folder", ""))
             return old.get("name", name) if isinstance(old, dict) else name, {**summarise(rows), **extra}, rows
     raise BadInput(f"compare {path}: no metrics.jsonl there (run python evaluate.py results {path} first)")
 
@@ -445,7 +490,8 @@ def command(name, run, about, parents=()):
 
 ap = command("results", run_results, "score a run: M1-M4 where weights are given, weight-free measures, toy "
              "metrics -> summary.md / .json, metrics.jsonl (resumable), report.html", [device, reading])
-ap("results", metavar="RESULTS_DIR", help="folder holding results.jsonl (sample.py --triplets ... --out DIR)")
+ap("results", metavar="RESULTS_DIR", help="folder holding results.jsonl (sample.py --triplets ... --out DIR); a "
+   "guidance sweep's folder (gs-*/ sets) scores each set into <set>/eval")
 ap("--out", help="report folder (default RESULTS_DIR/eval; with --layout released, RESULTS_DIR/eval-METHOD)")
 ap("--name", help="row name of this run in summary.md (default: the results folder's name)")
 ap("--viclip", help="ViCLIP weights (.safetensors / .pth, a folder holding model.safetensors, or a hub id such as "
@@ -469,7 +515,8 @@ ap("--overwrite", action="store_true", help="rescore the records --out holds sco
    "refuse, keeping them)")
 
 ap = command("compare", run_compare, "print the summaries of scored runs side by side")
-ap("runs", nargs="+", metavar="RUN", help="eval folders, or results folders holding eval/")
+ap("runs", nargs="+", metavar="RUN", help="eval folders, results folders holding eval/, or a guidance sweep's folder "
+   "(sample.py --guidance G1 G2 ...: its gs-*/ sets, by guidance, with each metric plotted against guidance)")
 ap("--out", help="where compare.md and report.html go (default: print only)")
 
 ap = command("judge", run_judge, "VLM judge: compare two runs over the same triplets on the paper's six criteria "

@@ -5,6 +5,8 @@ Compose: put a foreground subject into a background video under a prompt (paper 
     python sample.py --fg fg.mp4 --bg bg.mp4 --prompt "a red boat sailing on the water at sunset" --grid
     python sample.py --fg clip.mp4 --mask mask.mp4 --bg bg.mp4 --prompt "..." --out out/mine.mp4   # video + its mask
     python sample.py --triplets data/toy-test/triplets.jsonl --ckpt runs/toy --out results/toy   # for evaluate.py
+    python sample.py --triplets Organized_Results --ckpt runs/stm5b --guidance 2 4 6 8 --out results/test
+        # the paper's test protocol: a folder of triplet folders (its released test set), one set per guidance
     torchrun --nproc_per_node=8 sample.py --triplets test/triplets.jsonl --ckpt runs/stm5b --out results/stm5b
 Real scale (GPU, bf16, tiled VAE decode; the StM release's sampler settings are the defaults):
     python sample.py --model THUDM/CogVideoX-5b-I2V --ckpt runs/stm5b --fg fg.mp4 --mask mask.mp4 --bg bg.mp4 \\
@@ -18,6 +20,11 @@ and tokenizer. fg is the subject on black (its mask is where it is not black), o
 another size, length or frame rate are resampled to the model's frames and cropped to its size; the output keeps
 the background's duration (a still image as bg is a still scene of the model's length, at 8 fps as CogVideoX).
 
+--triplets also takes a folder of triplet folders (each <name>/ holding fg, bg, optionally mask, and prompt.txt; the
+StM release's sample-*/ test folders are such a folder): the triplets file made of it is written as
+<out>/triplets.jsonl and composed. Several --guidance values compose every triplet once per value, into
+<out>/gs-<value>/, each a results folder of its own (evaluate.py results / compare read them; docs/evaluation.md).
+
 A folder --out is a batch job on the one record engine (plumbing/records.py): results.jsonl holds one record per
 composition with the fingerprint of its inputs and checkpoint; a rerun composes only what is missing or changed,
 a triplet that cannot be used is skipped with its reason, and a folder made with other settings is refused (use
@@ -26,6 +33,7 @@ another --out, or --overwrite). A file --out (.mp4 / .gif) is one composition an
 """
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +42,9 @@ import torch
 import composer
 from plumbing.cli import BadInput, check_device, check_out_dir, run_cli
 from plumbing.ranks import Ranks
-from plumbing.files import stamp
 from plumbing.records import Job, read_records
-from plumbing.dataset import check_files, read_triplets
+from plumbing.dataset import check_files, folder_triplets, read_triplets, triplets_text
+from plumbing.files import atomic_write_text, stamp
 from plumbing.video import fit_video, read_video, to_tensor, to_uint8, write_video
 
 ROOT = Path(__file__).resolve().parent
@@ -47,7 +55,8 @@ arg("--fg", help="foreground video (subject on black), or any video with --mask"
 arg("--mask", help="mask video or PNG folder for --fg (white/nonzero = subject)")
 arg("--bg", help="background video, or a still image")
 arg("--prompt", default=None, help="text prompt describing the composed video (with --fg / --bg)")
-arg("--triplets", help="jsonl of {fg, bg, prompt[, mask, id, reference]} (paths relative to the file): compose all")
+arg("--triplets", help="jsonl of {fg, bg, prompt[, mask, id, reference]} (paths relative to the file), or a folder of "
+    "triplet folders (<name>/ with fg, bg, optional mask, prompt.txt; the StM release's sample-*/): compose all")
 arg("--ckpt", default=str(ROOT / "assets" / "toy-composer"),
     help="composer: train.py output folder, a folder with transformer/, or a hub id")
 arg("--model", default=None,
@@ -56,7 +65,8 @@ arg("--out", default="out", help="output folder (or .mp4 / .gif file for a singl
 arg("--steps", type=int, default=50, help="sampler steps (StM release: 50)")
 arg("--sampler", default="dpm", choices=["ddim", "dpm"],
     help="CogVideoX's DPM-Solver++ variant (StM release) or its DDIM (the toy composer's)")
-arg("--guidance", type=float, default=6.0, help="classifier-free guidance on the text (1: off; StM: 6)")
+arg("--guidance", type=float, nargs="+", default=[6.0], help="classifier-free guidance on the text (1: off; StM: 6); "
+    "several values (the release's test protocol: 2 4 6 8) compose each triplet once per value into <out>/gs-<value>/")
 arg("--dynamic-cfg", action="store_true",
     help="CogVideoX's dynamic guidance schedule (off in the StM release; it makes the scale oscillate)")
 arg("--seed", type=int, default=0, help="noise seed (same seed, same video)")
@@ -90,22 +100,59 @@ def main(a):
         print(f"note: --offload {a.offload} on {device.type}: the models already live in host memory, nothing to "
               "move; the same outputs, no memory saved")
     offload = composer.Offload(a.offload, device)
-    settings = {"ckpt": str(Path(a.ckpt).resolve()) if Path(a.ckpt).exists() else a.ckpt, "steps": a.steps,
-                "sampler": a.sampler, "guidance": a.guidance, "dynamic_cfg": a.dynamic_cfg, "seed": a.seed,
-                "frames": T, "size": [H, W], "fps": a.fps, "grid": a.grid, "batch": a.batch}
     if a.out.lower().endswith((".mp4", ".gif")):
         return compose_one(a, tfolder, base, (T, H, W), tile, device, dtype, offload)
 
-    items, bad = read_triplets(a.triplets or ROOT / "assets" / "examples" / "triplets.jsonl") if not a.fg else \
-        ([{"id": "result", "fg": a.fg, "bg": a.bg, "mask": a.mask, "prompt": a.prompt or ""}], {})
-    ins = {"result": composer.load_inputs(a.fg, a.bg, a.mask, T, H, W)} if a.fg else {}   # one composition: fail now
     out = Path(a.out)
     check_out_dir(out)
-    for it in items:
-        if it["id"] not in bad:
-            bad[it["id"]] = clash_with_inputs(it, out) or check_files(it)
-    a.overwrite or check_folder(out, [it for it in items if not bad[it["id"]]])
+    items, bad = load_triplets(a, out, ranks)
+    ins = {"result": composer.load_inputs(a.fg, a.bg, a.mask, T, H, W)} if a.fg else {}   # one composition: fail now
+    sets = [(g, out if len(a.guidance) == 1 else out / f"gs-{g:g}") for g in a.guidance]
+    why = {dest: {it["id"]: bad.get(it["id"]) or clash_with_inputs(it, dest) for it in items} for _, dest in sets}
+    for it in items:                                       # the files, probed once for every set
+        files = None if bad.get(it["id"]) else check_files(it)
+        for _, dest in sets:
+            why[dest][it["id"]] = why[dest][it["id"]] or files
+    for _, dest in sets:
+        a.overwrite or check_folder(dest, [it for it in items if not why[dest][it["id"]]])
     model, vae, texts = composer.load_models(tfolder, base, device, dtype, offload, a.compile)   # before any write
+    table = composer.embed_all(texts, [it["prompt"] for it in items if not bad.get(it["id"])], offload)
+    offload.release("t5")                                  # every prompt encoded: T5 leaves the GPU
+    run = (model, vae, table, tfolder, base, (T, H, W), tile, device, dtype, offload, ranks)
+    for g, dest in sets:
+        if len(sets) > 1 and ranks.rank == 0:
+            print(f"guidance {g:g} -> {dest}")
+        compose_set(a, run, g, dest, items, why[dest], dict(ins))
+
+
+def load_triplets(a, out, ranks):
+    """What to compose -> (items, {id: why it cannot be}): the --triplets file; a folder of triplet folders, made
+    into <out>/triplets.jsonl first; --fg/--bg/--mask/--prompt; or the bundled examples."""
+    if a.fg:
+        return [{"id": "result", "fg": a.fg, "bg": a.bg, "mask": a.mask, "prompt": a.prompt or ""}], {}
+    src = Path(a.triplets or ROOT / "assets" / "examples" / "triplets.jsonl")
+    if not src.is_dir():
+        return read_triplets(src)
+    found, left = folder_triplets(src)
+    for name, why in left:
+        print(f"warning: --triplets {src}: {name}/ left out: {why}", file=sys.stderr)
+    made, text = out / "triplets.jsonl", triplets_text(found, out / "triplets.jsonl")
+    if made.exists() and made.read_text(encoding="utf-8", errors="replace") != text and not a.overwrite:
+        raise BadInput(f"--out {out}: its triplets.jsonl lists other triplets than {src} holds now; use another "
+                       "--out, or --overwrite to replace it")
+    if ranks.rank == 0:
+        atomic_write_text(made, text)
+        print(f"{len(found)} triplet folder(s) in {src} -> {made}")
+    ranks.wait()                                           # every rank reads the file rank 0 wrote
+    return read_triplets(made)
+
+
+def compose_set(a, run, guidance, out, items, bad, ins):
+    """Compose every triplet at one guidance into the results folder `out` (resumable: the record engine)."""
+    model, vae, table, tfolder, base, (T, H, W), tile, device, dtype, offload, ranks = run
+    settings = {"ckpt": str(Path(a.ckpt).resolve()) if Path(a.ckpt).exists() else a.ckpt, "steps": a.steps,
+                "sampler": a.sampler, "guidance": guidance, "dynamic_cfg": a.dynamic_cfg, "seed": a.seed,
+                "frames": T, "size": [H, W], "fps": a.fps, "grid": a.grid, "batch": a.batch}
     # the record engine: a triplet is done when its record matches these settings, its inputs and the checkpoint
     job = Job(out, "results", items, settings=settings, ranks=ranks, overwrite=a.overwrite, what="composition",
               inputs=lambda j: [tfolder, base, *(j.get(k) for k in ("fg", "bg", "mask", "reference")),
@@ -114,8 +161,6 @@ def main(a):
         if why and not job.is_done(i):
             job.skip(i, why)
     groups, rows = job.batches(a.batch, bar=ranks.world > 1), []      # fixed-position: a rerun, the same noise
-    table = composer.embed_all(texts, [j["prompt"] for g in groups for j in g if not bad.get(j["id"])], offload)
-    offload.release("t5")                                  # every prompt encoded: T5 leaves the GPU
     for chunk in groups:
         chunk = [j for j in chunk if not bad.get(j["id"]) and j["id"] not in job.skipped]
         for j in chunk:
@@ -129,7 +174,7 @@ def main(a):
         fg, bg, mask = (torch.stack([ins[j["id"]][k] for j in chunk]) for k in range(3))
         prompts = [j["prompt"] for j in chunk]
         video = composer.compose(model, vae, composer.text_of(table, prompts), fg, bg, mask, prompts, steps=a.steps,
-                                 sampler=a.sampler, guidance=a.guidance, dynamic_cfg=a.dynamic_cfg, seed=a.seed,
+                                 sampler=a.sampler, guidance=guidance, dynamic_cfg=a.dynamic_cfg, seed=a.seed,
                                  tile=tile, device=device, dtype=dtype, progress=ranks.world == 1, offload=offload)
         for j, v, f, b in zip(chunk, video, fg, bg):
             fps = a.fps or ins.pop(j["id"])[3]
@@ -158,7 +203,7 @@ def main(a):
     if a.grid and len(rows) > 1:
         write_grid(out / "grid", stack_rows([r for r, _ in rows]), rows[-1][1])
     done_before = len(items) - len(job.left)
-    print(f"{job.n_new} composition(s) in {job.seconds:.1f}s ({a.steps} {a.sampler} steps, guidance {a.guidance}, "
+    print(f"{job.n_new} composition(s) in {job.seconds:.1f}s ({a.steps} {a.sampler} steps, guidance {guidance:g}, "
           f"seed {a.seed})" + (f"; {done_before} done before" if done_before else "")
           + (f"; {len(job.skipped)} skipped: " + ", ".join(job.skipped) if job.skipped else "")
           + (f"; {ranks.world} processes, {job.n_new / max(job.seconds, 1e-9):.3g} items/s" if ranks.world > 1
@@ -185,7 +230,7 @@ def compose_one(a, tfolder, base, shape, tile, device, dtype, offload):
     text = composer.embed(texts, [a.prompt or ""], offload)
     offload.release("t5")
     v = composer.compose(model, vae, text, fg[None], bg[None], mask[None], [a.prompt or ""], steps=a.steps,
-                         sampler=a.sampler, guidance=a.guidance, dynamic_cfg=a.dynamic_cfg, seed=a.seed, tile=tile,
+                         sampler=a.sampler, guidance=a.guidance[0], dynamic_cfg=a.dynamic_cfg, seed=a.seed, tile=tile,
                          device=device, dtype=dtype, offload=offload)[0]
     write_video(out, to_uint8(v), a.fps or fps)
     if a.grid:
@@ -200,8 +245,15 @@ def compose_one(a, tfolder, base, shape, tile, device, dtype, offload):
 def check_flags(a):
     finite = lambda x: x is not None and math.isfinite(x)
     problems = [(a.steps < 1, f"--steps {a.steps}: need at least 1"),
-                (not (finite(a.guidance) and a.guidance >= 0),
-                 f"--guidance {a.guidance}: need a finite number >= 0 (1: no guidance; StM: 6)"),
+                *[(not (finite(g) and g >= 0), f"--guidance {g}: need a finite number >= 0 (1: no guidance; StM: 6)")
+                  for g in a.guidance],
+                (len({f"{g:g}" for g in a.guidance}) < len(a.guidance),
+                 f"--guidance {' '.join(f'{g:g}' for g in a.guidance)}: a value twice (each names a set "
+                 "<out>/gs-<value>)"),
+                (len(a.guidance) > 1 and a.out.lower().endswith((".mp4", ".gif")),
+                 f"--out {a.out}: several --guidance values make one results set each; give a folder --out"),
+                (a.triplets and a.out.lower().endswith((".mp4", ".gif")),
+                 f"--out {a.out}: --triplets composes many; give a folder --out"),
                 (not 0 <= a.seed < 2**63, f"--seed {a.seed}: need 0 <= seed < 2^63"),
                 (a.batch < 1, f"--batch {a.batch}: need at least 1"),
                 (a.fps is not None and not (finite(a.fps) and 0.1 <= a.fps <= 240),

@@ -315,18 +315,20 @@ def tally_study(out, files):
 # ---------------------------------------------------------------------------------------------
 
 
-def _num(v):
+def number(v):
+    """A plottable number (not a bool, None or NaN)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
 
 
+
 def _fmt(v):
-    return f"{v:.4g}" if _num(v) else "–"
+    return f"{v:.4g}" if number(v) else "–"
 
 
 def bars_svg(label, values):
     """{run: value} -> a small SVG bar chart (one horizontal bar per run, zero line, values printed)."""
     name_w, bar_w, row_h = 160, 260, 20
-    nums = [v for v in values.values() if _num(v)]
+    nums = [v for v in values.values() if number(v)]
     lo, hi = min([0.0, *nums]), max([0.0, *nums])
     scale = bar_w / (hi - lo) if hi > lo else 0.0
     zero = name_w + (0 - lo) * scale
@@ -336,7 +338,7 @@ def bars_svg(label, values):
     for i, (run, v) in enumerate(values.items()):
         y = 22 + i * row_h
         out.append(f'<text x="4" y="{y + 13}">{E(run[:24])}</text>')
-        if _num(v):
+        if number(v):
             x0, x1 = sorted((zero, name_w + (v - lo) * scale))
             out.append(f'<rect x="{x0:.1f}" y="{y + 2}" width="{max(x1 - x0, 1):.1f}" height="{row_h - 5}" '
                        f'fill="#3f6fb5"><title>{E(run)}: {v:.6g}</title></rect>')
@@ -345,19 +347,20 @@ def bars_svg(label, values):
     return "\n".join(out) + "</svg>"
 
 
-def write_report(out, runs, columns, title="", max_rows=100):
+def write_report(out, runs, columns, title="", max_rows=100, extra=""):
     """runs: [{name, summary, rows}] (see evaluate.py) -> out/report.html: summary table, a bar chart per metric, and
-    per triplet (the first max_rows) fg | bg | correct composite | each run's result with its metrics. Videos are
-    linked by paths relative to out, so the page opens from disk next to them."""
+    per triplet (the first max_rows) fg | bg | correct composite | each run's result with its metrics; `extra` (HTML,
+    e.g. the metrics against guidance of a sweep) after the table. Videos are linked by paths relative to out, so the
+    page opens from disk next to them."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cols = [(k, lab, arr) for k, lab, arr in columns if any(_num(r["summary"].get(k)) for r in runs)]
+    cols = [(k, lab, arr) for k, lab, arr in columns if any(number(r["summary"].get(k)) for r in runs)]
     rel = lambda p: quote(os.path.relpath(Path(p).resolve(), out.resolve()).replace(os.sep, "/"))
     vid = lambda p, label: _video(rel(p), label, 200, p)
 
     best = {}                                            # the best run per metric, in bold
     for k, _, arr in cols:
-        vals = [r["summary"].get(k) for r in runs if _num(r["summary"].get(k))]
+        vals = [r["summary"].get(k) for r in runs if number(r["summary"].get(k))]
         best[k] = (min if arr == "↓" else max)(vals) if vals else None
     head = "<tr><th>run</th><th>n</th>" + "".join(f"<th>{E(lab)} {arr}</th>" for _, lab, arr in cols) + "</tr>"
     body = "".join(f"<tr><td>{E(r['name'])}</td><td>{r['summary'].get('n', len(r['rows']))}</td>" + "".join(
@@ -390,7 +393,7 @@ def write_report(out, runs, columns, title="", max_rows=100):
     title = title or "Results: " + ", ".join(r["name"] for r in runs)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{E(title)}</title><style>{CSS}
 .bars{{margin:4px 12px 4px 0}}</style></head><body><h1>{E(title)}</h1>
-<h2>Summary</h2><table class="summary">{head}{body}</table>
+<h2>Summary</h2><table class="summary">{head}{body}</table>{extra}
 <h2>Per metric</h2><div class="row">{charts}</div>
 <h2>Triplets</h2><p>Showing {shown} triplets (matched across runs by id); best run per metric in bold above.</p>
 {"".join(sections)}
@@ -400,7 +403,7 @@ def write_report(out, runs, columns, title="", max_rows=100):
     return out / "report.html"
 
 
-def write_runs_report(out, summaries, rows, columns, title):
+def write_runs_report(out, summaries, rows, columns, title, extra=""):
     """OUT/report.html of evaluate.py results / compare: the summary table, a bar chart per metric, and per triplet
     its input videos, the toy's correct composite where there is one, and each run's result with its metrics.
     summaries / rows: by run name, a summary (with its "source") and the metrics.jsonl rows."""
@@ -416,7 +419,7 @@ def write_runs_report(out, summaries, rows, columns, title):
                     triplets.append({**row, **files, "id": rec.get("id") or row.get("id"),
                                      "prompt": rec.get("prompt", "")})
         runs.append({"name": name, "summary": summary, "rows": triplets})
-    return write_report(out, runs, columns, title)
+    return write_report(out, runs, columns, title, extra=extra)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,10 +503,11 @@ TRAIN_CURVES = (("loss", "loss (total, fg, bg)", ("loss", "loss_fg", "loss_bg"))
 CURVE_COLOURS = ("#3f6fb5", "#d9822b", "#3a9a5b")
 
 
-def curve_svg(key, label, records, series, width=420, height=190):
-    """records [{step, ...}] -> an inline SVG line chart of `series` over step: one <polyline data-series="name">
-    per series, one point per record that has it; min / max on the y axis and the first / last step on the x axis."""
-    pts = {s: [(r["step"], r[s]) for r in records if _num(r.get(s))] for s in series}
+def curve_svg(key, label, records, series, width=420, height=190, x="step"):
+    """records [{step, ...}] -> an inline SVG line chart of `series` over step (or another key `x`, e.g. guidance):
+    one <polyline data-series="name"> per series, one point per record that has it; min / max on the y axis and the
+    first / last x on the x axis."""
+    pts = {s: [(r[x], r[s]) for r in records if number(r.get(s)) and number(r.get(x))] for s in series}
     allp = [p for ps in pts.values() for p in ps]
     left, right, top, bottom = 58, 10, 22, 26
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="curve" data-key="{E(key)}" width="{width}" '
@@ -521,18 +525,20 @@ def curve_svg(key, label, records, series, width=420, height=190):
                'fill="none" stroke="#ccc"/>')
     for y in (y0, y1):
         out.append(f'<text x="{left - 4}" y="{Y(y) + 4:.1f}" text-anchor="end">{_fmt(y)}</text>')
-    for x, anchor in ((x0, "start"), (x1, "end")):
-        out.append(f'<text x="{X(x):.1f}" y="{height - 8}" text-anchor="{anchor}">step {x:g}</text>')
+    ticks = sorted({p[0] for p in allp}) if x != "step" and len({p[0] for p in allp}) <= 8 else [x0, x1]
+    for v in ticks:                                     # a sweep's few values each labelled; steps: first, last
+        anchor = "start" if v == x0 else "end" if v == x1 else "middle"
+        out.append(f'<text x="{X(v):.1f}" y="{height - 8}" text-anchor="{anchor}">{E(x)} {v:g}</text>')
     for i, (s, ps) in enumerate(pts.items()):
         if not ps:
             continue
         c = CURVE_COLOURS[i % len(CURVE_COLOURS)]
         xy = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in ps)
         out.append(f'<polyline data-series="{E(s)}" data-points="{len(ps)}" points="{xy}" fill="none" '
-                   f'stroke="{c}" stroke-width="1.5"><title>{E(s)}: last {ps[-1][1]:.6g} at step {ps[-1][0]}'
+                   f'stroke="{c}" stroke-width="1.5"><title>{E(s)}: last {ps[-1][1]:.6g} at {E(x)} {ps[-1][0]:g}'
                    '</title></polyline>')
-        if len(ps) == 1:
-            out.append(f'<circle cx="{X(ps[0][0]):.1f}" cy="{Y(ps[0][1]):.1f}" r="2.5" fill="{c}"/>')
+        for px, py in ps if x != "step" or len(ps) == 1 else []:     # a sweep's few points: each one marked
+            out.append(f'<circle cx="{X(px):.1f}" cy="{Y(py):.1f}" r="2.5" fill="{c}"/>')
         if len(series) > 1:
             out.append(f'<text x="{width - right - 82 * (len(series) - i)}" y="14" fill="{c}">{E(s)}</text>')
     return "\n".join(out) + "</svg>"

@@ -9,6 +9,7 @@ never leaves them misaligned.
 import argparse
 import csv
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from .cli import BadInput, run_cli
 from .records import append_jsonl, join_records, read_jsonl, read_records, stale_outputs
 from .files import atomic_write_text, stamp
-from .video import (VIDEO_EXTS, check_aligned, fit_video, mask_to_rgb, probe, read_mask, read_video,
+from .video import (IMAGE_EXTS, VIDEO_EXTS, check_aligned, fit_video, mask_to_rgb, probe, read_mask, read_video,
                     to_tensor, write_video)
 
 LISTS = {"caption": "prompts.txt", "video": "videos.txt", "fg": "fg.txt", "bg": "bg.txt", "mask": "masks.txt"}
@@ -187,6 +188,8 @@ class LayeredClips(torch.utils.data.Dataset):
 # Triplets files: what sample.py --triplets composes and evaluate.py scores (one JSON object a line)
 
 RESERVED_IDS = {"grid"}       # sample.py writes <out>/grid.mp4, the stacked grid: no triplet may be named so
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,120}")     # an id names output files: a plain file name
+RELEASED_RE = re.compile(r"^sample-(\d+)_gs-([\d.]+)_")     # the StM release's test folders: sample-<i>_gs-<g>_...
 
 
 def text_problem(s, what):
@@ -233,7 +236,7 @@ def read_triplets(path):
             items.append({"id": f"@line{n}"})
             continue
         i = j.get("id", f"{sum(1 for it in items if not it['id'].startswith('@')):04d}")
-        if not isinstance(i, (str, int)) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,120}", str(i)):
+        if not isinstance(i, (str, int)) or not ID_RE.fullmatch(str(i)):
             bad[f"@line{n}"] = f"{where}: id {i!r} must be a plain file name (letters, digits, . _ -)"
             items.append({"id": f"@line{n}"})
             continue
@@ -260,6 +263,70 @@ def read_triplets(path):
     if not items:
         raise BadInput(f"--triplets {path}: no triplets in the file")
     return items, bad
+
+
+def sample_id(folder):
+    """The id of one triplet folder: its name where that is a plain file name, else (a released folder whose name
+    holds its prompt) sample-<i>. Results and the released folders share it, so compare matches them by id."""
+    name = Path(folder).name
+    m = RELEASED_RE.match(name)
+    return name if ID_RE.fullmatch(name) or not m else f"sample-{m.group(1)}"
+
+
+def _layer(d, name, exts, frames_ok=False):
+    """<d>/<name>.<ext> (first by extension order), or a <d>/<name>/ folder of PNG/JPG frames where allowed."""
+    hits = [d / f"{name}{e}" for e in exts if (d / f"{name}{e}").is_file()]
+    if hits:
+        return hits[0]
+    folder = d / name
+    if frames_ok and folder.is_dir() and any(f.suffix.lower() in IMAGE_EXTS for f in folder.iterdir()):
+        return folder
+    return None
+
+
+def folder_triplets(folder):
+    """A folder of triplet folders -> the triplets in it, for a triplets file (sample.py --triplets FOLDER).
+    Each <folder>/<name>/ holds fg.<video> (the subject on black, or any video with a mask), bg.<video or image>,
+    optionally mask.<video> or mask/ (PNG frames), and prompt.txt. The StM release's test set is such a folder:
+    sample-<i>_gs-<g>_<prompt>/ holding fg.mp4 (subject on black: its mask is where it is not black), bg.mp4 and
+    prompt.txt beside the outputs of each method; the guidance the release showed is kept as `released_guidance`.
+    -> (items with absolute paths, sorted by sample number then name; [(folder name, why)] of those left out)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInput(f"--triplets {folder}: no such folder or file")
+    items, left, ids = [], [], {}
+    num = lambda d: int(RELEASED_RE.match(d.name).group(1)) if RELEASED_RE.match(d.name) else -1
+    for d in sorted((d for d in folder.iterdir() if d.is_dir()), key=lambda d: (num(d), d.name)):
+        fg, bg = _layer(d, "fg", VIDEO_EXTS), _layer(d, "bg", VIDEO_EXTS + IMAGE_EXTS)
+        if fg is None or bg is None:
+            if any(f.suffix.lower() in VIDEO_EXTS for f in d.iterdir()):     # a folder of videos that is no triplet
+                left.append((d.name, f"no {'fg' if fg is None else 'bg'}.<video> in it"))
+            continue
+        i = sample_id(d)
+        if not ID_RE.fullmatch(i) or i.lower() in RESERVED_IDS or i.lower() in ids:
+            left.append((d.name, f"its id {i!r} is not a plain file name, or is taken (by {ids.get(i.lower())})"))
+            continue
+        ids[i.lower()] = d.name
+        prompt = one_line((d / "prompt.txt").read_text(encoding="utf-8")) if (d / "prompt.txt").is_file() else ""
+        item = {"id": i, "fg": str(fg.resolve()), "bg": str(bg.resolve()), "prompt": prompt}
+        mask = _layer(d, "mask", VIDEO_EXTS, frames_ok=True)
+        item.update({"mask": str(mask.resolve())} if mask else {})
+        m = RELEASED_RE.match(d.name)
+        item.update({"released_guidance": float(m.group(2))} if m else {})
+        items.append(item)
+    if not items:
+        raise BadInput(f"--triplets {folder}: no triplet folders in it (each <name>/ holding fg.<video>, "
+                       "bg.<video or image>, optionally mask and prompt.txt; the StM release's sample-*/ folders)")
+    return items, left
+
+
+def triplets_text(items, path):
+    """Triplets -> the text of a triplets file at `path`: one JSON object a line, paths relative to the file."""
+    def rel(p):                                        # relative where the file sits near the videos
+        r = os.path.relpath(p, Path(path).parent.resolve()).replace(os.sep, "/")
+        return str(Path(p).resolve()) if r.startswith("../../../") else r
+    return "".join(json.dumps({k: rel(v) if k in ("fg", "bg", "mask", "reference") else v for k, v in it.items()},
+                              ensure_ascii=False) + "\n" for it in items)
 
 
 def check_files(item):
@@ -396,7 +463,7 @@ def released_records(folder, method):
                        f"(its sample folders hold: {', '.join(methods) or 'no method videos'})")
     recs = []
     for d in samples:
-        rec = {"id": d.name, "fg": str(d / "fg.mp4"), "bg": str(d / "bg.mp4"), "result": str(d / f"{method}.mp4"),
+        rec = {"id": sample_id(d), "fg": str(d / "fg.mp4"), "bg": str(d / "bg.mp4"), "result": str(d / f"{method}.mp4"),
                "prompt": (d / "prompt.txt").read_text().strip() if (d / "prompt.txt").is_file() else ""}
         recs.append({**rec, "mask": str(d / "mask.mp4")} if (d / "mask.mp4").is_file() else rec)
     return recs
