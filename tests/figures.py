@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ["tests/test_dit.py", "tests/test_vae.py", "tests/test_text.py", "tests/test_diffusion.py",
-         "tests/test_metrics.py"]
+         "tests/test_metrics.py", "tests/test_tapir.py", "tests/test_moseg.py"]
 
 # name printed by the tests -> (ours, reference) as docs/results.md's table words them; the order is the table's
 ROWS = {
@@ -44,6 +44,12 @@ ROWS = {
     "swin3d": ("`others/metrics.py` Swin3D (tiny config, random weights)", "torchvision `SwinTransformer3d`"),
     "swin3d-preprocess": ("`others/metrics.py` Swin3D preprocessing", "torchvision `Swin3D_B_Weights` transforms"),
     "raft": ("`others/metrics.py` RAFT (tiny config, random weights)", "torchvision `raft._raft`"),
+    "tapir": ("`others/tapir.py` BootsTAPIR: feature grids, cost-volume estimate, 4 refinements (tiny widths)",
+              "DeepMind's torch port `tapnet_torch` (SegAnyMo's copy; golden by `tests/goldens/make_tapir.py`)"),
+    "moseg": ("`others/moseg.py` motion classifier over tracks, with the release's input features (tiny config)",
+              "SegAnyMo `traj_oa_depth` + `parse_tapir_track_info` (golden by `tests/goldens/make_moseg.py`)"),
+    "dino-keys": ("`others/moseg.py` DINOv2 last-block keys, stride 7, head-minor (transformers `Dinov2Model`)",
+                  "SegAnyMo `ViTExtractor` on the official dinov2 ViT (golden)"),
 }
 LINE = re.compile(r"^PARITY (?P<name>[\w-]+): (?:max rel err (?P<err>\S+)|(?P<ids>identical ids))\s*$")
 

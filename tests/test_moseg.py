@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import rel, single_thread
+from figures import parity
 from others import moseg
 
 one_thread = single_thread()
@@ -54,6 +55,7 @@ def test_classifier_matches_official(clf):
     pad = clf["batch.mask"][0, 0] > 0.5
     p = model(traj, disp, pad, clf["batch.visib_value"][0, 0], clf["batch.confi_value"][0, 0],
               clf["batch.dino"][0, :, :, 0].t())
+    parity("moseg", rel(p, clf["out.probs"]))
     assert rel(p, clf["out.probs"]) < 1e-5
 
 
@@ -183,6 +185,7 @@ def test_dino_keys_match_official():
     with torch.no_grad():
         k = moseg.dino_keys(model, g["pixels"])
     assert k.shape == g["keys"].shape == (2, 5, 9, 32)
+    parity("dino-keys", rel(k, g["keys"]))
     assert rel(k, g["keys"]) < 1e-5
     f = moseg.dino_features(model, g["frames"].numpy())
     assert f.dtype == torch.float16 and rel(f.float(), g["keys"]) < 1e-3

@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 from conftest import rel, single_thread
+from figures import parity
 from others import tapir
 
 GOLDENS = Path(__file__).parent / "goldens"
@@ -61,6 +62,7 @@ def test_parity_with_official(golden):
         "expected_dist": rel(final[2], g["out.expected_dist"]),
     }
     print("\ntapir parity, max rel err: " + ", ".join(f"{k} {v:.2g}" for k, v in errs.items()))
+    parity("tapir", max(errs.values()))
     assert max(errs.values()) <= 1e-5, errs
     # the query frame's initial position is the query itself, exactly
     rows = torch.arange(len(q))
