@@ -6,22 +6,27 @@ Split: any folder of videos -> a layered-clip training set (caption, mask, fg la
     python decompose.py --videos clips --out data/mine --segmenter sam2 --sam2 facebook/sam2.1-hiera-tiny \\
         --captioner vlm --vlm OpenGVLab/InternVL3-1B-hf --inpainter minimax --remover zibojia/minimax-remover
     python decompose.py --videos clips --out data/mine --inpainter cmd --inpaint-cmd "propainter {video} {mask} {out}"
+    python decompose.py --videos clips --val-videos DAVIS/JPEGImages/480p --out data/mine   # DAVIS: validation only
     torchrun --nproc_per_node=8 decompose.py --videos clips --out data/mine --segmenter sam2   # one process per GPU
     torchrun --nnodes 4 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 decompose.py ...  # 4 nodes
     python decompose.py --videos clips --out data/mine --shard 3/8 --workers 4   # machine 3 of 8, no network between
     python decompose.py --merge --out data/mine          # then, the 8 folders copied into one: join their records
 
-Stages (paper Sec. 3.3, App. A; StM release settings where they apply):
+Stages (paper Sec. 3.3, App. A; the StM release's settings where the paper is silent: docs/split.md):
 1. clips: each source is cut into consecutive, non-overlapping `--frames`-frame windows, each at a
    stride drawn (seeded by the source name) from `--strides` among those that still fit, at most
-   `--max-clips` per source, cover-cropped to `--size`; a clip whose mean |frame difference| is
-   below `--static` (0-255 scale) is recorded as skipped "static".
+   `--max-clips` per source, cover-cropped to `--size` (`--resize stretch`: the release's plain resize); a clip
+   whose motion score is below `--static` (0-255 scale) is recorded as skipped "static" (the release's score:
+   mean |difference| of frames 4 apart on a 128x128 grey copy; `--static-rule adjacent`: of neighbouring frames).
 2. mask: `gt` (your masks), `motion` (weight-free, below) or `sam2` (SAM 2 video propagation via
    transformers, prompted with the motion mask's box). fg ratio outside [1%, 45%] -> skipped.
-3. caption: `file`, `vlm` (a video-capable VLM via transformers) or `template`.
+3. caption: `file`, `vlm` (a video-capable VLM via transformers: 12 frames, "Describe the video in detail",
+   sampled, up to 1,024 new tokens, as the release) or `template`.
 4. layers: fg = clip x mask on black; bg = the (dilated) hole filled by `temporal` (weight-free),
-   `minimax` (MiniMax-Remover, others/remover.py: 12 steps, as the StM release), `none` (black hole) or `cmd` (an
-   external inpainter such as ProPainter).
+   `minimax` (MiniMax-Remover, others/remover.py: 12 UniPC steps in fp16 on a GPU, as the StM release), `none`
+   (black hole) or `cmd` (an external inpainter such as ProPainter).
+Besides metadata.jsonl and the five lists, the folder gets the release's metadata.csv (one row per kept clip,
+aligned with the lists; is_training is False for clips of --val-videos, which training then leaves out).
 
 The masks (the weight-free motion segmenter, SAM 2) and the camera-motion model the temporal inpainter shares
 with it live in others/segment.py; evaluate.py re-segments generated videos with the same code.
@@ -30,21 +35,25 @@ Resume and scale: the one record engine (plumbing/records.py). One metadata.json
 skipped, with the reason), written after the clip's files, with the fingerprint of its source: a rerun skips
 finished clips, redoes those whose source changed, and a kill loses at most the clips in progress. A clip that fails
 (an unreadable frame, a failing inpainter) is recorded as "error" and the job goes on. Under torchrun, rank R of W
-takes every W-th clip still to do of the (deterministic) clip list, keeps its models on cuda:LOCAL_RANK, and rank 0
-joins the ranks' records in plan order. `--workers` adds processes inside each rank (CPU-only machines, no torchrun
-needed). `--shard I/N` is the same rule for machines that share no network: shard I takes every N-th clip and writes
-its clips and metadata.shard-I-of-N.jsonl into --out; copy the shards' folders into one and `--merge` joins them.
+takes every W-th clip still to do of the (deterministic) clip list, keeps its models resident on cuda:LOCAL_RANK
+(others.hf.placement: SAM 2 and the VLM in bf16, the remover in fp16; fp32 on a CPU), and rank 0 joins the ranks'
+records in plan order (`python tests/bench_split.py --device cuda --videos DIR`: clips/hour per GPU per stage).
+`--workers` adds processes inside each rank (CPU-only machines, no torchrun needed). `--shard I/N` is the same rule
+for machines that share no network: shard I takes every N-th clip and writes its clips and
+metadata.shard-I-of-N.jsonl into --out; copy the shards' folders into one and `--merge` joins them.
 A rerun must use the same flags as the run that began the folder (metadata.settings.json): clips made another way
 are never mixed in. Every flag and input file is checked before the first clip (one line, exit code 2).
 """
 import argparse
+import csv
 import hashlib
+import io
 import os
 import re
 import sys
 import zlib
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -53,9 +62,11 @@ import torch
 
 from others import inpaint, pages
 from others.hf import vlm_caption
+from others.inpaint import load_remover
 from others.segment import global_motion, motion_mask, sam2_mask
 from plumbing import weights
 from plumbing.cli import WRITE_ERRORS, BadInput, check_out_dir, check_ranges, run_cli
+from plumbing.files import atomic_write_text
 from plumbing.dataset import LayeredWriter, check_lists, merge_shards, read_captions
 from plumbing.ranks import Ranks
 from plumbing.records import Job, read_records
@@ -69,7 +80,13 @@ a_("--frames", type=int, default=49, help="frames per clip (4k+1; 49 for CogVide
 a_("--size", type=int, nargs=2, default=[480, 720], metavar=("H", "W"), help="clip size (cover crop)")
 a_("--strides", type=int, nargs="+", default=[1, 2, 3, 4], help="frame strides to draw from (App. A)")
 a_("--max-clips", type=int, default=4, help="at most this many clips per source video")
-a_("--static", type=float, default=1.5, help="skip clips whose mean |frame difference| (0-255) is below this")
+a_("--val-videos", help="like --videos, for sources kept for validation only (the paper: DAVIS): their clips are "
+   "written with is_training False in metadata.csv, and training leaves them out")
+a_("--resize", default="crop", help="crop: scale to cover --size and centre-crop (keeps the subject's shape); "
+   "stretch: plain resize to --size, as the StM release (a 16:9 source is squeezed 16%% horizontally)")
+a_("--static", type=float, default=1.5, help="skip clips whose motion score (0-255, --static-rule) is below this")
+a_("--static-rule", default="release", help="release: mean |difference| of frames 4 apart on a 128x128 grey copy "
+   "(the StM release's motion_score); adjacent: mean |difference| of neighbouring frames at full size, RGB")
 a_("--fps", type=int, default=16, help="frame rate the clips are written at")
 a_("--seed", type=int, default=42, help="seed of the stride draws")
 a_("--segmenter", choices=["motion", "gt", "sam2"], default="motion", help="where masks come from")
@@ -84,12 +101,17 @@ a_("--inpaint-cmd", help="--inpainter cmd: command with {video} {mask} {out} (mp
 a_("--remover", default="zibojia/minimax-remover",
    help="--inpainter minimax: folder with vae/ transformer/ scheduler/, or hub id")
 a_("--remover-steps", type=int, default=12, help="--inpainter minimax: sampling steps (StM: 12)")
+a_("--remover-sampler", default="unipc", help="--inpainter minimax: unipc (2nd-order UniPC, as the checkpoint's "
+   "scheduler and the StM release) or euler (first-order flow-matching Euler)")
 a_("--dilate", type=int, default=6, help="grow the mask by this many pixels before inpainting")
 a_("--captioner", choices=["template", "file", "vlm"], default="template", help="where captions come from")
 a_("--captions", help="--captioner file: jsonl ({video, caption}) or tsv (stem<TAB>caption)")
 a_("--template", default="a video", help="--captioner template: the caption ({stem} = source name)")
 a_("--vlm", default="OpenGVLab/InternVL3-1B-hf", help="--captioner vlm: local folder or hub id")
-a_("--vlm-frames", type=int, default=8, help="--captioner vlm: frames shown to the model")
+a_("--vlm-frames", type=int, default=12, help="--captioner vlm: frames shown to the model (StM: 12)")
+a_("--vlm-tokens", type=int, default=1024, help="--captioner vlm: at most this many new tokens (StM: 1024)")
+a_("--vlm-greedy", action="store_true", help="--captioner vlm: greedy decoding (StM samples, seeded by --seed and "
+   "the clip id, so a rerun writes the same caption)")
 a_("--workers", type=int, default=1, help="processes working on clips in parallel")
 a_("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
 a_("--shard", default="0/1", help="I/N: process every N-th clip starting at I, into <out>/shard-I-of-N")
@@ -106,24 +128,27 @@ def main(args):
         raise BadInput("--out is required (the dataset folder to write, or with --merge to join into)")
     if args.merge:
         added = merge_shards(args.out)
+        write_release_csv(args.out)
         print(f"merged {added} new records\n{summary(args.out)}")
         return
     check_flags(args)
     shard = parse_shard(args.shard)
     caption_map = read_captions(args.captions) if args.captioner == "file" else {}
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
-    try:
-        sources = video_paths(args.videos)
-    except FileNotFoundError as e:
-        raise BadInput(f"--videos {e}") from None
-    given = {f.name: getattr(args, f.name) for f in fields(Settings) if f.name not in ("out", "caption_map", "threads")}
-    st = Settings(**given, out=args.out, caption_map=caption_map, threads=threads)
-    items, notes = plan_items(sources, st, args.strides, args.max_clips, args.seed)
+    sources, val = list_sources(args.videos, "--videos"), []
+    if args.val_videos:
+        val = list_sources(args.val_videos, "--val-videos")
+        sources = sources + [v for v in val if v not in sources]
+    late = ("out", "caption_map", "threads", "device")
+    given = {f.name: getattr(args, f.name) for f in fields(Settings) if f.name not in late}
+    st = Settings(**given, out=args.out, caption_map=caption_map, threads=threads, device="cpu")
+    items, notes = plan_items(sources, st, args.strides, args.max_clips, args.seed, val=set(val))
     check_sources(items[shard[0]::shard[1]], st)
     check_lists(args.out)
     # every input checked: from here on the folder is written, one record per clip (plumbing/records.py)
     flags = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in vars(args).items() if k in SAME_FLAGS}
     ranks = Ranks()
+    st = replace(st, device=str(ranks.device))           # every Split model of this rank lives there
     job = Job(args.out, "metadata", items, settings=flags, ranks=ranks, shard=shard, what="clip",
               inputs=lambda it: [it["source"], it.get("mask_file"), {"caption": caption_of(it, st)}])
     if ranks.rank == 0:
@@ -148,6 +173,7 @@ def main(args):
             pool.terminate()
     if job.finish() is not None and shard[1] == 1:
         LayeredWriter(args.out).finalize()
+        write_release_csv(args.out)
         n = len(job.left)
         print(f"{summary(args.out)}\n{n} clips in {job.seconds:.1f}s ({n / max(job.seconds, 1e-9):.3g} clips/s, "
               f"{ranks.world} process(es) x {args.workers} worker(s))")
@@ -165,10 +191,12 @@ def process_clip(job):
     torch.set_num_threads(st.threads)
     T, (H, W) = st.frames, st.size
     src, cid, start, stride = Path(it["source"]), it["id"], it["start"], it["stride"]
-    base = dict(id=cid, source=str(src), start=start, stride=stride, source_fps=it["source_fps"])
+    base = dict(id=cid, source=str(src), start=start, stride=stride, source_fps=it["source_fps"],
+                is_training=it["is_training"], dataset_type=it["dataset_type"])
     try:
-        video = fit_video(read_frames(src, start + stride * np.arange(T)), T, H, W, name=str(src))
-        motion = float(np.abs(np.diff(video.astype(np.int16), axis=0)).mean())
+        video = fit_video(read_frames(src, start + stride * np.arange(T)), T, H, W, mode=RESIZE[st.resize],
+                          name=str(src))
+        motion = motion_score(video) if st.static_rule == "release" else adjacent_motion(video)
         if motion < st.static:
             return dict(base, status="static", motion=motion)
         G = global_motion(video) if st.segmenter != "gt" or st.inpainter == "temporal" else None
@@ -180,7 +208,7 @@ def process_clip(job):
         rec = LayeredWriter(st.out, records=False).add(
             cid, caption, video, video * mask[..., None], clip_bg(video, mask, G, st), mask, fps=st.fps,
             source=str(src), start=start, stride=stride, source_fps=it["source_fps"], segmenter=st.segmenter,
-            inpainter=st.inpainter)
+            inpainter=st.inpainter, is_training=it["is_training"], dataset_type=it["dataset_type"])
         return rec
     except OSError as e:
         if e.errno in WRITE_ERRORS:
@@ -197,9 +225,10 @@ def clip_mask(video, G, st, src, key, n, start, stride):
         m = read_mask(find_mask(st.masks, src, key))
         if len(m) != n:
             raise ValueError(f"mask for {src} has {len(m)} frames, the video {n}")
-        return fit_video(m, T, H, W, stride=stride, start=start, mask=True, name=f"mask of {src}")
+        return fit_video(m, T, H, W, stride=stride, start=start, mode=RESIZE[st.resize], mask=True,
+                         name=f"mask of {src}")
     mask = motion_mask(video, G)
-    return sam2_mask(video, mask, st.sam2) if st.segmenter == "sam2" else mask
+    return sam2_mask(video, mask, st.sam2, device=st.device) if st.segmenter == "sam2" else mask
 
 
 def caption_of(it, st):
@@ -217,8 +246,9 @@ def clip_caption(video, st, cid, key, stem):
         if caption is None:
             raise KeyError(f"--captions {st.captions}: no caption for {stem}")
         return caption
-    if st.captioner == "vlm":
-        return vlm_caption(video, st.vlm, n=st.vlm_frames)
+    if st.captioner == "vlm":           # sampled, seeded per clip: a rerun of the same clip writes the same caption
+        return vlm_caption(video, st.vlm, n=st.vlm_frames, max_new_tokens=st.vlm_tokens, sample=not st.vlm_greedy,
+                           seed=zlib.crc32(f"{st.seed}:{cid}".encode()), device=st.device)
     return st.template.format(stem=stem)
 
 
@@ -230,21 +260,92 @@ def clip_bg(video, mask, G, st):
     if st.inpainter == "cmd":
         return inpaint.inpaint_cmd(st.inpaint_cmd, video, hole, st.fps)
     if st.inpainter == "minimax":  # grows the mask itself, by a diamond of --dilate, as MiniMax-Remover's pipeline
-        return inpaint.load_remover(st.remover)(video, mask, steps=st.remover_steps, dilate=st.dilate)
+        remover = load_remover(st.remover, st.device, st.remover_sampler)     # loaded once, kept resident
+        return remover(video, mask, steps=st.remover_steps, dilate=st.dilate)
     return video * ~hole[..., None]
+
+
+# ---- The StM release's data rules where the paper is silent (docs/split.md) ---------------------------------
+
+RESIZE = {"crop": "cover", "stretch": "stretch"}   # --resize -> plumbing.video.fit_video's mode
+
+
+def area_weights(n, m):
+    """(m, n) matrix that resizes an axis of n pixels to m by pixel-area averaging: output pixel o covers input
+    [o n/m, (o+1) n/m) and takes each input pixel in proportion to the overlap (OpenCV's INTER_AREA, shrinking or
+    growing both axes)."""
+    edges = np.arange(m + 1) * (n / m)
+    i = np.arange(n)
+    overlap = np.minimum(edges[1:, None], i + 1) - np.maximum(edges[:-1, None], i)
+    return np.clip(overlap, 0, None) / (n / m)
+
+
+def motion_score(video, step=4, size=128):
+    """The StM release's static-clip score: uint8 (T, H, W, 3) -> mean |g[t+step] - g[t]| of a size x size grey
+    copy g (0-255; 0 for a clip of `step` frames or fewer). As the release computes it with OpenCV: grey in
+    14-bit fixed point (RGB2GRAY), the square resize ignoring the aspect ratio, rounded back to uint8."""
+    if len(video) <= step:
+        return 0.0
+    v = np.asarray(video).astype(np.int64)
+    grey = (v[..., 0] * 4899 + v[..., 1] * 9617 + v[..., 2] * 1868 + 8192) >> 14      # 0.299 R + 0.587 G + 0.114 B
+    H, W = grey.shape[1:]
+    small = np.floor(area_weights(H, size) @ grey @ area_weights(W, size).T + 0.5).clip(0, 255)
+    return float(np.abs(small[step:] - small[:-step]).mean())
+
+
+def adjacent_motion(video):
+    """The earlier rule (--static-rule adjacent): mean |difference| of neighbouring frames, full size, RGB."""
+    return float(np.abs(np.diff(np.asarray(video).astype(np.int16), axis=0)).mean())
+
+
+# The release's metadata.csv columns (stm/data_generation/manifest.py), one row per kept clip
+CSV_COLUMNS = ("vid_name", "num_frames", "foreground_num", "dataset_type", "height", "width", "is_training",
+               "1fg-1bg", "foreground_ratio", "num_objects", "main_train", "main_train_foreground_volume",
+               "mask_source")
+
+
+def write_release_csv(root):
+    """<root>/metadata.csv as the StM release writes it, its rows aligned with the five lists (the kept clips of
+    metadata.jsonl in the order LayeredWriter.finalize lists them), so plumbing.dataset reads the train/val split.
+    Where the release tests `num_frames > 35` (a full 49-frame clip) every clip here is full length (--frames), so
+    1fg-1bg is True and main_train is is_training; the fg gate already passed (--min-fg/--max-fg)."""
+    rows = []
+    for r in [r for r in read_records(Path(root) / "metadata.jsonl").values() if r.get("status") == "ok"]:
+        train = bool(r.get("is_training", True))
+        rows.append({"vid_name": r["id"], "num_frames": r["frames"], "foreground_num": 1,
+                     "dataset_type": r.get("dataset_type", ""), "height": r["size"][0], "width": r["size"][1],
+                     "is_training": train, "1fg-1bg": True, "foreground_ratio": r["fg_ratio"], "num_objects": 1,
+                     "main_train": train, "main_train_foreground_volume": train,
+                     "mask_source": r.get("segmenter", "")})
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(Path(root) / "metadata.csv", text.getvalue())
+    return len(rows)
 
 
 # ---- The plan (deterministic), and checking every input before the first clip ------------------
 
 
+def list_sources(pattern, flag):
+    try:
+        return video_paths(pattern)
+    except FileNotFoundError as e:
+        raise BadInput(f"{flag} {e}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """How every clip is split: the flags of the same names, plus caption_map (--captions, read), threads (torch
-    threads per worker, resolved) and out (where clips are written: the shard's own folder with --shard)."""
+    threads per worker, resolved), out (where clips are written: the shard's own folder with --shard) and device
+    (this rank's: where its models live)."""
     out: str
     frames: int
     size: tuple
+    resize: str
     static: float
+    static_rule: str
     segmenter: str
     masks: str
     sam2: str
@@ -256,13 +357,18 @@ class Settings:
     template: str
     vlm: str
     vlm_frames: int
+    vlm_tokens: int
+    vlm_greedy: bool
     inpainter: str
     inpaint_cmd: str
     remover: str
     remover_steps: int
+    remover_sampler: str
     dilate: int
     fps: int
+    seed: int
     threads: int
+    device: str
 
 
 def source_keys(paths):
@@ -295,10 +401,12 @@ def plan_clips(key, n, T, strides, max_clips, seed=42):
     return out
 
 
-def plan_items(sources, st, strides, max_clips, seed):
+def plan_items(sources, st, strides, max_clips, seed, val=()):
     """Every clip of every source, in a fixed order -> (plan items, notes on sources too short for a clip). An item is
-    {id, source, key, start, stride, frames, source_fps[, mask_file]}; a source that cannot be read is one item
-    {id, source, error}, recorded as "unreadable". Reads only the containers' headers."""
+    {id, source, key, start, stride, frames, source_fps, is_training, dataset_type[, mask_file]} (is_training: the
+    source is not in `val`; dataset_type: the name of the folder it was listed from, the release's column); a source
+    that cannot be read is one item {id, source, error}, recorded as "unreadable". Reads only the containers'
+    headers."""
     items, notes, longest, bad = [], [], 0, []
     for src, key in zip(sources, source_keys(sources)):
         try:
@@ -314,7 +422,8 @@ def plan_items(sources, st, strides, max_clips, seed):
         mask_file = _mask_file(st.masks, src, key) if st.segmenter == "gt" else None
         for start, stride in plan:
             items.append({"id": f"{key}_{start:06d}_s{stride}", "source": str(src), "key": key, "start": start,
-                          "stride": stride, "frames": n, "source_fps": fps, "mask_file": mask_file})
+                          "stride": stride, "frames": n, "source_fps": fps, "mask_file": mask_file,
+                          "is_training": src not in val, "dataset_type": Path(src).absolute().parent.name})
     if len(bad) == len(sources):
         raise BadInput(f"--videos: none of the {len(sources)} videos could be read (e.g. {bad[0]}); "
                        "give mp4/mov/webm/gif/mkv/avi files or folders of JPEG/PNG frames")
@@ -404,6 +513,10 @@ def check_flags(args):
             ("--dilate", a.dilate, a.dilate >= 0, "at least 0 pixels"),
             ("--remover-steps", a.remover_steps, a.remover_steps >= 1, "at least 1"),
             ("--vlm-frames", a.vlm_frames, a.vlm_frames >= 1, "at least 1"),
+            ("--vlm-tokens", a.vlm_tokens, 1 <= a.vlm_tokens <= 32768, "in [1, 32768] (StM: 1024)"),
+            ("--resize", a.resize, a.resize in RESIZE, "crop or stretch"),
+            ("--static-rule", a.static_rule, a.static_rule in ("release", "adjacent"), "release or adjacent"),
+            ("--remover-sampler", a.remover_sampler, a.remover_sampler in ("unipc", "euler"), "unipc or euler"),
             ("--workers", a.workers, a.workers >= 1, "at least 1"),
             ("--threads", a.threads, 0 <= a.threads <= 1024, "in [0, 1024] (0: cores / workers)"),
             ("--workers", a.workers, a.workers <= 1024, "at most 1024"))
@@ -451,7 +564,8 @@ def summary(root):
 # The flags a folder's clips depend on: a rerun (resume) or a merge must not mix clips made with other values.
 # (Paths such as --masks or --captions may move between runs, and --workers / --threads change no clip.)
 SAME_FLAGS = ("frames", "size", "strides", "max_clips", "static", "fps", "seed", "segmenter", "min_fg", "max_fg",
-              "inpainter", "remover_steps", "dilate", "captioner", "template")
+              "inpainter", "remover_steps", "dilate", "captioner", "template", "resize", "static_rule",
+              "remover_sampler", "vlm_frames", "vlm_tokens", "vlm_greedy")
 
 
 if __name__ == "__main__":

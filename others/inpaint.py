@@ -16,16 +16,17 @@ import torch
 from plumbing.cli import BadInput
 from plumbing.video import fit_video, mask_to_rgb, read_video, write_video
 
+from .hf import placement
 from .segment import global_motion, mosaic, push_pull, unmosaic
 
 
 @functools.lru_cache
-def load_remover(path):
-    """MiniMax-Remover (remover.py), loaded once per worker: bf16 on a GPU (StM runs fp16), fp32 on CPU."""
+def load_remover(path, device="cpu", sampler="unipc"):
+    """MiniMax-Remover (remover.py), loaded once per worker and kept resident on `device` (this rank's GPU: fp16,
+    as minimax-remover and the StM release run it; a CPU: fp32). sampler: "unipc" (upstream's) or "euler"."""
     from . import remover
-    cuda = torch.cuda.is_available()
-    return remover.Remover.from_pretrained(path, dtype=torch.bfloat16 if cuda else None,
-                                           device="cuda" if cuda else None)
+    device, dtype = placement("remover", device)
+    return remover.Remover.from_pretrained(path, dtype=dtype, device=device, sampler=sampler)
 
 
 def inpaint_temporal(video, hole, G=None):

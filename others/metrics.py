@@ -26,7 +26,6 @@ Sections, in file order:
     python -c "import metrics; m = metrics.load_swin3d('swin3d_b_1k-24f7c7c6.pth')"
     python -c "import metrics; m = metrics.load_raft('raft_large_C_T_SKHT_V2-ff5fadd5.pth')"
 """
-import dataclasses
 import json
 import gzip
 import html

@@ -298,9 +298,14 @@ def load_moseg(path=MOSEG_REPO, device="cpu"):
 
 def tapir_scores(occlusion, expected_dist):
     """BootsTAPIR logits (N, T) -> (visible bool, visibility, confidence): visibility = 1 - sigmoid(occlusion),
-    confidence = 1 - sigmoid(expected_dist), visible where their product > 0.5; confidence zeroed where the track is
-    confidently neither visible nor occluded (`parse_tapir_track_info`)."""
-    visibility, confidence = 1 - torch.sigmoid(occlusion), 1 - torch.sigmoid(expected_dist)
+    confidence = 1 - sigmoid(expected_dist), then `track_scores`."""
+    return track_scores(1 - torch.sigmoid(occlusion), 1 - torch.sigmoid(expected_dist))
+
+
+def track_scores(visibility, confidence):
+    """Visibility and confidence probabilities (N, T) (tapir.track's) -> (visible bool, visibility, confidence):
+    visible where their product > 0.5; confidence zeroed where the track is confidently neither visible nor occluded
+    (`parse_tapir_track_info`)."""
     visible = visibility * confidence > 0.5
     sure = visible | ((1 - visibility) * confidence > 0.5)
     return visible, visibility, confidence * sure.float()

@@ -1,14 +1,14 @@
 """
 MiniMax-Remover (Zi et al. 2025, arXiv 2505.24873), the Split stage's video inpainter, written from scratch:
 the Wan 2.1 causal 3D VAE, the remover DiT (a Wan 2.1 video transformer with the text cross-attention
-taken out) and the flow-matching Euler sampler. Parameter names equal the checkpoint keys of
-`zibojia/minimax-remover` (`vae/`, `transformer/`, `scheduler/`, diffusers layout), so it loads with
-strict=True through weights.py and no rename table.
+taken out) and its samplers (2nd-order UniPC, as upstream; flow-matching Euler). Parameter names equal the
+checkpoint keys of `zibojia/minimax-remover` (`vae/`, `transformer/`, `scheduler/`, diffusers layout), so it loads
+with strict=True through weights.py and no rename table.
 
 How it inpaints: the hole (the subject's mask, dilated) is blacked out of the video; the holed video and the
 mask (as a video, 2m-1 on 3 channels) are both VAE-encoded and normalised with the VAE's latents_mean/std;
 the DiT denoises [noise | holed-video latent | mask latent] (16 + 16 + 16 = 48 channels) from pure noise with
-a flow-matching Euler sampler (no text, no guidance); the VAE decodes the result.
+UniPC or Euler on flow sigmas (no text, no guidance); the VAE decodes the result.
 
     from others import remover as R
     rm = R.Remover.from_pretrained("zibojia/minimax-remover", dtype=torch.float16, device="cuda")  # or a folder
@@ -18,8 +18,9 @@ a flow-matching Euler sampler (no text, no guidance); the VAE decodes the result
 
 T = 4k+1 frames, H and W multiples of 16 (49x480x720 is fine). The VAE runs over time in chunks with causal
 caches that carry across chunks, so chunking changes memory, never the result (see WanVAE).
-Upstream runs the checkpoint's scheduler (UniPC, 2nd order, with the same flow shift); this file samples with
-first-order Euler on the same sigma schedule family, as the issue asked (see FlowEuler).
+Upstream runs the checkpoint's scheduler, UniPC (2nd order, bh2, flow sigmas); so does this file by default
+(FlowUniPC, parity with diffusers' UniPCMultistepScheduler in tests/test_split_release.py); first-order Euler on
+the FlowMatchEuler ladder is the alternative (FlowEuler; `decompose.py --remover-sampler euler`).
 """
 import dataclasses
 import json
@@ -91,6 +92,9 @@ class SchedulerConfig:
     use_flow_sigmas: bool | None = None
     prediction_type: str | None = None       # UniPC configs: must be flow_prediction
     use_dynamic_shifting: bool = False       # resolution-dependent shift (needs a `mu`; not used by Wan)
+    solver_order: int = 2                    # UniPC only: 2nd order, as the remover's checkpoint sets it
+    solver_type: str = "bh2"                 # UniPC only: the B(h) = expm1(-h) variant
+    final_sigmas_type: str = "zero"          # UniPC only: the last step lands on sigma 0
 
 
 # Real configs. vae: the Wan 2.1 VAE (the defaults above). transformer: Wan2.1-1.3B minus cross-attention
@@ -592,6 +596,85 @@ class FlowEuler:
         """One Euler step in fp32; returns x's dtype."""
         return (x.float() + (sigma_next - sigma) * v.float()).to(x.dtype)
 
+    def run(self, model, x, steps):
+        """x pure noise -> the sample after `steps` steps; model(x, t) -> v at flow time t (a float)."""
+        sig, ts = self.sigmas(steps).tolist(), self.timesteps(steps).tolist()
+        for i in range(steps):
+            x = self.step(model(x, ts[i]), x, sig[i], sig[i + 1])
+        return x
+
+
+def _lam(sigma):
+    # UniPC's time variable: log-SNR of the flow path x = (1 - s) x0 + s noise; +inf at s = 0 (the clean end)
+    return math.log(1 - sigma) - math.log(sigma) if sigma > 0 else math.inf
+
+
+class FlowUniPC(FlowEuler):
+    """UniPC (Zhao et al. 2023, arXiv 2302.04867) on flow sigmas, as diffusers' UniPCMultistepScheduler runs the
+    remover's checkpoint: data (x0) prediction, B(h) = expm1(-h) ("bh2"), order 2, the last step first order.
+
+    Each step turns the model's velocity into x0 = x - sigma v, first *corrects* the current sample with it (UniC:
+    the previous step redone with the new x0 as a second derivative estimate), then *predicts* the next sample
+    (UniP) from the two newest x0. Sigmas: the shifted 1 - linspace(1, 1/N, steps + 1), descending, without 0,
+    then a final 0; the model sees t = int(sigma * N)."""
+
+    def __init__(self, config: SchedulerConfig):
+        super().__init__(config)
+        if config.solver_order not in (1, 2) or config.solver_type != "bh2" or config.final_sigmas_type != "zero":
+            raise ValueError(f"scheduler config: solver_order={config.solver_order}, solver_type="
+                             f"{config.solver_type!r}, final_sigmas_type={config.final_sigmas_type!r}: only order "
+                             "1-2, bh2 and a final sigma of 0 are implemented (the remover's settings)")
+
+    def _ladder(self, steps):
+        N = self.config.num_train_timesteps
+        s = 1.0 - np.linspace(1.0, 1.0 / N, steps + 1)                 # float64, as diffusers' set_timesteps
+        return np.flip(self._shifted(s))[:-1].copy()
+
+    def sigmas(self, steps):
+        return torch.cat([torch.from_numpy(self._ladder(steps)).float(), torch.zeros(1)])
+
+    def timesteps(self, steps):
+        return torch.from_numpy(self._ladder(steps) * self.config.num_train_timesteps).long()   # truncated
+
+    @staticmethod
+    def update(x, m0, sig, s, t, older=None, order=1, m_t=None):
+        """One UniPC update of x (at sigma sig[s], with its x0 m0) to sigma sig[t]: the predictor, or with m_t
+        (the x0 found at sig[t]) the corrector. older = (sigma index, x0) one step before s, used at order 2."""
+        h = _lam(sig[t]) - _lam(sig[s])
+        phi = math.expm1(-h)                                            # h_phi_1, and B(h) in bh2
+        base = (sig[t] / sig[s]) * x - (1 - sig[t]) * phi * m0           # the first-order (DDIM-like) step
+        # b_k: the integrals the rho weights must match (phi_k(h) k! / B(h)), k = 1, 2
+        b1 = (phi / -h - 1) if math.isfinite(h) else -1.0
+        b = [b1 / phi, (b1 / -h - 0.5) * 2 / phi] if math.isfinite(h) else [1.0, 0.0]
+        res = 0
+        if order == 2:
+            r = (_lam(sig[older[0]]) - _lam(sig[s])) / h                # where the older x0 sits, in units of h
+            D = (older[1] - m0) / r
+            if m_t is None:
+                res = 0.5 * D                                           # UniP-2: rho fixed at 1/2
+            else:                                                       # UniC-2: solve [1 1; r 1] rho = b
+                rho1 = (b[0] - b[1]) / (1 - r)
+                res = rho1 * D + (b[0] - rho1) * (m_t - m0)
+        elif m_t is not None:
+            res = 0.5 * (m_t - m0)                                      # UniC-1
+        return base - (1 - sig[t]) * phi * res
+
+    def run(self, model, x, steps):
+        sig, ts = self.sigmas(steps).tolist(), self.timesteps(steps).tolist()
+        dtype, x = x.dtype, x.float()
+        x0s, orders, last = [], [], None                                # x0 and predictor order per step
+        for i in range(steps):
+            m = x.float() - sig[i] * model(x.to(dtype), float(ts[i])).float()
+            if i > 0:                                                   # UniC: correct x_i with its own x0
+                older = (i - 2, x0s[-2]) if orders[-1] == 2 else None
+                x = self.update(last, x0s[-1], sig, i - 1, i, older, orders[-1], m_t=m)
+            x0s = (x0s + [m])[-2:]
+            order = min(self.config.solver_order, steps - i, len(x0s))  # first and last steps: order 1
+            orders.append(order)
+            last = x
+            x = self.update(x, m, sig, i, i + 1, (i - 1, x0s[0]) if order == 2 else None, order)
+        return x.to(dtype)
+
 
 def _hub_scheduler(hub_id, subfolder):
     if str(hub_id).count("/") != 1 or str(hub_id).startswith((".", "/")):
@@ -624,12 +707,16 @@ class Remover:
         self.vae, self.dit, self.scheduler = vae, dit, scheduler
 
     @classmethod
-    def from_pretrained(cls, path_or_hub_id, dtype=None, device=None):
+    def from_pretrained(cls, path_or_hub_id, dtype=None, device=None, sampler=None):
         """A folder laid out like `zibojia/minimax-remover` (vae/ transformer/ scheduler/), or that hub id.
-        The VAE stays fp32 unless dtype says otherwise (it is cheap next to 12 DiT passes)."""
+        The VAE stays fp32 unless dtype says otherwise (it is cheap next to 12 DiT passes). sampler: "unipc",
+        "euler", or None for the one scheduler/scheduler_config.json names (the real checkpoint: UniPC)."""
         vae = WanVAE.from_pretrained(path_or_hub_id, "vae", dtype=dtype, device=device)
         dit = RemoverDiT.from_pretrained(path_or_hub_id, "transformer", dtype=dtype, device=device)
-        return cls(vae, dit, FlowEuler.from_pretrained(path_or_hub_id, "scheduler"))
+        sched = FlowEuler.from_pretrained(path_or_hub_id, "scheduler")
+        if sampler == "unipc" or (sampler is None and sched.config.use_flow_sigmas):
+            sched = FlowUniPC(sched.config)
+        return cls(vae, dit, sched)
 
     @torch.no_grad()
     def inpaint(self, x, hole, steps=12, generator=None, chunk_frames=4):
@@ -646,11 +733,8 @@ class Remover:
         shape = (x.shape[0], dit.config.out_channels, *cond.shape[2:])
         # drawn where the generator lives (a CPU generator also serves a GPU model), then moved
         z = torch.randn(shape, generator=generator, device=generator.device if generator else "cpu").to(dev, dt)
-        sig = self.scheduler.sigmas(steps).tolist()
-        for i in range(steps):
-            t = torch.full((x.shape[0],), sig[i] * self.scheduler.config.num_train_timesteps, device=dev)
-            v = dit(torch.cat([z, cond], dim=1), t)                     # (B, 16, t, h, w)
-            z = self.scheduler.step(v, z, sig[i], sig[i + 1])
+        velocity = lambda z, t: dit(torch.cat([z, cond], dim=1), torch.full((x.shape[0],), t, device=dev))
+        z = self.scheduler.run(velocity, z, steps)                      # (B, 16, t, h, w)
         z = vae.denormalize(z.float()).to(vae.decoder.conv_in.weight.dtype)
         return vae.decode(z).float()                                    # (B, 3, T, H, W) in [-1, 1]
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from plumbing.video import LUMA, dilate
 
-from .hf import cached_model
+from .hf import cached_model, placement
 
 # ---- Global (camera) motion: one affine map per frame, in grid_sample's normalized coordinates ---
 # Coordinates are normalized to [-1, 1] (align_corners=False), so a warp found on a small copy
@@ -231,16 +231,18 @@ def motion_mask(video, G=None, side=256, min_diff=20.0):
     return m.numpy()
 
 
-def sam2_mask(video, prompt, model_path):
+def sam2_mask(video, prompt, model_path, device="cpu"):
     """SAM 2 video propagation (transformers' Sam2VideoModel, optional): the box of `prompt` (bool
     (T,H,W)) on the frame where it is largest, propagated forward and backward -> bool (T,H,W).
     Frames are prepared here as SAM 2's processor does (square resize, ImageNet mean/std), because
-    transformers' image and video processors need torchvision, which stm does not."""
+    transformers' image and video processors need torchvision, which stm does not. The model stays resident on
+    `device` (this rank's GPU: bf16, as SegAnyMo runs it; a CPU: fp32), and so does the propagation."""
     try:
         from transformers import Sam2VideoInferenceSession, Sam2VideoModel, Sam2VideoProcessor
     except ImportError:
         raise SystemExit("--segmenter sam2 needs transformers>=4.56 (pip install transformers)") from None
-    model = cached_model(Sam2VideoModel, model_path)
+    model = cached_model(Sam2VideoModel, model_path, *placement("sam2", device))
+    device, dtype = model.device, model.dtype
     S, (T, H, W) = model.config.image_size, prompt.shape
     t = int(prompt.reshape(T, -1).sum(1).argmax())
     ys, xs = np.nonzero(prompt[t])
@@ -252,8 +254,9 @@ def sam2_mask(video, prompt, model_path):
     x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
     proc = Sam2VideoProcessor.__new__(Sam2VideoProcessor)         # only its prompt-coordinate helpers
     proc.target_size, proc.point_pad_value = S, -10
-    session = Sam2VideoInferenceSession(video=x, video_height=H, video_width=W, inference_device="cpu",
-                                        dtype=torch.float32)
+    # frames stay in host memory (a 49x1024x1024 clip is 600 MB in fp32); each is moved over when SAM 2 reads it
+    session = Sam2VideoInferenceSession(video=x, video_height=H, video_width=W, inference_device=device,
+                                        inference_state_device=device, dtype=dtype)
     box = [[[float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]]]
     out = np.zeros(prompt.shape, bool)
     with torch.no_grad():
@@ -261,5 +264,5 @@ def sam2_mask(video, prompt, model_path):
         for reverse in (False, True):
             for o in model.propagate_in_video_iterator(session, start_frame_idx=t, reverse=reverse):
                 m = F.interpolate(o.pred_masks.float(), size=(H, W), mode="bilinear", align_corners=False)
-                out[o.frame_idx] = (m[0, 0] > 0).numpy()
+                out[o.frame_idx] = (m[0, 0] > 0).cpu().numpy()
     return out

@@ -107,7 +107,7 @@ def test_vlm_captioner_tiny_random_model(tmp_path):
     videos = toy_folder(tmp_path, [2])
     out = tmp_path / "out"
     r = cli("--videos", videos, "--out", out, "--captioner", "vlm", "--vlm", vlm, "--vlm-frames", "4",
-            "--max-clips", "1", "--inpainter", "none", *FAST)
+            "--vlm-tokens", "12", "--max-clips", "1", "--inpainter", "none", *FAST)
     assert r.returncode == 0, r.stderr
     recs = [x for x in read_metadata(out) if x["status"] == "ok"]
     prompts = (out / "prompts.txt").read_text().splitlines()
@@ -177,6 +177,7 @@ def test_gt_masks_shards_and_merge(tmp_path):
         assert r.returncode == 0, r.stderr
     assert cli("--merge", "--out", out).returncode == 0
     recs = check_dataset(out, sum(len(decompose.plan_clips(f"toy{s}", 25, 9, [1, 2], 4)) for s in range(3)))
+    assert (out / "metadata.csv").exists()      # the release's csv, rewritten with the lists (check_dataset: aligned)
     assert {r["caption"] for r in recs if r["status"] == "ok"} <= {f"a toy clip {s}" for s in range(3)}
     rec = next(r for r in recs if r["status"] == "ok")
     c = toy_clip(int(rec["id"].split("_")[0][3:]), 25, 64, 64)
