@@ -5,6 +5,7 @@ Split: any folder of videos -> a layered-clip training set (caption, mask, fg la
     python decompose.py --videos DAVIS/JPEGImages/480p --masks DAVIS/Annotations/480p --segmenter gt --out data/davis
     python decompose.py --videos clips --out data/mine --segmenter sam2 --sam2 facebook/sam2.1-hiera-tiny \\
         --captioner vlm --vlm OpenGVLab/InternVL3-1B-hf --inpainter minimax --remover zibojia/minimax-remover
+    python decompose.py --videos clips --out data/mine --segmenter segmo --segmo-tapir bootstapir_checkpoint_v2.pt
     python decompose.py --videos clips --out data/mine --inpainter cmd --inpaint-cmd "propainter {video} {mask} {out}"
     python decompose.py --videos clips --val-videos DAVIS/JPEGImages/480p --out data/mine   # DAVIS: validation only
     torchrun --nproc_per_node=8 decompose.py --videos clips --out data/mine --segmenter sam2   # one process per GPU
@@ -18,8 +19,11 @@ Stages (paper Sec. 3.3, App. A; the StM release's settings where the paper is si
    `--max-clips` per source, cover-cropped to `--size` (`--resize stretch`: the release's plain resize); a clip
    whose motion score is below `--static` (0-255 scale) is recorded as skipped "static" (the release's score:
    mean |difference| of frames 4 apart on a 128x128 grey copy; `--static-rule adjacent`: of neighbouring frames).
-2. mask: `gt` (your masks), `motion` (weight-free, below) or `sam2` (SAM 2 video propagation via
-   transformers, prompted with the motion mask's box). fg ratio outside [1%, 45%] -> skipped.
+2. mask: `gt` (your masks), `motion` (weight-free, below), `sam2` (SAM 2 video propagation via
+   transformers, prompted with the motion mask's box) or `segmo` (Segment-Any-Motion as the StM release runs it:
+   depth, DINOv2, BootsTAPIR tracks, the motion classifier, SAM 2; the union of the moving objects, their count
+   recorded; others/segmo.py). fg ratio outside [1%, 45%] -> skipped; segmo finding nothing that moves ->
+   "no_dynamic_object", as the release.
 3. caption: `file`, `vlm` (a video-capable VLM via transformers: 12 frames, "Describe the video in detail",
    sampled, up to 1,024 new tokens, as the release) or `template`.
 4. layers: fg = clip x mask on black; bg = the (dilated) hole filled by `temporal` (weight-free),
@@ -63,6 +67,7 @@ import torch
 from others import inpaint, pages
 from others.hf import vlm_caption
 from others.inpaint import load_remover
+from others import segmo
 from others.segment import global_motion, motion_mask, sam2_mask
 from plumbing import weights
 from plumbing.cli import WRITE_ERRORS, BadInput, check_out_dir, check_ranges, run_cli
@@ -89,10 +94,12 @@ a_("--static-rule", default="release", help="release: mean |difference| of frame
    "(the StM release's motion_score); adjacent: mean |difference| of neighbouring frames at full size, RGB")
 a_("--fps", type=int, default=16, help="frame rate the clips are written at")
 a_("--seed", type=int, default=42, help="seed of the stride draws")
-a_("--segmenter", choices=["motion", "gt", "sam2"], default="motion", help="where masks come from")
+a_("--segmenter", choices=["motion", "gt", "sam2", "segmo"], default="motion", help="where masks come from (segmo: "
+   "Segment-Any-Motion, the StM release's; its models: the --segmo-* flags)")
 a_("--masks", help="--segmenter gt: folder with <stem>/ PNG folders or <stem>.mp4 mask videos, "
                    "or a template such as '{dir}/mask.mp4'")
 a_("--sam2", default="facebook/sam2.1-hiera-tiny", help="--segmenter sam2: local folder or hub id")
+segmo.add_flags(parser)
 a_("--min-fg", type=float, default=0.01, help="skip clips whose fg fills less of the video than this")
 a_("--max-fg", type=float, default=0.45, help="skip clips whose fg fills more of the video than this")
 a_("--inpainter", choices=["temporal", "none", "cmd", "minimax"], default="temporal",
@@ -139,9 +146,10 @@ def main(args):
     if args.val_videos:
         val = list_sources(args.val_videos, "--val-videos")
         sources = sources + [v for v in val if v not in sources]
-    late = ("out", "caption_map", "threads", "device")
+    late = ("out", "caption_map", "threads", "device", "segmo")
     given = {f.name: getattr(args, f.name) for f in fields(Settings) if f.name not in late}
-    st = Settings(**given, out=args.out, caption_map=caption_map, threads=threads, device="cpu")
+    st = Settings(**given, out=args.out, caption_map=caption_map, threads=threads, device="cpu",
+                  segmo=segmo.spec_of(args) if args.segmenter == "segmo" else None)
     items, notes = plan_items(sources, st, args.strides, args.max_clips, args.seed, val=set(val))
     check_sources(items[shard[0]::shard[1]], st)
     check_lists(args.out)
@@ -199,16 +207,20 @@ def process_clip(job):
         motion = motion_score(video) if st.static_rule == "release" else adjacent_motion(video)
         if motion < st.static:
             return dict(base, status="static", motion=motion)
-        G = global_motion(video) if st.segmenter != "gt" or st.inpainter == "temporal" else None
-        mask = clip_mask(video, G, st, src, it["key"], it["frames"], start, stride)
+        G = global_motion(video) if st.segmenter not in ("gt", "segmo") or st.inpainter == "temporal" else None
+        mask, objects = clip_mask(video, G, st, src, it["key"], it["frames"], start, stride)
+        if objects == 0:                                  # segmo: nothing moves in this clip
+            return dict(base, status="no_dynamic_object", fg_ratio=0.0, objects=0)
         ratio = float(mask.mean())
         if not st.min_fg <= ratio <= st.max_fg:
-            return dict(base, status="fg_small" if ratio < st.min_fg else "fg_large", fg_ratio=ratio)
+            return dict(base, status="fg_small" if ratio < st.min_fg else "fg_large", fg_ratio=ratio,
+                        **({"objects": objects} if objects is not None else {}))
         caption = clip_caption(video, st, cid, it["key"], src.stem if src.is_file() else src.name)
         rec = LayeredWriter(st.out, records=False).add(
             cid, caption, video, video * mask[..., None], clip_bg(video, mask, G, st), mask, fps=st.fps,
             source=str(src), start=start, stride=stride, source_fps=it["source_fps"], segmenter=st.segmenter,
-            inpainter=st.inpainter, is_training=it["is_training"], dataset_type=it["dataset_type"])
+            inpainter=st.inpainter, is_training=it["is_training"], dataset_type=it["dataset_type"],
+            **({"objects": objects} if objects is not None else {}))
         return rec
     except OSError as e:
         if e.errno in WRITE_ERRORS:
@@ -219,16 +231,20 @@ def process_clip(job):
 
 
 def clip_mask(video, G, st, src, key, n, start, stride):
-    """The subject mask of one clip: the given one (gt, resampled like the clip), or the segmenter's."""
+    """The subject mask of one clip: the given one (gt, resampled like the clip), or the segmenter's -> (mask,
+    number of moving objects: segmo's count, None for the other segmenters)."""
     T, (H, W) = st.frames, st.size
     if st.segmenter == "gt":
         m = read_mask(find_mask(st.masks, src, key))
         if len(m) != n:
             raise ValueError(f"mask for {src} has {len(m)} frames, the video {n}")
         return fit_video(m, T, H, W, stride=stride, start=start, mode=RESIZE[st.resize], mask=True,
-                         name=f"mask of {src}")
+                         name=f"mask of {src}"), None
+    if st.segmenter == "segmo":                           # all five models resident on this rank's device
+        mask, objects = segmo.resident(st.segmo, st.device).seg(video)
+        return mask.numpy(), objects
     mask = motion_mask(video, G)
-    return sam2_mask(video, mask, st.sam2, device=st.device) if st.segmenter == "sam2" else mask
+    return (sam2_mask(video, mask, st.sam2, device=st.device) if st.segmenter == "sam2" else mask), None
 
 
 def caption_of(it, st):
@@ -314,7 +330,8 @@ def write_release_csv(root):
         train = bool(r.get("is_training", True))
         rows.append({"vid_name": r["id"], "num_frames": r["frames"], "foreground_num": 1,
                      "dataset_type": r.get("dataset_type", ""), "height": r["size"][0], "width": r["size"][1],
-                     "is_training": train, "1fg-1bg": True, "foreground_ratio": r["fg_ratio"], "num_objects": 1,
+                     "is_training": train, "1fg-1bg": True, "foreground_ratio": r["fg_ratio"],
+                     "num_objects": r.get("objects", 1),
                      "main_train": train, "main_train_foreground_volume": train,
                      "mask_source": r.get("segmenter", "")})
     text = io.StringIO(newline="")
@@ -369,6 +386,7 @@ class Settings:
     seed: int
     threads: int
     device: str
+    segmo: object = None          # others.segmo.SegAnyMoSpec: the five models of --segmenter segmo
 
 
 def source_keys(paths):
@@ -540,6 +558,8 @@ def check_flags(args):
         weights.check_weights(args.vlm, "--captioner vlm --vlm", "--captioner file --captions F (your own captions)")
     if args.segmenter == "sam2":
         weights.check_weights(args.sam2, "--segmenter sam2 --sam2", "--segmenter motion, or --segmenter gt --masks DIR")
+    if args.segmenter == "segmo":
+        segmo.check_flags(args, "--segmenter motion, or --segmenter gt --masks DIR")
     msg = check_shape(args.frames, *args.size, "CogVideoX")
     if msg:
         print(f"warning: {msg}", file=sys.stderr)

@@ -48,7 +48,7 @@ from plumbing.files import atomic_write_text
 from plumbing.ranks import Ranks
 from plumbing.records import Job, json_safe, read_jsonl
 from plumbing.video import dilate, fit_video, read_mask, read_video
-from others import judge, metrics
+from others import judge, metrics, segmo
 from others import pages
 from others.segment import motion_mask, sam2_mask
 import toy
@@ -68,7 +68,8 @@ COLUMNS = [
     ("toy_tint_match", "toy tint match", "↑"), ("toy_shadow_ok", "toy shadow ok", "↑"),
 ]
 SEGMENTERS = {"motion": "the Split stage's weight-free motion segmenter (segment.motion_mask)",
-              "sam2": "SAM 2 ({sam2}) prompted with the motion segmenter's box, as the Split stage's --segmenter sam2"}
+              "sam2": "SAM 2 ({sam2}) prompted with the motion segmenter's box, as the Split stage's --segmenter sam2",
+              "segmo": "Segment-Any-Motion (others/segmo.py), as the StM release re-decomposes for M1-M3"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,14 +77,15 @@ SEGMENTERS = {"motion": "the Split stage's weight-free motion segmenter (segment
 
 
 def evaluate_record(rec, base, nets, max_frames=0, max_side=0, toy_threshold=40.0, cp_radius=None,
-                    segmenter="motion", sam2=None):
+                    segmenter="motion", sam2=None, segmo_spec=None, device="cpu"):
     """One results.jsonl record (paths relative to `base`) -> its metrics; nets: a Networks.
-    max_frames / max_side / toy_threshold / cp_radius / segmenter / sam2: as the flags of the same names."""
+    max_frames / max_side / toy_threshold / cp_radius / segmenter / sam2: as the flags of the same names;
+    segmo_spec: the --segmo-* models (others.segmo.SegAnyMoSpec); device: where the segmenter runs."""
     gen, fg, bg, mask, geom = load_record(rec, base, max_frames, max_side)
     if min(gen.shape[1:3]) < 16:
         raise ValueError(f"the result is {gen.shape[2]}x{gen.shape[1]}: too small to segment and score (at least "
                          "16 pixels a side)")
-    gen_mask = subject_mask(gen, segmenter, sam2)
+    gen_mask = subject_mask(gen, segmenter, sam2, segmo_spec, device)
     out = {"id": rec.get("id"), "result": str(resolve_path(rec["result"], base).resolve()), "frames": len(gen),
            "size": list(gen.shape[1:3]), "gen_fg_ratio": float(gen_mask.mean())}
     out.update(nets(gen, fg, bg, gen_mask, rec.get("prompt", "")))
@@ -114,11 +116,14 @@ def evaluate_record(rec, base, nets, max_frames=0, max_side=0, toy_threshold=40.
     return out
 
 
-def subject_mask(video, segmenter="motion", sam2=None):
+def subject_mask(video, segmenter="motion", sam2=None, segmo_spec=None, device="cpu"):
     """A generated video's subject mask, by the same segmenter as the Split stage (decompose.clip_mask): the
-    weight-free motion segmenter, or SAM 2 prompted with its box (the paper re-segments with its own decomposer)."""
+    weight-free motion segmenter, SAM 2 prompted with its box, or Segment-Any-Motion as the StM release
+    re-decomposes (the union of the moving objects; an empty fg when nothing moves)."""
+    if segmenter == "segmo":
+        return segmo.resident(segmo_spec, str(device)).seg(video)[0].numpy()
     mask = motion_mask(video)
-    return sam2_mask(video, mask, sam2) if segmenter == "sam2" else mask
+    return sam2_mask(video, mask, sam2, device=device) if segmenter == "sam2" else mask
 
 
 def load_record(rec, base, max_frames=0, max_side=0):
@@ -162,9 +167,13 @@ def score(args):
     nets_files = [w for w in (args.viclip, args.bpe, args.swin, args.raft, args.sam2) if w]
     inputs = lambda it: [resolve_path(it[k], base) for k in ("result", "fg", "bg", "mask") if it.get(k)] + nets_files
     settings = {k: getattr(args, k) for k in SCORE_FLAGS}
+    if args.segmenter == "segmo":                       # its five models are part of what the scores mean
+        settings.update({k: v for k, v in vars(args).items() if k.startswith("segmo_")})
     settings["results"] = str(base.resolve())           # one eval folder holds the scores of one run
     ranks = Ranks()                                   # torchrun: this process's share of the records
-    nets = load_networks(args, str(ranks.device) if ranks.world > 1 and args.device == "cuda" else args.device)
+    device = str(ranks.device) if ranks.world > 1 and args.device == "cuda" else args.device
+    nets = load_networks(args, device)
+    spec = segmo.spec_of(args) if args.segmenter == "segmo" else None
     job = Job(out, "metrics", items, inputs=inputs, settings=settings, ranks=ranks, overwrite=args.overwrite,
               what="score")
     todo = job.todo()
@@ -179,7 +188,7 @@ def score(args):
     for it in todo:
         try:
             row = evaluate_record(it, base, nets, args.max_frames, args.max_side, args.toy_threshold, args.cp_radius,
-                                  args.segmenter, args.sam2)
+                                  args.segmenter, args.sam2, spec, device)
         except KeyboardInterrupt:
             sys.exit(f"interrupted: the records scored so far are kept in {out}; rerun to resume")
         except Exception as e:                     # this record only (a video too small to segment, ...): report it
@@ -299,6 +308,8 @@ def run_results(args):
                        "facebook/sam2.1-hiera-tiny), or use --segmenter motion (weight-free)")
     if args.segmenter == "sam2":
         weights.check_weights(args.sam2, "--sam2", "--segmenter motion (weight-free)")
+    if args.segmenter == "segmo":
+        segmo.check_flags(args, "--segmenter motion (weight-free)")
     sets = sweep_sets(args.results, "results.jsonl") if args.layout == "results" and not \
         (Path(args.results) / "results.jsonl").is_file() else []
     if sets:                                            # a guidance sweep: every set scored into its own eval/
@@ -507,10 +518,12 @@ ap("--max-side", type=int, default=0, help="downscale so that the longer side is
 ap("--toy-threshold", type=float, default=40.0, help="toy subject = |gen - input bg| above this (0-255)")
 ap("--cp-radius", type=float, default=None,
    help="copy-paste radius in pixels (default 5%% of the shorter side, at least 2)")
-ap("--segmenter", choices=("motion", "sam2"), default="motion",
+ap("--segmenter", choices=("motion", "sam2", "segmo"), default="motion",
    help="how each generated video is split into fg / bg layers before M1-M3: the Split stage's weight-free motion "
-        "segmenter, or SAM 2 prompted with its box (needs --sam2; the paper re-segments with its own decomposer)")
+        "segmenter, SAM 2 prompted with its box (needs --sam2), or Segment-Any-Motion (segmo: the StM release's "
+        "re-decomposition, comparable with the paper's Table 2; its models: --segmo-*)")
 ap("--sam2", help="SAM 2 weights for --segmenter sam2 (a folder or hub id, e.g. facebook/sam2.1-hiera-tiny)")
+segmo.add_flags(ap.__self__)                                      # --segmo-*: the same flags as decompose.py's
 ap("--overwrite", action="store_true", help="rescore the records --out holds scores of with other flags (default: "
    "refuse, keeping them)")
 

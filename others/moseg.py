@@ -80,7 +80,7 @@ import torch.nn.functional as F
 
 MOSEG_REPO = "Changearthmore/moseg"                       # moseg.pth, the release's `moseg_repo`
 DINO_ID = "facebook/dinov2-base"                          # the same weights as torch.hub's dinov2_vitb14
-DEPTH_ID = "depth-anything/Depth-Anything-V2-Small-hf"    # Apache-2.0; the release: -Large-hf (load_depth)
+DEPTH_ID = "depth-anything/Depth-Anything-V2-Large-hf"    # the release's (CC-BY-NC-4.0); -Small-hf: Apache-2.0
 THRESHOLDS = (0.95, 0.93, 0.9, 0.85, 0.8, 0.75, 0.7)
 LONG_CLIP_THRESHOLDS = (0.99, 0.98, 0.97, 0.96, 0.95)     # for clips over 300 frames
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -289,7 +289,7 @@ def load_moseg(path=MOSEG_REPO, device="cpu"):
         from huggingface_hub import hf_hub_download
         path = hf_hub_download(path, "moseg.pth")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = MotionClassifier()
+    model = MotionClassifier(**ckpt.get("config", {}))   # official file: no "config", the real one; tests: theirs
     model.load_state_dict(ckpt.get("model_state_dict", ckpt), strict=True)
     return model.to(device).eval()
 
@@ -473,8 +473,10 @@ def dino_features(model, frames, stride=7):
 
 def load_depth(name_or_path=DEPTH_ID, device="cpu"):
     """Depth-Anything-V2. The release defaults to ...-Large-hf (CC-BY-NC-4.0) "exactly as in Segment-Any-Motion" and
-    notes that -Small-hf gives identical inputs after the 8-bit clip, 3x faster (config.py `depth_model`); we default
-    to Small (Apache-2.0). Check it on real clips with `depth_agreement`."""
+    notes that -Small-hf gives identical inputs after the 8-bit clip, 3x faster (config.py `depth_model`). We keep the
+    release's Large as the default (its note is unmeasured here: no weights offline); `--segmo-depth
+    depth-anything/Depth-Anything-V2-Small-hf` is the Apache-2.0 choice. Check it on real clips with
+    `depth_agreement`."""
     try:
         from transformers import AutoModelForDepthEstimation
     except ImportError:

@@ -49,12 +49,17 @@ Where this differs from the official code (see also Sam2Predictor):
   the SegAnyMo script calls SAM 2 without prompts there and crashes.
 """
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from plumbing import weights
+from plumbing.cli import BadInput
 
 # ---- Stage 5: SAM 2 prompting, written against a small predictor protocol --------------------------------------
 
@@ -308,11 +313,11 @@ def stage_dtype(device, stage):
     return torch.bfloat16 if torch.device(device).type == "cuda" and stage == "sam2" else torch.float32
 
 
-@dataclass
+@dataclass(frozen=True)
 class SegAnyMoSpec:
     """The five models, hub ids or local paths; the defaults are the release's (`config.py`). Depth-Anything-V2
     Small gives the classifier the same input once clipped to 8 bits, 3x faster (the release's own note)."""
-    depth: str = "depth-anything/Depth-Anything-V2-Large-hf"
+    depth: str = "depth-anything/Depth-Anything-V2-Large-hf"   # = moseg.DEPTH_ID
     dino: str = "facebook/dinov2-base"                 # the weights of torch.hub's dinov2_vitb14
     tapir: str = "bootstapir_checkpoint_v2.pt"
     moseg: str = "Changearthmore/moseg"                # the hub repo holding moseg.pth, or a local moseg.pth
@@ -393,3 +398,46 @@ def load_segmo(spec=None, device="cpu", dtype=None):
     moseg = ms.load_moseg(spec.moseg, device).to(dtype=dt("moseg"))
     sam2 = Sam2VideoModel.from_pretrained(spec.sam2).to(device, dt("sam2")).eval()
     return SegAnyMo(depth, dino, tapir, moseg, sam2)
+
+
+# ---- The command line: one set of flags for the Split stage and Evaluate's re-decomposition -------------------
+
+TAPIR_URL = "https://storage.googleapis.com/dm-tapnet/bootstap/bootstapir_checkpoint_v2.pt"
+
+
+def add_flags(parser):
+    """--segmo-{depth,dino,tapir,moseg,sam2}: the five models of --segmenter segmo (decompose.py, evaluate.py)."""
+    d = SegAnyMoSpec()
+    g = parser.add_argument_group("Segment-Any-Motion (--segmenter segmo; the StM release's segmenter)")
+    g.add_argument("--segmo-depth", default=d.depth, help="Depth-Anything-V2 folder or hub id (the release: Large, "
+                   "CC-BY-NC; depth-anything/Depth-Anything-V2-Small-hf is Apache-2.0 and, the release notes, gives "
+                   "the classifier the same 8-bit input)")
+    g.add_argument("--segmo-dino", default=d.dino, help="DINOv2 ViT-B/14 folder or hub id")
+    g.add_argument("--segmo-tapir", default=d.tapir, help=f"BootsTAPIR checkpoint file (download: {TAPIR_URL})")
+    g.add_argument("--segmo-moseg", default=d.moseg, help="the motion classifier: moseg.pth, or its hub repo")
+    g.add_argument("--segmo-sam2", default=d.sam2, help="SAM 2.0 Hiera-L folder or hub id (the release: 2.0, not 2.1)")
+
+
+def spec_of(args):
+    return SegAnyMoSpec(args.segmo_depth, args.segmo_dino, args.segmo_tapir, args.segmo_moseg, args.segmo_sam2)
+
+
+def check_flags(args, instead):
+    """Before any clip: every SegAnyMo model is a local file / folder or can be had from the hub now; otherwise one
+    line naming the flag and `instead` (the offline choices)."""
+    if not Path(args.segmo_tapir).is_file():
+        raise BadInput(f"--segmo-tapir {args.segmo_tapir}: no such file (BootsTAPIR's checkpoint: {TAPIR_URL}); "
+                       f"or use {instead}")
+    for flag, path in (("--segmo-depth", args.segmo_depth), ("--segmo-dino", args.segmo_dino),
+                       ("--segmo-sam2", args.segmo_sam2)):
+        weights.check_weights(path, f"--segmenter segmo {flag}", instead)
+    if not Path(args.segmo_moseg).is_file():
+        weights.check_weights(args.segmo_moseg, "--segmenter segmo --segmo-moseg", instead, need=("moseg.pth",),
+                              patterns=["moseg.pth"], library=None)
+
+
+@functools.lru_cache(maxsize=2)
+def resident(spec, device):
+    """SegAnyMo loaded once per process (per spec and device) and kept resident: every clip of a worker uses it."""
+    return load_segmo(spec, device)
+

@@ -339,12 +339,31 @@ class TAPIR(nn.Module):
         return tuple(torch.cat(o) for o in zip(*outs))
 
 
+def config_of(sd):
+    """TAPIR's constructor arguments read off a state dict's shapes: the official checkpoint gives the defaults, a
+    narrower one (a test's) its own widths, so one loader serves both."""
+    n = lambda prefix: len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
+    groups = n("resnet_torch.block_groups.")
+    return dict(widths=tuple(sd[f"resnet_torch.block_groups.{g}.blocks.0.conv_0.weight"].shape[0]
+                             for g in range(groups)),
+                blocks_per_group=tuple(n(f"resnet_torch.block_groups.{g}.blocks.") for g in range(groups)),
+                extra_conv_layers=n("extra_convs.blocks."),
+                extra_conv_multiplier=sd["extra_convs.blocks.0.conv.weight"].shape[0]
+                // sd["extra_convs.blocks.0.conv.weight"].shape[1],
+                mixer_hidden_dim=sd["torch_pips_mixer.linear.weight"].shape[0],
+                num_mixer_blocks=n("torch_pips_mixer.blocks."))
+
+
 def load_tapir(path, device="cpu"):
     """The official `bootstapir_checkpoint_v2.pt` (a plain state dict) -> TAPIR in eval mode, strictly: a key or
-    shape that differs stops with one line naming the file."""
+    shape that differs stops with one line naming the file. The widths are read off the file (config_of)."""
     sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        config = config_of(sd)
+    except (KeyError, IndexError, AttributeError) as e:
+        raise ValueError(f"{path}: not a BootsTAPIR checkpoint (no {e})") from None
     with torch.device("meta"):
-        model = TAPIR()
+        model = TAPIR(**config)
     return weights.load_into(model, sd, str(path), device=device).eval()
 
 

@@ -2,6 +2,7 @@
 ships, and a copy-paste one made here), the reports and compare, the M1-M4 network path on tiny random
 weights saved in the official file formats, and the weight-free report on the real clips in ../shared/real
 (skipped where absent)."""
+import dataclasses
 import gzip
 import json
 from pathlib import Path
@@ -119,7 +120,7 @@ def test_network_metrics_run_end_to_end_on_tiny_official_files(toy_runs, tmp_pat
     merges = ["t h", "th e</w>", "a n", "b o", "bo at</w>", "c a", "ca r</w>", "b i", "bi rd</w>", "r e", "re d</w>"]
     with gzip.open(tmp_path / "bpe_simple_vocab_16e6.txt.gz", "wt", encoding="utf-8") as f:
         f.write("\n".join(["#version: 0.2"] + merges) + "\n")
-    vcfg = {**metrics.dataclasses.asdict(metrics.VICLIP_PRESETS["tiny"]), "vocab_size": 512 + len(merges) + 2}
+    vcfg = {**dataclasses.asdict(metrics.VICLIP_PRESETS["tiny"]), "vocab_size": 512 + len(merges) + 2}
     (tmp_path / "viclip.json").write_text(json.dumps(vcfg))
     save_file(_randomise(metrics.ViCLIP(metrics.ViCLIPConfig(**vcfg)), 0), str(tmp_path / "model.safetensors"))
     swin, raft = tmp_path / "swin3d_b_1k-24f7c7c6.pth", tmp_path / "raft_large_C_T_SKHT_V2-ff5fadd5.pth"

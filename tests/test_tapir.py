@@ -123,9 +123,23 @@ def test_grid_queries_at_480x720():
     assert len(small) == 2 * 40 * 56 and small[:, 0].unique().tolist() == [0.0, 2.0]
 
 
-def test_load_tapir_names_the_file(tmp_path):
-    """A checkpoint that is not BootsTAPIR's stops with one line naming the file."""
+def test_load_tapir_names_the_file(tmp_path, golden):
+    """A checkpoint that is not BootsTAPIR's stops with one line naming the file; a narrower one (the golden's)
+    loads with its widths read off the file, and the full layout's shapes give the official config."""
     bad = tmp_path / "other.pt"
     torch.save({"resnet_torch.initial_conv.weight": torch.zeros(1)}, bad)
-    with pytest.raises(KeyError, match="other.pt: checkpoint does not match the model"):
+    with pytest.raises(ValueError, match="other.pt: not a BootsTAPIR checkpoint"):
         tapir.load_tapir(bad)
+    g, model, _ = golden
+    torch.save(model.state_dict(), tmp_path / "tiny.pt")
+    again = tapir.load_tapir(tmp_path / "tiny.pt")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+    torch.save({k: v for k, v in model.state_dict().items() if k != "torch_pips_mixer.linear_1.bias"},
+               tmp_path / "cut.pt")                                                          # a key missing
+    with pytest.raises(KeyError, match="cut.pt: checkpoint does not match the model"):
+        tapir.load_tapir(tmp_path / "cut.pt")
+    full = {k: torch.empty(v, device="meta") for k, v in json.loads((GOLDENS / "tapir_keys.json").read_text())
+            ["keys"].items()}
+    assert tapir.config_of(full) == dict(widths=(64, 128, 256, 256), blocks_per_group=(2, 2, 2, 2),
+                                         extra_conv_layers=5, extra_conv_multiplier=4, mixer_hidden_dim=512,
+                                         num_mixer_blocks=12)
