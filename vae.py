@@ -8,7 +8,7 @@ Parameter names equal the diffusers checkpoint keys, so `<base>/vae` loads with 
     mean, logvar = m.encode(x)                 # x (B, 3, T, H, W) in [-1, 1], T = 4k+1, H, W multiples of 8
     z = m.sample_latent(x) * m.config.scaling_factor        # what the DiT sees (mean + std * eps, scaled)
     video = m.decode(z / m.config.scaling_factor)            # (B, 3, T, H, W), roughly in [-1, 1]
-    m.decode(z / m.config.scaling_factor, tile=True)  # spatial tiles (240x360 px) blended at the seams, for 49x480x720
+    m.decode(z / m.config.scaling_factor, tile=True)  # tiles (<= 240x360 px) blended at the seams, for 49x480x720
     toy = V.VAE(V.PRESETS["toy"])              # CPU: 9x64x64 -> 3x16x16 latent (x4 space, x4 time)
 
 Time is processed in windows, exactly as the model was run in training (and as diffusers runs it):
@@ -442,26 +442,25 @@ class VAE(nn.Module):
 
     def _tiled(self, run, x, tile_size, tile_overlap, down=1, up=1):
         """Run `run` on overlapping spatial tiles of x and blend the results linearly across each overlap.
-        Tiles are laid out on the latent grid (so encoder tiles start on multiples of 8 pixels), all of
-        full size, spread evenly so neighbours overlap by at least `tile_overlap`."""
+        Tiles are laid out on the latent grid (so encoder tiles start on multiples of 8 pixels) by `_spans`:
+        at most `tile_size`, as few and as evenly sized as fit, neighbours overlapping by `tile_overlap`."""
         f = self.space
         ts = tile_size or (self.config.sample_height // 2, self.config.sample_width // 2)
         ov = tile_overlap or (ts[0] // 6, ts[1] // 5)  # diffusers' default overlap factors
         ts = [max(1, s // f) for s in ts]                                   # latent units
         ov = [min(max(1, round(o / f)), s // 2) for o, s in zip(ov, ts)]   # never more than half a tile
         H, W = (s // down for s in x.shape[-2:])                            # latent-grid size
-        ys, xs = _starts(H, ts[0], ov[0]), _starts(W, ts[1], ov[1])
+        rows, cols = _spans(H, ts[0], ov[0]), _spans(W, ts[1], ov[1])
         out = wsum = None
-        for y in ys:
-            for x0 in xs:
-                part = run(x[..., y * down:(y + ts[0]) * down, x0 * down:(x0 + ts[1]) * down])
-                wy = _ramp([s * up for s in ys], y * up, ts[0] * up, H * up).to(part)   # in output pixels
-                wx = _ramp([s * up for s in xs], x0 * up, ts[1] * up, W * up).to(part)
-                w = wy[:, None] * wx[None, :]                               # (h, w)
+        for i, (y0, y1) in enumerate(rows):
+            for j, (x0, x1) in enumerate(cols):
+                part = run(x[..., y0 * down:y1 * down, x0 * down:x1 * down])
+                w = _ramp(rows, i, up)[:, None] * _ramp(cols, j, up)[None, :]    # (h, w) in output pixels
+                w = w.to(part)
                 if out is None:
                     out = part.new_zeros(*part.shape[:3], H * up, W * up)
                     wsum = part.new_zeros(H * up, W * up)
-                sl = (slice(y * up, y * up + part.shape[-2]), slice(x0 * up, x0 * up + part.shape[-1]))
+                sl = (slice(y0 * up, y1 * up), slice(x0 * up, x1 * up))
                 out[..., sl[0], sl[1]] += part * w
                 wsum[sl] += w
         return out.div_(wsum)
@@ -484,25 +483,34 @@ class VAE(nn.Module):
             raise ValueError(f"{name}: height and width must be multiples of {f}, got {tuple(hw)}")
 
 
-def _starts(n, size, overlap):
-    """Starts of the fewest full-size tiles that cover an axis of length n with neighbours overlapping
-    by at least `overlap`, spread evenly (first flush with the start, last with the end)."""
+def _spans(n, size, overlap):
+    """The tiles along an axis of length n, as (start, stop): the fewest of at most `size` that cover it with
+    neighbours overlapping by `overlap`, all overlaps exactly `overlap` and lengths differing by at most 1.
+    Why: a tile costs its area, so the tiles cover no more than n + (k-1) * overlap (what diffusers' tiles cover,
+    its last one cut short); even lengths keep every tile's GroupNorm statistics over a large area (a thin
+    remainder tile would stand out)."""
     if n <= size:
-        return [0]
-    k = math.ceil((n - overlap) / (size - overlap))
-    return [round(i * (n - size) / (k - 1)) for i in range(k)]
+        return [(0, n)]                                  # one tile: the untiled result
+    k = math.ceil((n - overlap) / (size - overlap))      # fewest tiles: k * size - (k-1) * overlap >= n
+    total = n + (k - 1) * overlap                        # what the k tiles cover, the overlaps counted twice
+    lengths = [total // k + (i < total % k) for i in range(k)]   # the longer ones first; each <= size
+    spans, start = [], 0
+    for length in lengths:
+        spans.append((start, start + length))
+        start += length - overlap                        # the next tile starts `overlap` before this one ends
+    return spans
 
 
-def _ramp(starts, s, size, n):
-    """Blend weight along one axis for the tile starting at s: rises linearly over the overlap with
-    the previous tile, falls over the overlap with the next one, 1 elsewhere (length = tile length)."""
-    L = min(size, n - s)
-    w = torch.ones(L)
-    i = starts.index(s)
-    if i > 0:                                    # overlap with the previous tile: [s, prev_end)
-        k = starts[i - 1] + size - s
+def _ramp(spans, i, scale=1):
+    """Blend weight along one axis for tile i of `spans` (latent units), in output units (x `scale`): rises
+    linearly over the overlap with the previous tile, falls over the overlap with the next one, 1 elsewhere.
+    Neighbours' ramps over one overlap sum to 1; where a tile's two ramps cross, the smaller one wins."""
+    start, stop = (scale * s for s in spans[i])
+    w = torch.ones(stop - start)
+    if i > 0:                                            # overlap with the previous tile: [start, its stop)
+        k = scale * spans[i - 1][1] - start
         w[:k] = torch.minimum(w[:k], (torch.arange(k) + 0.5) / k)
-    if i + 1 < len(starts):                      # overlap with the next tile: [next_start, s + size)
-        k = s + size - starts[i + 1]
-        w[L - k:] = torch.minimum(w[L - k:], (k - torch.arange(k) - 0.5) / k)
+    if i + 1 < len(spans):                               # overlap with the next tile: [its start, stop)
+        k = stop - scale * spans[i + 1][0]
+        w[len(w) - k:] = torch.minimum(w[len(w) - k:], (k - torch.arange(k) - 0.5) / k)
     return w

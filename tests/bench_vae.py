@@ -2,11 +2,12 @@
 Encode / decode time and peak memory of vae.py against diffusers' AutoencoderKLCogVideoX, same random
 weights, same input, one run. Not collected by pytest (run it on demand).
 
-    python tests/bench_vae.py --threads 1                         # CPU: quarter widths, 49x64x96, ~6 min
+    python tests/bench_vae.py --threads 1                         # CPU: quarter widths, 49x64x96, ~4 min
+    python tests/bench_vae.py --threads 1 --repeat 3              # the same 3 times, median ratios (shared box)
     python tests/bench_vae.py --device cuda --preset cogvideox-5b --height 480 --width 720 --dtype bf16
 
 Rows: diffusers as is, diffusers with enable_slicing() + enable_tiling() (the baseline of the ratios),
-ours (time chunks only), ours with tile=True (the same tile size and overlap as diffusers' defaults).
+ours (time chunks only), ours with tile=True (at most diffusers' default tile size, the same overlap).
 Peak memory is what the call adds on top of the loaded model and input: torch.cuda peak stats on
 GPU; on CPU each measurement runs in a fresh process and reports the rise of its peak RSS.
 """
@@ -14,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -104,6 +106,7 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    p.add_argument("--repeat", type=int, default=1, help="measure everything N times, print median ratios")
     p.add_argument("--worker", nargs=2, metavar=("IMPL", "OP"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.device == "cpu" and args.channels is None and args.preset.startswith("cogvideox"):
@@ -116,6 +119,22 @@ def main():
 
     print(f"preset {args.preset} channels {args.channels or 'as preset'}  input {args.batch}x3x{args.frames}x"
           f"{args.height}x{args.width}  {args.device} {args.dtype}")
+    runs = [measure_all(args) for _ in range(args.repeat)]
+    res = runs[0]
+    # each run's ratios pair measurements taken back to back; the median over runs damps other jobs' load
+    note = f", median over {args.repeat} runs" if args.repeat > 1 else ""
+    print(f"\nratios ours / diffusers (time, peak memory; < 1 is better){note}:")
+    for op in ("encode", "decode"):
+        for impl, base in (("ours", "diffusers"), ("ours+tile", "diffusers+slice+tile"), ("ours+tile", "diffusers")):
+            ratio = lambda k: statistics.median(r[impl, op][k] / max(r[base, op][k], 1e-9) for r in runs)  # noqa: E731
+            t, m = ratio("time"), ratio("peak")
+            print(f"  {op:6s} {impl:10s} vs {base:22s} time x{t:.2f}  peak x{m:.2f}")
+    d, o = res["diffusers", "decode"], res["ours", "decode"]
+    print(f"\nuntiled agreement (decode, mean |out|): diffusers {d['checksum']:.6f} ours {o['checksum']:.6f}")
+
+
+def measure_all(args):
+    """One measurement of every (implementation, op), printed as it comes."""
     res = {}
     for op in ("encode", "decode"):
         for impl in IMPLS:
@@ -130,17 +149,8 @@ def main():
                 torch.cuda.empty_cache()
             r = res[impl, op]
             print(f"  {op:6s} {impl:22s} {r['time']:8.2f} s  {r['peak'] / 2**20:9.1f} MiB  out {r['out']}", flush=True)
-    print("\nratios ours / diffusers (time, peak memory; < 1 is better):")
-    for op in ("encode", "decode"):
-        for impl, base in (("ours", "diffusers"), ("ours+tile", "diffusers+slice+tile")):
-            r, b = res[impl, op], res[base, op]
-            print(f"  {op:6s} {impl:10s} vs {base:22s} time x{r['time'] / b['time']:.2f}  "
-                  f"peak x{r['peak'] / max(b['peak'], 1):.2f}")
-        r, b = res["ours+tile", op], res["diffusers", op]
-        print(f"  {op:6s} {'ours+tile':10s} vs {'diffusers':22s} time x{r['time'] / b['time']:.2f}  "
-              f"peak x{r['peak'] / max(b['peak'], 1):.2f}")
-    d, o = res["diffusers", "decode"], res["ours", "decode"]
-    print(f"\nuntiled agreement (decode, mean |out|): diffusers {d['checksum']:.6f} ours {o['checksum']:.6f}")
+    return res
+
 
 
 if __name__ == "__main__":
