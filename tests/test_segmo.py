@@ -353,3 +353,34 @@ def test_evaluate_redecomposes_with_segmo(sam2_path, tmp_path):
     spec = segmo.SegAnyMoSpec(*(flags[i] for i in (1, 3, 5, 7, 9)))
     mask = segmo.resident(spec, "cpu").seg(read_video(row["result"])[0])[0]
     assert row["gen_fg_ratio"] == pytest.approx(float(mask.float().mean()), abs=1e-6)
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "real"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL.is_dir(), reason="../shared/real (the paper's example clips) is not here")
+def test_segmo_on_the_real_clips(sam2_path, tmp_path):
+    """The paper's seven example clips through decompose.py --segmenter segmo, every model tiny and random, at a
+    CPU-sized 9x32x56 (BootsTAPIR's cost volumes are 64x64 per query and frame whatever the widths: ~1 ms each on a
+    CPU, so 49x480x720's 48,000 queries are GPU work): one record per clip, each with an object count, a status the
+    release's gates give, metadata.csv's num_objects matching the records."""
+    import csv
+    import decompose
+    from plumbing.dataset import read_metadata
+    flags = tiny_segmo_folder(tmp_path, sam2_path)
+    argv = ["--videos", str(REAL / "*" / "stm_output.mp4"), "--out", tmp_path / "out", "--segmenter", "segmo",
+            "--frames", "9", "--size", "32", "56", "--max-clips", "1", "--threads", "2", "--inpainter", "none",
+            "--static", "0", *flags]
+    decompose.main(decompose.parser.parse_args(list(map(str, argv))))
+    recs = read_metadata(tmp_path / "out")
+    assert len(recs) == 7, recs
+    for r in recs:
+        assert r["status"] in ("ok", "fg_small", "fg_large", "no_dynamic_object"), r
+        assert isinstance(r["objects"], int) and r["objects"] >= 0 and (r["objects"] == 0) == (
+            r["status"] == "no_dynamic_object"), r
+        if r["status"] != "no_dynamic_object":
+            assert (0.01 <= r["fg_ratio"] <= 0.45) == (r["status"] == "ok"), r
+    rows = list(csv.DictReader((tmp_path / "out" / "metadata.csv").open()))
+    ok = {r["id"]: r["objects"] for r in recs if r["status"] == "ok"}
+    assert {row["vid_name"]: int(row["num_objects"]) for row in rows} == ok
