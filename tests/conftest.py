@@ -26,6 +26,17 @@ def single_thread(scope="function"):
     return one_thread
 
 
+# decompose.py at test size: 9 frames of 64x64, one clip a source, no inpainter (tests of Split and its bad input)
+SPLIT_FAST = ["--frames", "9", "--size", "64", "64", "--strides", "1", "2", "--threads", "1", "--dilate", "2",
+              "--min-fg", "0", "--max-clips", "1", "--inpainter", "none"]
+
+
+def split(*argv):
+    """decompose.py in this process: `split("--videos", d, "--out", o, *SPLIT_FAST)`."""
+    import decompose
+    return decompose.main(decompose.parser.parse_args([str(a) for a in argv]))
+
+
 def rel(a, b):
     """Max abs error relative to the reference's largest magnitude (the parity tests' measure)."""
     return ((a - b).abs().max() / b.abs().max()).item()

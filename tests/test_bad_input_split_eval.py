@@ -21,18 +21,13 @@ from plumbing.video import mask_to_rgb, read_video, write_video
 import decompose
 import evaluate
 import toy
-from conftest import single_thread
+from conftest import SPLIT_FAST, single_thread, split
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--frames", "9", "--size", "64", "64", "--strides", "1", "2", "--threads", "1", "--dilate", "2",
-        "--min-fg", "0", "--max-clips", "1", "--inpainter", "none"]
+FAST = SPLIT_FAST
 
 
 one_thread = single_thread()
-
-
-def split(*argv):
-    return decompose.main(decompose.parser.parse_args([str(a) for a in argv]))
 
 
 def score(*argv):

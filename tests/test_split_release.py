@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import decompose
-from conftest import single_thread, tiny_sam2, tiny_vlm
+from conftest import SPLIT_FAST, single_thread, split, tiny_sam2, tiny_vlm
 from others import hf, inpaint, remover as R, segment
 from plumbing.cli import BadInput
 from plumbing.dataset import LayeredClips, read_lists
@@ -26,14 +26,9 @@ from plumbing.video import fit_video, mask_to_rgb, read_mask, write_video
 from toy import clip as toy_clip
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--frames", "9", "--size", "64", "64", "--strides", "1", "2", "--threads", "1", "--dilate", "2",
-        "--min-fg", "0", "--max-clips", "1", "--inpainter", "none"]
+FAST = SPLIT_FAST
 
 one_thread = single_thread()
-
-
-def split(*argv):
-    return decompose.main(decompose.parser.parse_args([str(a) for a in argv]))
 
 
 def toy_videos(folder, seeds, masks=None, T=25, S=64):
