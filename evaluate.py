@@ -43,7 +43,7 @@ import torch
 
 from plumbing import weights
 from plumbing.cli import WRITE_ERRORS, BadInput, check_device, check_out_dir, check_ranges, run_cli
-from plumbing.dataset import read_results, resolve_path
+from plumbing.dataset import read_results, resolve_path, sweep_sets
 from plumbing.files import atomic_write_text
 from plumbing.ranks import Ranks
 from plumbing.records import Job, json_safe, read_jsonl
@@ -257,12 +257,9 @@ def composed_with(folder):
     return next((r["settings"] for _, r in rows if isinstance(r.get("settings"), dict)), None)
 
 
-def sweep_sets(folder, marker):
-    """A guidance sweep (sample.py --guidance G1 G2 ...: <folder>/gs-<g>/) -> its sets holding `marker` (a path
-    relative to a set), by guidance; [] where `folder` is no sweep."""
-    sets = [d for d in Path(folder).glob("gs-*") if d.is_dir() and (d / marker).is_file()]
-    value = lambda d: float(d.name[3:]) if d.name[3:].replace(".", "", 1).isdigit() else math.inf
-    return sorted(sets, key=lambda d: (value(d), d.name))
+def setting(summary, key):
+    """A sample.py setting (guidance, steps, ...) the summarised run was composed with, or None."""
+    return (summary.get("composed_with") or {}).get(key)
 
 
 def summarise(rows):
@@ -282,7 +279,7 @@ def table(runs, by=None):
              + " |", "| --- | " + ("--- | " if by else "") + "--- | " + " | ".join("---" for _ in cols) + " |"]
     for name, s in runs.items():
         cell = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
-        lines.append(f"| {name} | " + (f"{cell((s.get('composed_with') or {}).get(by))} | " if by else "")
+        lines.append(f"| {name} | " + (f"{cell(setting(s, by))} | " if by else "")
                      + f"{s['n']} | " + " | ".join(cell(s.get(k)) for k, _, _ in cols) + " |")
     return "\n".join(lines) + "\n"
 
@@ -358,7 +355,7 @@ def run_compare(args):
     for r in [str(d) for r in args.runs for d in sweep_sets(r, "eval/metrics.jsonl") or [r]]:
         name, summary, rows = load_run(r)
         runs[name if name not in runs else f"{name} ({r})"] = (summary, rows)
-    gs = {k: (v[0].get("composed_with") or {}).get("guidance") for k, v in runs.items()}
+    gs = {k: setting(v[0], "guidance") for k, v in runs.items()}
     by_guidance = len(set(gs.values()) - {None}) > 1       # a sweep: rows by guidance, each metric plotted on it
     if by_guidance:
         runs = dict(sorted(runs.items(), key=lambda kv: (gs[kv[0]] is None, gs[kv[0]] or 0)))
@@ -385,8 +382,8 @@ def run_compare(args):
 
 def guidance_plots(summaries):
     """{run: summary} of a guidance sweep -> HTML: one SVG line chart per metric, the metric against guidance."""
-    points = [{"guidance": s["composed_with"]["guidance"], **s} for s in summaries.values()
-              if (s.get("composed_with") or {}).get("guidance") is not None]
+    points = [{"guidance": setting(s, "guidance"), **s} for s in summaries.values()
+              if setting(s, "guidance") is not None]
     charts = [pages.curve_svg(k, f"{lab} {arr}", points, [k], x="guidance") for k, lab, arr in COLUMNS
               if any(pages.number(p.get(k)) for p in points)]
     return f'<h2>Against guidance</h2><div class="row">{"".join(charts)}</div>' if charts else ""

@@ -43,7 +43,7 @@ import composer
 from plumbing.cli import BadInput, check_device, check_out_dir, run_cli
 from plumbing.ranks import Ranks
 from plumbing.records import Job, read_records
-from plumbing.dataset import check_files, folder_triplets, read_triplets, triplets_text
+from plumbing.dataset import check_files, folder_triplets, guidance_set, read_triplets, triplets_text
 from plumbing.files import atomic_write_text, stamp
 from plumbing.video import fit_video, read_video, to_tensor, to_uint8, write_video
 
@@ -107,7 +107,7 @@ def main(a):
     check_out_dir(out)
     items, bad = load_triplets(a, out, ranks)
     ins = {"result": composer.load_inputs(a.fg, a.bg, a.mask, T, H, W)} if a.fg else {}   # one composition: fail now
-    sets = [(g, out if len(a.guidance) == 1 else out / f"gs-{g:g}") for g in a.guidance]
+    sets = [(g, out if len(a.guidance) == 1 else guidance_set(out, g)) for g in a.guidance]
     why = {dest: {it["id"]: bad.get(it["id"]) or clash_with_inputs(it, dest) for it in items} for _, dest in sets}
     for it in items:                                       # the files, probed once for every set
         files = None if bad.get(it["id"]) else check_files(it)
@@ -136,7 +136,8 @@ def load_triplets(a, out, ranks):
     found, left = folder_triplets(src)
     for name, why in left:
         print(f"warning: --triplets {src}: {name}/ left out: {why}", file=sys.stderr)
-    made, text = out / "triplets.jsonl", triplets_text(found, out / "triplets.jsonl")
+    made = out / "triplets.jsonl"
+    text = triplets_text(found, made)
     if made.exists() and made.read_text(encoding="utf-8", errors="replace") != text and not a.overwrite:
         raise BadInput(f"--out {out}: its triplets.jsonl lists other triplets than {src} holds now; use another "
                        "--out, or --overwrite to replace it")

@@ -60,6 +60,7 @@ import torch.nn.functional as F
 
 from plumbing import weights
 from plumbing.cli import BadInput
+from .hf import placement
 
 # ---- Stage 5: SAM 2 prompting, written against a small predictor protocol --------------------------------------
 
@@ -310,7 +311,7 @@ def stage_dtype(device, stage):
     fp32 (the release's bf16 "fast" mode is off: it lowers DAVIS IoU); the classifier in fp32. fp32 on a CPU."""
     if stage not in ("depth", "dino", "tapir", "moseg", "sam2"):
         raise ValueError(f"unknown SegAnyMo stage {stage!r}")
-    return torch.bfloat16 if torch.device(device).type == "cuda" and stage == "sam2" else torch.float32
+    return placement("sam2" if stage == "sam2" else "segmo", device)[1]      # the one rule of every Split model
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ never leaves them misaligned.
 import argparse
 import csv
 import json
+import math
 import os
 import re
 import sys
@@ -327,6 +328,19 @@ def triplets_text(items, path):
         return str(Path(p).resolve()) if r.startswith("../../../") else r
     return "".join(json.dumps({k: rel(v) if k in ("fg", "bg", "mask", "reference") else v for k, v in it.items()},
                               ensure_ascii=False) + "\n" for it in items)
+
+
+def guidance_set(out, guidance):
+    """Where sample.py --guidance G1 G2 ... writes the results set of one value: <out>/gs-<value>."""
+    return Path(out) / f"gs-{guidance:g}"
+
+
+def sweep_sets(folder, marker):
+    """A guidance sweep's sets (guidance_set folders under `folder`) holding `marker` (a path relative to a set), by
+    guidance value; [] where `folder` is no sweep."""
+    sets = [d for d in Path(folder).glob("gs-*") if d.is_dir() and (d / marker).is_file()]
+    value = lambda d: float(d.name[3:]) if d.name[3:].replace(".", "", 1).isdigit() else math.inf
+    return sorted(sets, key=lambda d: (value(d), d.name))
 
 
 def check_files(item):

@@ -159,11 +159,12 @@ def test_sweep_flags_refused_in_one_line(argv, words):
 
 
 def test_sweep_sets_by_guidance_value(tmp_path):
-    import evaluate
+    from plumbing.dataset import guidance_set, sweep_sets
     for g in ("10", "2", "4.5", "x"):
         (tmp_path / f"gs-{g}" / "eval").mkdir(parents=True)
         (tmp_path / f"gs-{g}" / "eval" / "metrics.jsonl").write_text("{}\n")
     (tmp_path / "gs-8").mkdir()                                      # a set not scored yet: not in compare
-    assert [d.name for d in evaluate.sweep_sets(tmp_path, "eval/metrics.jsonl")] == ["gs-2", "gs-4.5", "gs-10",
+    assert [d.name for d in sweep_sets(tmp_path, "eval/metrics.jsonl")] == ["gs-2", "gs-4.5", "gs-10",
                                                                                      "gs-x"]
-    assert evaluate.sweep_sets(tmp_path / "gs-2", "eval/metrics.jsonl") == []
+    assert sweep_sets(tmp_path / "gs-2", "eval/metrics.jsonl") == []
+    assert guidance_set(tmp_path, 4.5) == tmp_path / "gs-4.5" and guidance_set(tmp_path, 2.0).name == "gs-2"
