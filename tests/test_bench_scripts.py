@@ -80,3 +80,22 @@ def test_bgnoise_tiny_one_row_per_sigma(tmp_path, capsys):
         # F and S are independent: rms(F-S)^2 = rms(F-c)^2 + rms(S-c)^2 up to the cross term's noise
         assert abs(r["F-S/F-c"] ** 2 - 1 - r["S/F"] ** 2) < 0.1 * (1 + r["S/F"] ** 2), (name, r)
     assert re.search(r"^drawn sigma: .* -> (NOT )?negligible", out, re.M)
+
+
+def test_intervals_of_a_scored_run():
+    """tests/intervals.py: the mean over the records that have a number, a 95% interval around it that resampling
+    makes (zero width for a constant metric), NaN / bool / missing values left out. (Mutation tried: the percentiles
+    at 5 and 95 -> the interval narrows below the stated level and the bounds check against a wide draw fails.)"""
+    import numpy as np
+    intervals = load("intervals").intervals
+    rng = np.random.default_rng(0)
+    iou = rng.uniform(0, 1, 400)
+    rows = [{"toy_shape_iou": float(v), "toy_bg_psnr": 30.0, "toy_tint_match": True} for v in iou]
+    rows += [{"toy_shape_iou": float("nan")}, {}]
+    got = intervals(rows, resamples=4000, seed=1)
+    n, mean, lo, hi = got["toy_shape_iou"]
+    assert n == 400 and mean == pytest.approx(iou.mean())
+    se = iou.std() / np.sqrt(len(iou))                     # the normal 95% half-width is 1.96 standard errors
+    assert lo == pytest.approx(mean - 1.96 * se, abs=0.25 * se)
+    assert hi == pytest.approx(mean + 1.96 * se, abs=0.25 * se)
+    assert got["toy_bg_psnr"] == (400, 30.0, 30.0, 30.0) and "toy_tint_match" not in got
