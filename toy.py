@@ -50,9 +50,10 @@ import torch
 from tqdm import tqdm
 
 from plumbing.cli import BadInput, check_ranges, run_cli
-from plumbing.dataset import LayeredWriter, read_metadata
-from plumbing.files import atomic_write_text
-from plumbing.video import LUMA, dilate, mask_to_rgb, to_tensor, write_video
+from plumbing.dataset import LayeredWriter, read_metadata, read_triplets
+from plumbing.files import atomic_write_text, stamp
+from plumbing.records import Job
+from plumbing.video import LUMA, dilate, mask_to_rgb, read_video, to_tensor, to_uint8, write_video
 from others.metrics import masked_psnr
 from others.segment import largest_component, shadow_like
 import text
@@ -347,6 +348,17 @@ def metrics(gen, fg, bg, mask, expect, geom, threshold=40.0, cp_radius=None):
 # ---------------------------------------------------------------------------------------------
 
 
+def data_seed(seed, i):
+    """The clip() seed of clip i of `toy.py data --seed seed` (seed 0: 0, 1, 2, ...)."""
+    return seed * 1_000_003 + i
+
+
+def triplet_seeds(seed, i):
+    """The clip() seeds of triplet i of `toy.py triplets --seed seed`: (its sprite's clip, its scene's clip). Held-out
+    sets must not share a seed with any training set (tests/test_heldout.py checks the documented ones)."""
+    return seed + 2 * i, seed + 2 * i + 1
+
+
 def write_data(out, clips, T=9, H=64, W=64, seed=0, fps=8, colour=None, tint=None):
     """A layered-clip dataset (LayeredClips reads it) of `clips` toy clips; resumable. colour / tint: every
     sprite in this colour / every scene under this light (see clip)."""
@@ -361,7 +373,7 @@ def write_data(out, clips, T=9, H=64, W=64, seed=0, fps=8, colour=None, tint=Non
         cid = f"toy{seed:03d}_{i:06d}"
         if cid in w.done:
             continue
-        c = clip(seed * 1_000_003 + i, T, H, W, colour, tint)
+        c = clip(data_seed(seed, i), T, H, W, colour, tint)
         w.add(cid, c["caption"], c["video"], c["fg"], c["bg"], c["mask"], fps=fps, source="toy",
               scene=c["scene"], sprite=c["sprite"])
     return w.finalize()
@@ -375,8 +387,9 @@ def write_triplets(out, n, T=9, H=64, W=64, seed=10_000, fps=8, colour=None, tin
     out = Path(out)
     lines = []
     for i in tqdm(range(n), desc=f"toy triplets -> {out}"):
-        a, b = clip(seed + 2 * i, T, H, W, colour=colour), clip(seed + 2 * i + 1, T, H, W, tint=tint)
-        rng = np.random.default_rng(seed + 2 * i)
+        sa, sb = triplet_seeds(seed, i)
+        a, b = clip(sa, T, H, W, colour=colour), clip(sb, T, H, W, tint=tint)
+        rng = np.random.default_rng(sa)
         ref_sprite = place_sprite(rng, a["sprite"], b["scene"], H, W, T)
         ref = render(b["scene"], ref_sprite, T, H, W)[0]
         d = out / f"t{i:04d}"
@@ -389,6 +402,32 @@ def write_triplets(out, n, T=9, H=64, W=64, seed=10_000, fps=8, colour=None, tin
                       "expect": expectation(a, b, T)})
     atomic_write_text(out / "triplets.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
     return lines
+
+
+def write_ceiling(triplets, out, base=None):
+    """The best a composer can score on `triplets`: each one's correct composite (its `reference`) as the result,
+    exact (base None) or through base's VAE (encode + decode: the sharpest any composer decoded by that VAE can
+    draw). Writes a results folder as sample.py does, so evaluate.py results scores it; resumable."""
+    items, bad = read_triplets(triplets)
+    vae = V.VAE.from_pretrained(base).float().eval() if base else None
+    settings = {"ceiling": "vae round trip" if base else "exact", "base": str(Path(base).resolve()) if base else None}
+    job = Job(out, "results", items, settings=settings, what="ceiling", inputs=lambda j: [
+        *([Path(base) / "vae"] if base else []), *(j.get(k) for k in ("fg", "bg", "mask", "reference"))])
+    for j in job.todo():
+        why = bad.get(j["id"]) or (None if j.get("reference") else "no reference video (toy.py triplets write one)")
+        if why:
+            job.skip(j["id"], why)
+            continue
+        ref, fps = read_video(j["reference"])[:2]                          # uint8 (T, H, W, 3)
+        if vae is not None:
+            with torch.no_grad():
+                ref = to_uint8(vae.decode(vae.encode(to_tensor(ref)[None])[0])[0])
+        name = Path(out) / f"{j['id']}.mp4"
+        write_video(name, ref, fps)
+        job.done(j["id"], {**j, "result": str(name.resolve()), "fps": fps, "settings": settings,
+                           "input_stamps": {k: stamp(j[k]) for k in ("fg", "bg", "mask") if j.get(k)}},
+                 outputs=[name])
+    return job.finish()
 
 
 def expectation(a, b, T):
@@ -570,6 +609,13 @@ for name in ("data", "triplets"):
     p.add_argument("--tint", choices=list(TINTS) + list(NOVEL_TINTS), default=None,
                    help="every scene under this light (" + ", ".join(f"'{t}'" for t in NOVEL_TINTS) + ": never in the "
                         "shipped models' training)")
+p = sub.add_parser("ceiling", help="the correct composites of toy triplets as a results folder (the scores' "
+                                  "ceiling; with --vae, through that VAE)")
+p.add_argument("--triplets", required=True, help="a triplets.jsonl written by toy.py triplets")
+p.add_argument("--out", required=True, help="results folder to write (evaluate.py results OUT scores it)")
+p.add_argument("--vae", default=None, metavar="BASE",
+               help="a base model folder (e.g. assets/toy-base): its VAE's round trip of each correct composite, the "
+                    "best any composer decoded by it can do (default: the exact composites)")
 p = sub.add_parser("base", help="build the toy base model folder (tokenizer, T5, VAE, scheduler)")
 p.add_argument("--out", required=True, help="folder to write (replaced atomically if it exists)")
 p.add_argument("--vae-steps", type=int, default=1200, help="VAE training steps")
@@ -607,6 +653,12 @@ p.add_argument("--threads", type=int, default=1,
 
 def check_flags(a):
     """Every value that cannot work ends the run here, in one line, before anything is written."""
+    if a.cmd == "ceiling":
+        if not Path(a.triplets).is_file():
+            raise BadInput(f"--triplets {a.triplets}: no such file (toy.py triplets --out DIR writes DIR/triplets.jsonl)")
+        if a.vae and not (Path(a.vae) / "vae" / "config.json").is_file():
+            raise BadInput(f"--vae {a.vae}: not a base model folder (no vae/config.json); e.g. assets/toy-base")
+        return
     rules = [("--frames", a.frames, a.frames >= 1 and (a.frames - 1) % 4 == 0, "4k+1 (9, 13, 49, ...)"),
              ("--size", " ".join(map(str, a.size)), min(a.size) >= 16 and all(v % 16 == 0 for v in a.size),
               "H W, multiples of 16"),
@@ -643,6 +695,11 @@ def main(args):
                        colour=args.colour, tint=args.tint)
         print(f"wrote {n} clips to {args.out}")
         return n
+    if args.cmd == "ceiling":
+        recs = write_ceiling(args.triplets, args.out, args.vae)
+        print(f"wrote {sum(r.get('status') == 'ok' for r in recs)} correct composites"
+              + (f" through {args.vae}'s VAE" if args.vae else "") + f" to {args.out}")
+        return recs
     if args.cmd == "triplets":
         lines = write_triplets(args.out, args.n, args.frames, *args.size, seed=args.seed, fps=args.fps,
                                colour=args.colour, tint=args.tint)

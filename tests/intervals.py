@@ -1,9 +1,14 @@
 """
-Bootstrap intervals of a scored run's means (on demand, not part of the suite): each metric's mean over the records
-of RESULTS_DIR/eval/metrics.jsonl with a 95% percentile interval from resampling the records (seeded).
+Intervals of scored runs' means (on demand, not part of the suite).
+
+Pooled (default): each metric's mean over the records of every RESULTS_DIR/eval/metrics.jsonl given, with a 95%
+percentile interval from resampling the records (seeded): the spread of a mean over that many drawn triplets.
+--across: each RESULTS_DIR is one training seed of the same recipe on the same triplets: the mean of the runs'
+means with a 95% Student-t interval over the runs (the spread that retraining gives).
 
     python tests/intervals.py results/heldout-50000                # the held-out check of docs/toy-world.md
     python tests/intervals.py results/toy-full --resamples 5000 --seed 1
+    python tests/intervals.py --across results/t4-full-s0 results/t4-full-s1 results/t4-full-s2 --row
 """
 import argparse
 import json
@@ -17,12 +22,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluate import COLUMNS  # noqa: E402  (the metrics and their order, as the summary tables show them)
 
 
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # t_0.975(dof)
+
+
+def numbers(rows, key):
+    """The finite numbers of one metric over metrics.jsonl rows (None, NaN, booleans and missing ones left out)."""
+    return np.array([r[key] for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)
+                     and not math.isnan(r[key])], float)
+
+
+def across(runs, level=0.95):
+    """[rows of one run, ...] -> {metric: (runs, mean of the run means, low, high)}: a Student-t interval over
+    the runs' means (zero width for one run); a metric counts where every run has a number for it."""
+    assert level == 0.95, "the t table holds the 95% quantiles only"
+    out = {}
+    for key, _, _ in COLUMNS:
+        means = [v.mean() for v in (numbers(rows, key) for rows in runs) if len(v)]
+        if len(means) == len(runs) and means:
+            m = float(np.mean(means))
+            half = T95[len(means) - 1] * float(np.std(means, ddof=1)) / math.sqrt(len(means)) if len(means) > 1 \
+                else 0.0
+            out[key] = (len(means), m, m - half, m + half)
+    return out
+
+
+def read_rows(results):
+    """A results folder (or its eval/ folder) -> its scored records; exits with a one-line reason if unscored."""
+    f = next((x for x in (Path(results) / "eval" / "metrics.jsonl", Path(results) / "metrics.jsonl")
+              if x.is_file()), None)
+    if f is None:
+        sys.exit(f"{results}: no eval/metrics.jsonl (run python evaluate.py results {results} first)")
+    return [r for r in map(json.loads, filter(str.strip, f.read_text().splitlines())) if r.get("status", "ok") == "ok"]
+
+
 def intervals(rows, resamples=2000, seed=0, level=0.95):
     """metrics.jsonl rows -> {metric: (n, mean, low, high)} over the records that have a number for it."""
     rng, out = np.random.default_rng(seed), {}
     for key, _, _ in COLUMNS:
-        v = np.array([r[key] for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)
-                      and not math.isnan(r[key])], float)
+        v = numbers(rows, key)
         if len(v):
             means = v[rng.integers(0, len(v), (resamples, len(v)))].mean(1)
             lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
@@ -32,16 +69,21 @@ def intervals(rows, resamples=2000, seed=0, level=0.95):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", help="a results folder holding eval/metrics.jsonl (evaluate.py results), or the eval "
-                                   "folder itself")
-    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the records")
-    p.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    p.add_argument("results", nargs="+", help="results folders holding eval/metrics.jsonl (evaluate.py results), or "
+                                              "their eval folders")
+    p.add_argument("--across", action="store_true", help="one folder per training seed: a t interval over the "
+                                                         "folders' means instead of pooling their records")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the records (pooled)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (pooled)")
+    p.add_argument("--row", action="store_true", help="also print one markdown table row: 'mean [low, high]' per "
+                                                      "metric, in evaluate.py's column order")
     a = p.parse_args()
-    f = next((x for x in (Path(a.results) / "eval" / "metrics.jsonl", Path(a.results) / "metrics.jsonl")
-              if x.is_file()), None)
-    if f is None:
-        sys.exit(f"{a.results}: no eval/metrics.jsonl (run python evaluate.py results {a.results} first)")
-    rows = [r for r in map(json.loads, filter(str.strip, f.read_text().splitlines())) if r.get("status", "ok") == "ok"]
+    runs = [read_rows(r) for r in a.results]
+    got = across(runs) if a.across else intervals([r for rows in runs for r in rows], a.resamples, a.seed)
     labels = {k: lab for k, lab, _ in COLUMNS}
-    for key, (n, mean, lo, hi) in intervals(rows, a.resamples, a.seed).items():
-        print(f"{labels[key]}: n={n} mean {mean:.3f} 95% [{lo:.3f}, {hi:.3f}]")
+    for key, (n, mean, lo, hi) in got.items():
+        print(f"{labels[key]}: n={n}{' runs' if a.across else ''} mean {mean:.3f} 95% [{lo:.3f}, {hi:.3f}]")
+    if a.row:
+        f = lambda v: f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+        print("| " + " | ".join(f"{f(m)} [{f(lo)}, {f(hi)}]" for _, m, lo, hi in got.values()) + " |")
+        print("| " + " | ".join(labels[k] for k in got) + " |")

@@ -94,6 +94,38 @@ def test_triplets(tmp_path):
     assert t["expect"]["tint"] == list(toy.clip(10_001)["scene"]["tint"])   # ... under the light of clip 10001
 
 
+def test_ceiling(tmp_path, tiny_base):
+    """toy.py ceiling: a results folder whose results are the triplets' correct composites, exact or through a base's
+    VAE (what evaluate.py scores as the ceilings of docs/toy-world.md); resumable, a triplet without a reference
+    skipped with its reason. (Mutation tried: decoding the encoder's mean without the VAE -> the round trip equals
+    the exact composite and the first check fails.)"""
+    toy.write_triplets(tmp_path / "t", 2)
+    lines = (tmp_path / "t" / "triplets.jsonl").read_text().splitlines()
+    bad = json.loads(lines[1])
+    bad.pop("reference")
+    (tmp_path / "t" / "triplets.jsonl").write_text(lines[0] + "\n" + json.dumps({**bad, "id": "noref"}) + "\n")
+    run = lambda out, *vae: toy.main(toy.parser.parse_args(["ceiling", "--triplets", str(tmp_path / "t" /
+                                                             "triplets.jsonl"), "--out", str(out), *vae]))
+    exact, trip = run(tmp_path / "exact"), run(tmp_path / "vae", "--vae", str(tiny_base))
+    assert [r["status"] for r in exact] == ["ok", "error"] and "no reference" in exact[1]["error"]
+    ref = read_video(tmp_path / "t" / "t0000" / "reference.mp4")[0].astype(float)
+    got = read_video(exact[0]["result"])[0].astype(float)
+    assert np.abs(got - ref).mean() < 2.0                                  # the composite itself, re-encoded
+    m = V.VAE.from_pretrained(tiny_base).eval()
+    with torch.no_grad():
+        want = (m.decode(m.encode(to_tensor(ref.astype(np.uint8))[None])[0])[0].clamp(-1, 1) + 1) * 127.5
+    want = want.permute(1, 2, 3, 0).numpy()
+    rt = read_video(trip[0]["result"])[0].astype(float)
+    assert np.abs(rt - want).mean() < 6.0 and np.abs(rt - ref).mean() > 30     # through the (random) VAE: measured
+    #                                                                          3.6 (its noisy output re-encoded) / 54
+    assert trip[0]["settings"] == {"ceiling": "vae round trip", "base": str(Path(tiny_base).resolve())}
+    stamp = (tmp_path / "vae" / "t0000.mp4").stat().st_mtime_ns
+    assert [r["status"] for r in run(tmp_path / "vae", "--vae", str(tiny_base))] == ["ok", "error"]
+    assert (tmp_path / "vae" / "t0000.mp4").stat().st_mtime_ns == stamp   # done work is kept
+    with pytest.raises(toy.BadInput, match="--vae .*not a base model folder"):
+        run(tmp_path / "x", "--vae", str(tmp_path))
+
+
 def test_novel_colour_and_light(tmp_path):
     """--colour / --tint change the sprite's colour / the scene's light and nothing else a clip draws; a novel one
     never appears in the usual world; triplets expect the new colour under the new light."""
