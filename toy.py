@@ -655,7 +655,8 @@ def check_flags(a):
     """Every value that cannot work ends the run here, in one line, before anything is written."""
     if a.cmd == "ceiling":
         if not Path(a.triplets).is_file():
-            raise BadInput(f"--triplets {a.triplets}: no such file (toy.py triplets --out DIR writes DIR/triplets.jsonl)")
+            raise BadInput(f"--triplets {a.triplets}: no such file (toy.py triplets --out DIR writes "
+                           "DIR/triplets.jsonl)")
         if a.vae and not (Path(a.vae) / "vae" / "config.json").is_file():
             raise BadInput(f"--vae {a.vae}: not a base model folder (no vae/config.json); e.g. assets/toy-base")
         return
