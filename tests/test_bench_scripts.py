@@ -99,3 +99,21 @@ def test_intervals_of_a_scored_run():
     assert lo == pytest.approx(mean - 1.96 * se, abs=0.25 * se)
     assert hi == pytest.approx(mean + 1.96 * se, abs=0.25 * se)
     assert got["toy_bg_psnr"] == (400, 30.0, 30.0, 30.0) and "toy_tint_match" not in got
+
+
+def test_intervals_across_training_seeds():
+    """tests/intervals.py --across: the mean of the runs' means with a Student-t 95% interval over the runs (checked
+    against the formula by hand), a metric kept only where every run has it.
+    (Mutation tried: the normal 1.96 instead of t(2) = 4.303 -> the 3-run interval is half as wide and this fails.)"""
+    import numpy as np
+    across = load("intervals").across
+    runs = [[{"toy_shape_iou": v, "toy_colour_err": 10.0 * k} for v in (m - 0.1, m + 0.1)]
+            for k, m in enumerate((0.4, 0.5, 0.9))]
+    runs[1].append({"toy_shape_iou": float("nan")})                  # left out, not a 0
+    runs[2][0]["toy_tint_match"] = 1.0                                # only one run has it: no interval
+    got = across(runs)
+    half = 4.303 * np.std([0.4, 0.5, 0.9], ddof=1) / np.sqrt(3)
+    assert got["toy_shape_iou"][:2] == (3, pytest.approx(0.6))
+    assert got["toy_shape_iou"][2:] == (pytest.approx(0.6 - half), pytest.approx(0.6 + half))
+    assert got["toy_colour_err"][1] == pytest.approx(10.0) and "toy_tint_match" not in got
+    assert across(runs[:1])["toy_shape_iou"] == (1, pytest.approx(0.4), pytest.approx(0.4), pytest.approx(0.4))
