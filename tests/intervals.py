@@ -9,6 +9,7 @@ means with a 95% Student-t interval over the runs (the spread that retraining gi
     python tests/intervals.py results/heldout-50000                # the held-out check of docs/toy-world.md
     python tests/intervals.py results/toy-full --resamples 5000 --seed 1
     python tests/intervals.py --across results/t4-full-s0 results/t4-full-s1 results/t4-full-s2 --row
+    python tests/intervals.py results/ship-50000 --by placement     # kept in place vs moved (copy-paste >= 0.5 or not)
 """
 import argparse
 import json
@@ -55,6 +56,18 @@ def read_rows(results):
     return [r for r in map(json.loads, filter(str.strip, f.read_text().splitlines())) if r.get("status", "ok") == "ok"]
 
 
+def group_of(results, by):
+    """--by: a record -> its group: the sprite kind its triplet names ("kind", from RESULTS_DIR/results.jsonl), or
+    "kept" / "moved" by whether the subject stays at the input fg's place in at least half of the frames."""
+    if by == "placement":
+        return lambda r: "kept" if (r.get("toy_copy_paste") or 0) >= 0.5 else "moved"
+    kinds = {}
+    for line in filter(str.strip, (Path(results) / "results.jsonl").read_text().splitlines()):
+        rec = json.loads(line)
+        kinds[str(rec.get("id"))] = (rec.get("expect") or {}).get("kind", "?")
+    return lambda r: kinds.get(str(r.get("id")), "?")
+
+
 def intervals(rows, resamples=2000, seed=0, level=0.95):
     """metrics.jsonl rows -> {metric: (n, mean, low, high)} over the records that have a number for it."""
     rng, out = np.random.default_rng(seed), {}
@@ -75,6 +88,8 @@ if __name__ == "__main__":
                                                          "folders' means instead of pooling their records")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the records (pooled)")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (pooled)")
+    p.add_argument("--by", choices=["kind", "placement"], default=None,
+                   help="pooled: also the intervals of each group of records (sprite kind, or kept / moved)")
     p.add_argument("--row", action="store_true", help="also print one markdown table row: 'mean [low, high]' per "
                                                       "metric, in evaluate.py's column order")
     a = p.parse_args()
@@ -83,6 +98,16 @@ if __name__ == "__main__":
     labels = {k: lab for k, lab, _ in COLUMNS}
     for key, (n, mean, lo, hi) in got.items():
         print(f"{labels[key]}: n={n}{' runs' if a.across else ''} mean {mean:.3f} 95% [{lo:.3f}, {hi:.3f}]")
+    if a.by and not a.across:
+        groups = {}
+        for results, rows in zip(a.results, runs):
+            key = group_of(results, a.by)
+            for r in rows:
+                groups.setdefault(key(r), []).append(r)
+        for name, rows in sorted(groups.items()):
+            for key, (n, mean, lo, hi) in intervals(rows, a.resamples, a.seed).items():
+                if key in ("toy_shape_iou", "toy_colour_err"):
+                    print(f"  {a.by} {name}: {labels[key]}: n={n} mean {mean:.3f} 95% [{lo:.3f}, {hi:.3f}]")
     if a.row:
         f = lambda v: f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
         print("| " + " | ".join(f"{f(m)} [{f(lo)}, {f(hi)}]" for _, m, lo, hi in got.values()) + " |")

@@ -117,3 +117,15 @@ def test_intervals_across_training_seeds():
     assert got["toy_shape_iou"][2:] == (pytest.approx(0.6 - half), pytest.approx(0.6 + half))
     assert got["toy_colour_err"][1] == pytest.approx(10.0) and "toy_tint_match" not in got
     assert across(runs[:1])["toy_shape_iou"] == (1, pytest.approx(0.4), pytest.approx(0.4), pytest.approx(0.4))
+
+
+def test_intervals_groups(tmp_path):
+    """tests/intervals.py --by: a record's group is its triplet's sprite kind (from results.jsonl) or whether its
+    subject stayed at the fg's place in at least half of the frames."""
+    import json
+    group_of = load("intervals").group_of
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps({"id": i, "expect": {"kind": k}}) + "\n"
+                                                    for i, k in (("t0", "boat"), ("t1", "car"))))
+    kind, place = group_of(tmp_path, "kind"), group_of(tmp_path, "placement")
+    assert [kind({"id": i}) for i in ("t0", "t1", "t9")] == ["boat", "car", "?"]
+    assert [place({"toy_copy_paste": v}) for v in (0.5, 0.49, None)] == ["kept", "moved", "moved"]
