@@ -5,6 +5,8 @@ composite against them (toy.metrics: evaluate.py's toy_* columns), and the toy b
 
     python toy.py data --out data/toy --clips 2048                    # a layered training set (1 min)
     python toy.py triplets --out data/toy-test --n 32                 # held-out cross-combination test triplets
+    python toy.py ceiling --triplets data/toy-test/triplets.jsonl --vae assets/toy-base --out results/ceil
+                                                                      # their correct composites through the toy VAE
     python toy.py base --out /tmp/tb --vae-steps 2                    # a smoke build of the base model in seconds
 
 (`python toy.py data|triplets ...` are aliases of the first two.) The shipped assets/toy-base, in three runs
