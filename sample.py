@@ -43,8 +43,9 @@ import composer
 from plumbing.cli import BadInput, check_device, check_out_dir, run_cli
 from plumbing.ranks import Ranks
 from plumbing.records import Job, read_records
-from plumbing.dataset import check_files, folder_triplets, guidance_set, read_triplets, triplets_text
-from plumbing.files import atomic_write_text, stamp
+from plumbing.dataset import (check_files, folder_triplets, guidance_set, input_stamps, read_triplets,
+                              triplets_text)
+from plumbing.files import atomic_write_text
 from plumbing.video import fit_video, read_video, to_tensor, to_uint8, write_video
 
 ROOT = Path(__file__).resolve().parent
@@ -190,9 +191,8 @@ def compose_set(a, run, guidance, out, items, bad, ins):
                 if len(rows) < 8 and ranks.world == 1:     # with a known-correct composite (toy triplets), if any
                     rows.append((np.concatenate([grid] + reference_columns(j.get("reference"), vae, T, H, W, tile,
                                                                            device, dtype, offload), 2), fps))
-            inputs = {k: stamp(j[k]) for k in ("fg", "bg", "mask") if j.get(k)}   # evaluate checks they still are
             job.done(j["id"], {**j, "result": str(name.resolve()), "fps": fps, "settings": settings,
-                               "input_stamps": inputs}, outputs=written)
+                               "input_stamps": input_stamps(j)}, outputs=written)   # evaluate checks them
             print(f"wrote {name}")
     recs = job.finish()
     if recs is None:                                       # ranks > 0: rank 0 reports

@@ -52,8 +52,8 @@ import torch
 from tqdm import tqdm
 
 from plumbing.cli import BadInput, check_ranges, run_cli
-from plumbing.dataset import LayeredWriter, read_metadata, read_triplets
-from plumbing.files import atomic_write_text, stamp
+from plumbing.dataset import LayeredWriter, input_stamps, read_metadata, read_triplets
+from plumbing.files import atomic_write_text
 from plumbing.records import Job
 from plumbing.video import LUMA, dilate, mask_to_rgb, read_video, to_tensor, to_uint8, write_video
 from others.metrics import masked_psnr
@@ -427,7 +427,7 @@ def write_ceiling(triplets, out, base=None):
         name = Path(out) / f"{j['id']}.mp4"
         write_video(name, ref, fps)
         job.done(j["id"], {**j, "result": str(name.resolve()), "fps": fps, "settings": settings,
-                           "input_stamps": {k: stamp(j[k]) for k in ("fg", "bg", "mask") if j.get(k)}},
+                           "input_stamps": input_stamps(j)},
                  outputs=[name])
     return job.finish()
 

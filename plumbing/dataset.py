@@ -434,6 +434,11 @@ def resolve_path(p, base):
     return p if p.is_absolute() else base / p
 
 
+def input_stamps(item):
+    """The stamps of a composition's input files, as its results record keeps them (check_result compares them)."""
+    return {k: stamp(item[k]) for k in ("fg", "bg", "mask") if item.get(k)}
+
+
 def check_result(rec, base):
     """Why a results record cannot be scored (one line), or None. Reads only the videos' headers."""
     if rec.get("status", "ok") != "ok":
