@@ -78,7 +78,7 @@ def test_fresh_set_agrees_with_the_documented_scores(tmp_path):
     [1 - 3/n, 1]: 6 moved subjects all in their band do not contradict a documented 0.85. (Mutation tried: compose
     with fg and bg swapped -> shape IoU, bg PSNR and affordance leave their intervals and this fails.)"""
     sys.path.insert(0, str(ROOT / "tests"))
-    from intervals import intervals
+    from intervals import intervals, read_rows
     doc = documented_pooled()
     assert {"toy_shape_iou", "toy_colour_err", "toy_affordance", "toy_shadow_ok"} <= set(doc)
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
@@ -91,8 +91,7 @@ def test_fresh_set_agrees_with_the_documented_scores(tmp_path):
                  [ROOT / "evaluate.py", "results", res]):
         r = run(*argv)
         assert r.returncode == 0, r.stderr[-2000:]
-    rows = [json.loads(line) for line in (res / "eval" / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    got = intervals([r for r in rows if r.get("status") == "ok"], resamples=2000, seed=0)
+    got = intervals(read_rows(res), resamples=2000, seed=0)
     report = {k: (doc[k], tuple(round(v, 3) for v in got[k][1:])) for k in doc}
     print(json.dumps(report))
     for key, (mean, lo, hi) in doc.items():
