@@ -29,6 +29,8 @@ class Augment:
     flip_p: float = 0.7            # horizontal flip
     crop_p: float = 0.7            # random resized crop ("re-framing")
     crop_scale: tuple = (0.5, 2.0)  # zoom range: >1 crops in (subject grows), <1 zooms out (subject shrinks)
+    crop_shift: float = 0.0        # extra shift of the window, up to this share of the frame each way (paper: 0);
+                                   # with crop_scale (1, 1) the re-framing is a pure translation
     min_fg_kept: float = 0.9       # a crop must keep this share of the foreground pixels ...
     max_attempts: int = 20         # ... or, after this many tries, no crop is applied
     jitter_p: float = 0.2          # colour jitter, inside the mask only
@@ -49,7 +51,8 @@ class Augment:
 
     def crop(self, fg, mask, generator=None):
         """Zoom by z (log-uniform in crop_scale) around a random window that keeps >= min_fg_kept
-        of the foreground; the window may extend past the frame when zooming out (black there)."""
+        of the foreground; the window may extend past the frame when zooming out or shifted by crop_shift
+        (black there)."""
         u = lambda: torch.rand((), generator=generator).item()
         H, W = fg.shape[-2:]
         total = mask.sum()
@@ -61,6 +64,9 @@ class Augment:
             h, w = H / z, W / z                                       # window size in pixels
             top = (H - h) * u() if z >= 1 else -(h - H) * u()           # window inside / around the frame
             left = (W - w) * u() if z >= 1 else -(w - W) * u()
+            if self.crop_shift > 0:                                     # drawn only when asked: the paper's
+                top += (2 * u() - 1) * self.crop_shift * H              # draws stay as they were
+                left += (2 * u() - 1) * self.crop_shift * W
             theta = torch.tensor([[w / W, 0, (2 * left + w) / W - 1], [0, h / H, (2 * top + h) / H - 1]])
             m2 = _warp(mask, theta, "nearest")
             kept = _window_share(mask, top, left, h, w)

@@ -137,6 +137,9 @@ arg("--flip-p", type=float, default=0.7, help="augmentation: probability of a ho
 arg("--crop-p", type=float, default=0.7, help="augmentation: probability of re-framing the fg (paper: 0.7)")
 arg("--crop-scale", type=float, nargs=2, default=(0.5, 2.0), metavar=("LO", "HI"),
     help="augmentation: zoom range of the fg re-framing (paper: 0.5 2.0)")
+arg("--crop-shift", type=float, default=0.0, metavar="F",
+    help="augmentation: shift the re-framing window by up to F of the frame each way (paper: 0; with "
+         "--crop-scale 1 1 a pure translation)")
 arg("--text-drop", type=float, default=0.0,
     help="probability of an empty prompt (StM release: 0.0; the toy composer: 0.1)")
 arg("--fg-noise", type=float, default=-1.0, help="fg pixel noise: sigma = exp(N(this, 0.5)) (StM: -1.0); -inf: none")
@@ -225,7 +228,8 @@ def main(a):
         run.barrier()
         t5.to("cpu")                                                        # every caption is cached now
     augment = (Augment(flip_p=0, crop_p=0, jitter_p=0) if a.no_augment
-               else Augment(flip_p=a.flip_p, crop_p=a.crop_p, crop_scale=tuple(a.crop_scale)))
+               else Augment(flip_p=a.flip_p, crop_p=a.crop_p, crop_scale=tuple(a.crop_scale),
+                                crop_shift=a.crop_shift))
     cond = Conditioner(vae, texts, augment, fg_noise=a.fg_noise, bg_noise=a.bg_noise, text_drop=a.text_drop,
                        cache=cache, bg_noise_latent=a.bg_noise_latent)
     if cache is not None:                                                   # only decode what the step still encodes
@@ -558,6 +562,7 @@ def check_flags(a):
                 (not all(0 <= p <= 1 for p in (a.text_drop, a.flip_p, a.crop_p, a.alpha)),
                  "--text-drop, --flip-p, --crop-p and --alpha are probabilities/weights in [0, 1]"),
                 (not 0 < a.crop_scale[0] <= a.crop_scale[1] < inf, f"--crop-scale {a.crop_scale}: need 0 < LO <= HI"),
+                (not 0 <= a.crop_shift < 1, f"--crop-shift {a.crop_shift}: need 0 <= F < 1"),
                 (a.val_every < 0 or a.val_steps < 1 or not 0 <= a.val_guidance < inf,
                  "--val-every >= 0, --val-steps >= 1 and a finite --val-guidance >= 0 are needed"),
                 (a.stop_at < 0, f"--stop-at {a.stop_at}: need a step >= 0"),

@@ -183,3 +183,29 @@ def test_empty_mask_is_safe():
     m = torch.zeros(1, 5, 16, 16)
     fg2, m2 = Augment(flip_p=1, crop_p=1, jitter_p=1)(fg, m, g(0))
     assert torch.equal(m2, m) and torch.equal(fg2, fg)
+
+
+def test_crop_shift_with_no_zoom_is_a_pure_translation():
+    """--crop-scale 1 1 --crop-shift F: the subject moves (up to F of the frame each way) and keeps its size and
+    shape; with crop_shift 0 the draws of the paper's re-framing are unchanged."""
+    moved, limit = 0, 0.25
+    for seed in range(40):
+        fg, m = toy(seed % 8)
+        H, W = m.shape[-2:]
+        fg2, m2 = Augment(flip_p=0, crop_p=1, jitter_p=0, crop_scale=(1, 1), crop_shift=limit)(fg, m, g(seed))
+        if torch.equal(m2, m):
+            continue
+        # the moved mask is the source mask rolled by one whole-pixel offset up to the nearest-sampling edge
+        before, after = (torch.nonzero(v[0, 0]).float().mean(0) for v in (m, m2))   # (y, x) centroids
+        dy, dx = (after - before).round().long().tolist()
+        assert abs(dy) <= limit * H + 1 and abs(dx) <= limit * W + 1, (seed, dy, dx)
+        assert 0.89 <= m2.sum() / m.sum() <= 1.01, seed          # no zoom (a frame edge may cut up to 10%)
+        rolled = torch.roll(m2, (-dy, -dx), (-2, -1))
+        assert (rolled * (1 - m)).sum() / m.sum() < 0.05, seed    # moved back, it lies on the source's shape
+        moved += max(abs(dy), abs(dx)) >= 3
+    assert moved >= 25, moved
+    fg, m = toy(3)
+    for seed in range(10):                                                    # shift 0: the paper's draws
+        a = Augment(crop_scale=(0.8, 1.25))(fg, m, g(seed))
+        b = Augment(crop_scale=(0.8, 1.25), crop_shift=0.0)(fg, m, g(seed))
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
