@@ -229,7 +229,7 @@ def main(a):
         t5.to("cpu")                                                        # every caption is cached now
     augment = (Augment(flip_p=0, crop_p=0, jitter_p=0) if a.no_augment
                else Augment(flip_p=a.flip_p, crop_p=a.crop_p, crop_scale=tuple(a.crop_scale),
-                                crop_shift=a.crop_shift))
+                            crop_shift=a.crop_shift))
     cond = Conditioner(vae, texts, augment, fg_noise=a.fg_noise, bg_noise=a.bg_noise, text_drop=a.text_drop,
                        cache=cache, bg_noise_latent=a.bg_noise_latent)
     if cache is not None:                                                   # only decode what the step still encodes

@@ -65,7 +65,7 @@ def uniform_cdf(lo, hi):
 
 def training_augment(a=RELEASE):
     """What train.main builds from the flags (test_training_loop_draws checks that it does)."""
-    return Augment(flip_p=a.flip_p, crop_p=a.crop_p, crop_scale=tuple(a.crop_scale))
+    return Augment(flip_p=a.flip_p, crop_p=a.crop_p, crop_scale=tuple(a.crop_scale), crop_shift=a.crop_shift)
 
 
 # ---------------------------------------------------------------------------------------------
