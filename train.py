@@ -94,7 +94,14 @@ class RecipeParser(argparse.ArgumentParser):
     report in one line. flags_given records which recipe flags were on the command line."""
 
     def parse_args(self, args=None, namespace=None):
-        a = super().parse_args(args, namespace)
+        # argparse takes "-inf" for a flag, so "--fg-noise -inf" (as the helps write it) is read as "--fg-noise=-inf"
+        args, joined = sys.argv[1:] if args is None else list(args), []
+        for s in args:
+            if s.lower() == "-inf" and joined and joined[-1].startswith("--") and "=" not in joined[-1]:
+                joined[-1] += "=" + s
+            else:
+                joined.append(s)
+        a = super().parse_args(joined, namespace)
         if a.flags_given is None:
             a.flags_given = [k for k in RECIPE_FLAGS if getattr(a, k) is not None]
         try:

@@ -137,6 +137,12 @@ def test_the_edges_of_the_ranges_are_accepted(tiny_base, tiny_data, tmp_path):
                             str(2**63 - 1), "--crop-scale", "1", "1", "--threads", "0", "--workers", "0"))
 
 
+def test_minus_inf_is_a_value_as_the_helps_write_it(tiny_base, tiny_data, tmp_path):
+    """argparse takes "-inf" for a flag; "--fg-noise -inf" must mean no fg noise, "--bg-noise=-inf" the same."""
+    a = train.parser.parse_args(["--data", str(tiny_data), "--fg-noise", "-inf", "--bg-noise=-inf", "--lr", "1e-3"])
+    assert a.fg_noise == a.bg_noise == float("-inf") and a.lr == 1e-3
+
+
 # ---------------------------------------------------------------------------------------------- 4. clip layers
 
 def test_a_clip_whose_layers_disagree_is_skipped_before_step_one(tiny_base, tiny_data, tmp_path, capsys):
