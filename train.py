@@ -52,6 +52,7 @@ import os
 import pickle
 import re
 import shutil
+import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
