@@ -572,3 +572,28 @@ def test_training_loop_draws(tiny_data, tmp_path, monkeypatch):
         assert abs(eps.mean().item()) < 4 / math.sqrt(n) and abs(eps.std().item() - 1) < 4 / math.sqrt(2 * n)
     ts = torch.cat([x[2] for x in seen["t"]])
     assert ts.unique().numel() > 1 and ts.min() >= 0 and ts.max() <= 999
+
+
+@pytest.mark.slow
+def test_training_loop_builds_the_augment_its_flags_ask_for(tiny_data, tmp_path, monkeypatch):
+    """train.main with non-default augmentation flags (one step of 2) gives the Conditioner exactly the Augment they
+    describe, --crop-shift included (a flag dropped on its way in would leave the release's default there)."""
+    seen = {}
+    Cond = train.Conditioner
+
+    class Recording(Cond):
+        def __init__(self, *a, **k):
+            seen.update(inspect.signature(Cond).bind(*a, **k).arguments)
+            super().__init__(*a, **k)
+    monkeypatch.setattr(train, "Conditioner", Recording)
+    a = train.parser.parse_args(["--data", str(tiny_data), "--preset", "toy", "--out", str(tmp_path / "run"),
+                                 "--steps", "1", "--batch", "2", "--val-every", "0", "--workers", "1", "--threads",
+                                 "1", "--flip-p", "0.1", "--crop-p", "0.9", "--crop-scale", "1", "1",
+                                 "--crop-shift", "0.25"])
+    n_threads = torch.get_num_threads()
+    try:
+        train.main(a)
+    finally:
+        torch.set_num_threads(n_threads)
+    assert seen["augment"] == Augment(flip_p=0.1, crop_p=0.9, crop_scale=(1.0, 1.0), crop_shift=0.25)
+    assert seen["augment"] != training_augment()
