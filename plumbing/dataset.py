@@ -468,9 +468,10 @@ def check_result(rec, base):
 
 
 def released_records(folder, method):
-    """The paper's released result folders, read as they are (as the StM release's evaluation reads them):
-    <folder>/sample-*/ holding fg.mp4 (the subject on black), bg.mp4, prompt.txt, optionally mask.mp4, and one
-    <method>.mp4 per method -> results.jsonl-style records (absolute paths; id = the sample folder's name)."""
+    """The paper's released result folders, read as they are (as the StM release's evaluation reads them): the
+    triplet folders of folder_triplets (sample-*/ holding fg.mp4 (the subject on black), bg.mp4, prompt.txt,
+    optionally mask.mp4), each with one <method>.mp4 per method -> (results.jsonl-style records with absolute paths,
+    folder_triplets' ids and order; [(folder name, why)] of the folders that are no triplet)."""
     folder = Path(folder)
     samples = sorted(d for d in folder.glob("sample-*") if d.is_dir()) if folder.is_dir() else []
     if not samples:
@@ -480,12 +481,9 @@ def released_records(folder, method):
     if method not in methods:
         raise BadInput(f"--method {method}: {'not in' if method else 'name one of the methods in'} {folder} "
                        f"(its sample folders hold: {', '.join(methods) or 'no method videos'})")
-    recs = []
-    for d in samples:
-        rec = {"id": sample_id(d), "fg": str(d / "fg.mp4"), "bg": str(d / "bg.mp4"), "result": str(d / f"{method}.mp4"),
-               "prompt": (d / "prompt.txt").read_text().strip() if (d / "prompt.txt").is_file() else ""}
-        recs.append({**rec, "mask": str(d / "mask.mp4")} if (d / "mask.mp4").is_file() else rec)
-    return recs
+    items, left = folder_triplets(folder)                   # only sample-*/ (evaluate writes eval-<method>/ there)
+    return ([{**it, "result": str(Path(it["fg"]).parent / f"{method}.mp4")} for it in items
+             if Path(it["fg"]).parent.name.startswith("sample-")], [x for x in left if x[0].startswith("sample-")])
 
 
 def read_results(folder, limit=0, layout="results", method=None):
@@ -495,10 +493,11 @@ def read_results(folder, limit=0, layout="results", method=None):
     repeats a result or an id, is skipped and reported. None usable: BadInput."""
     src = Path(folder) / "results.jsonl"
     if layout == "released":
-        rows, problems, src = list(enumerate(released_records(folder, method), 1)), [], Path(folder)
+        recs, left = released_records(folder, method)                # a folder that is no triplet: line 0
+        rows, src, skipped = list(enumerate(recs, 1)), Path(folder), [{"line": 0, "id": d, "why": w} for d, w in left]
     else:
         rows, problems = read_jsonl(src)
-    skipped = [{"line": i, "id": None, "why": m.split(": ", 1)[1]} for i, m in problems]
+        skipped = [{"line": i, "id": None, "why": m.split(": ", 1)[1]} for i, m in problems]
     good, seen, ids = [], {}, {}
     for i, rec in rows[:limit or None]:
         why = check_result(rec, Path(folder))

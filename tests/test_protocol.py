@@ -137,7 +137,14 @@ def test_folder_of_released_triplets_is_composed_and_resumed(tmp_path):
     assert sorted(r["id"] for r in lines(out / "results.jsonl")) == ["sample-10", "sample-2", "sample-7"]
     # the paper's own output of the same folder gets the same ids (--layout released), so compare pairs them
     from plumbing.dataset import released_records
-    assert [r["id"] for r in released_records(src, "gen-recomposer")] == ["sample-10", "sample-2", "sample-7"]
+    recs, left = released_records(src, "gen-recomposer")
+    assert [r["id"] for r in recs] == ["sample-2", "sample-7", "sample-10"] and not left
+    assert all(Path(r["result"]).is_file() and Path(r["result"]).parent == Path(r["fg"]).parent for r in recs)
+    fg7 = next(src.glob("sample-7_*")) / "fg.mp4"                  # a sample without its fg is reported, not scored
+    fg7.rename(fg7.with_suffix(".bak"))
+    recs, left = released_records(src, "gen-recomposer")
+    assert [r["id"] for r in recs] == ["sample-2", "sample-10"] and left == [(fg7.parent.name, "no fg.<video> in it")]
+    fg7.with_suffix(".bak").rename(fg7)
     # the folder changed: its triplets file is not silently replaced
     shutil.rmtree(next(src.glob("sample-7_*")))
     rc, msg = run("sample.py", *argv)
