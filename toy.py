@@ -242,6 +242,7 @@ def expected_shadow(kind, centres, size, H, W):
 # component. The expected sprite shape, colour and shadow come from the renderer (sprite_model, expected_shadow):
 #   shape IoU      mean over frames of IoU(input sprite mask, gen subject mask moved onto the input's centroid;
 #                  best of the 3x3 whole-pixel shifts there). Sub-pixel rasterisation keeps a perfect one ~0.6-0.8
+#   size ratio     median over frames of gen subject area / input sprite area (> 1: drawn larger or blurrier)
 #   colour err     RGB distance of the subject's mean colour (over its core: the half of its pixels most unlike
 #                  the bg, as H.264's 4:2:0 chroma smears edges) to the exact expected one, rgb x tint x shading
 #   track err      RMS over frames of (gen centroid track - its mean) - (expected track - its mean), pixels
@@ -280,6 +281,14 @@ def shape_iou(subj, mask, c_gen, c_in):
         moved = [np.roll(subj[t], (dy + i, dx + j), (0, 1)) for i in (-1, 0, 1) for j in (-1, 0, 1)]
         ious.append(max((m & mask[t]).sum() / max(1, (m | mask[t]).sum()) for m in moved))
     return float(np.mean(ious)) if ious else 0.0
+
+
+def size_ratio(subj, mask):
+    """Median over the frames holding both of (gen subject area / input sprite area): a subject drawn larger or
+    blurred wider than its source scores above 1 (the correct composite ~1.3 as H.264 softens edges); nan if none."""
+    a, b = subj.sum((1, 2)).astype(np.float64), mask.sum((1, 2)).astype(np.float64)
+    ok = (a > 0) & (b > 0)
+    return float(np.median(a[ok] / b[ok])) if ok.any() else float("nan")
 
 
 def colour_scores(gen, bg, subj, col_target, col_source):
@@ -331,7 +340,8 @@ def metrics(gen, fg, bg, mask, expect, geom, threshold=40.0, cp_radius=None):
     c_gen, c_in = centroids(subj), centroids(mask)
     offset, (col_target, col_source) = sprite_model(expect["kind"], size, expect["rgb"],
                                                     [expect["tint"], expect["source_tint"]])
-    out = {"toy_found": float((~np.isnan(c_gen[:, 0])).mean()), "toy_shape_iou": shape_iou(subj, mask, c_gen, c_in)}
+    out = {"toy_found": float((~np.isnan(c_gen[:, 0])).mean()), "toy_shape_iou": shape_iou(subj, mask, c_gen, c_in),
+           "toy_size_ratio": size_ratio(subj, mask)}
     out.update(colour_scores(gen, bg, subj, col_target, col_source))
     out.update(placement_scores(c_gen, c_in, expect, geom, cp_radius))
     # shadow: darkening of the bg where render would cast it, placed by the subject's centroid

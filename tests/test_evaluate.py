@@ -74,6 +74,7 @@ def test_copy_paste_composite_is_caught(toy_runs):
         assert r["toy_copy_paste"] >= 0.9, r["id"]
         assert r["toy_tint_match"] in (0.0, None), r["id"]                 # it keeps the source light
         assert r["toy_shape_iou"] > 0.7, r["id"]                           # the shape itself is right
+        assert 0.85 < r["toy_size_ratio"] < 1.5, r["id"]                   # and its size, up to codec blur
         y = toy.centroids(read_mask(rec["mask"]))[:, 1]
         y0, y1 = rec["expect"]["allowed_rows"]
         if np.mean((y >= y0) & (y < y1)) < 0.5:                            # the source place is off the target band

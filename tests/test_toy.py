@@ -291,3 +291,14 @@ def test_resume_refuses_a_crafted_checkpoint(tmp_path):
                        timeout=300)
     assert r.returncode != 0 and "not a checkpoint this script wrote" in r.stderr, r.stderr[-2000:]
     assert not marker.exists()
+
+
+def test_size_ratio_reads_a_subject_drawn_too_wide():
+    """A sprite scored against itself has size ratio 1; dilated by one pixel (what a blurred subject looks like
+    through the threshold) clearly more, while its shape IoU drops; no subject at all: nan."""
+    m = toy.clip(3)["mask"]
+    c = toy.centroids(m)
+    wide = toy.dilate(torch.as_tensor(m), 1).numpy()
+    assert toy.size_ratio(m, m) == 1.0 and toy.shape_iou(m, m, c, c) == 1.0
+    assert toy.size_ratio(wide, m) > 1.3 and toy.shape_iou(wide, m, toy.centroids(wide), c) < 0.8
+    assert np.isnan(toy.size_ratio(np.zeros_like(m), m))
