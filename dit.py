@@ -84,6 +84,8 @@ PRESETS: dict[str, DiTConfig] = {
 }
 # 4.6M: the shipped toy composer
 PRESETS["toy-l"] = dataclasses.replace(PRESETS["toy"], num_attention_heads=6, num_layers=6)
+# 6.1M: toy-l 8 layers deep, an ablation of docs/toy-world.md ("what limits it"): not better enough to ship
+PRESETS["toy-xl"] = dataclasses.replace(PRESETS["toy"], num_attention_heads=6, num_layers=8)
 
 # -----------------------------------------------------------------------------
 # Sinusoids: timestep embedding, sin-cos position table, 3D RoPE
