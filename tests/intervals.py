@@ -106,7 +106,7 @@ if __name__ == "__main__":
                 groups.setdefault(key(r), []).append(r)
         for name, rows in sorted(groups.items()):
             for key, (n, mean, lo, hi) in intervals(rows, a.resamples, a.seed).items():
-                if key in ("toy_shape_iou", "toy_colour_err"):
+                if key in ("toy_shape_iou", "toy_size_ratio", "toy_colour_err"):
                     print(f"  {a.by} {name}: {labels[key]}: n={n} mean {mean:.3f} 95% [{lo:.3f}, {hi:.3f}]")
     if a.row:
         f = lambda v: f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
