@@ -10,6 +10,9 @@ means with a 95% Student-t interval over the runs (the spread that retraining gi
     python tests/intervals.py results/toy-full --resamples 5000 --seed 1
     python tests/intervals.py --across results/t4-full-s0 results/t4-full-s1 results/t4-full-s2 --row
     python tests/intervals.py results/ship-50000 --by placement     # kept in place vs moved (copy-paste >= 0.5 or not)
+    python tests/intervals.py results/a-50000 results/a-60000 --minus results/b-50000 results/b-60000  # paired
+--minus: the same triplets scored for a second run, folder for folder: the interval of the mean per-record
+difference (first run minus second, records matched by id), which retraining noise between triplets cannot blur.
 """
 import argparse
 import json
@@ -68,6 +71,19 @@ def group_of(results, by):
     return lambda r: kinds.get(str(r.get("id")), "?")
 
 
+def differences(runs, others):
+    """[rows of one folder, ...] and the same folders of a second run -> one row per record both scored (matched by
+    folder and id) holding, per metric, first minus second."""
+    out = []
+    for rows, other in zip(runs, others):
+        by_id = {str(r.get("id")): r for r in other}
+        for r in rows:
+            o = by_id.get(str(r.get("id")))
+            keys = [k for k, _, _ in COLUMNS if o is not None and numbers([r], k).size and numbers([o], k).size]
+            out.append({k: r[k] - o[k] for k in keys})
+    return out
+
+
 def intervals(rows, resamples=2000, seed=0, level=0.95):
     """metrics.jsonl rows -> {metric: (n, mean, low, high)} over the records that have a number for it."""
     rng, out = np.random.default_rng(seed), {}
@@ -90,11 +106,17 @@ if __name__ == "__main__":
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (pooled)")
     p.add_argument("--by", choices=["kind", "placement"], default=None,
                    help="pooled: also the intervals of each group of records (sprite kind, or kept / moved)")
+    p.add_argument("--minus", nargs="+", default=None, metavar="RESULTS",
+                   help="pooled: the same triplets scored by a second run, one folder per results folder, in order: "
+                        "intervals of the paired differences instead")
     p.add_argument("--row", action="store_true", help="also print one markdown table row: 'mean [low, high]' per "
                                                       "metric, in evaluate.py's column order")
     a = p.parse_args()
     runs = [read_rows(r) for r in a.results]
-    got = across(runs) if a.across else intervals([r for rows in runs for r in rows], a.resamples, a.seed)
+    if a.minus and (a.across or len(a.minus) != len(a.results)):
+        sys.exit(f"--minus takes one folder per results folder ({len(a.results)}), and not with --across")
+    pooled = differences(runs, [read_rows(r) for r in a.minus]) if a.minus else [r for rows in runs for r in rows]
+    got = across(runs) if a.across else intervals(pooled, a.resamples, a.seed)
     labels = {k: lab for k, lab, _ in COLUMNS}
     for key, (n, mean, lo, hi) in got.items():
         print(f"{labels[key]}: n={n}{' runs' if a.across else ''} mean {mean:.3f} 95% [{lo:.3f}, {hi:.3f}]")

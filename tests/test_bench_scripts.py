@@ -119,6 +119,20 @@ def test_intervals_across_training_seeds():
     assert across(runs[:1])["toy_shape_iou"] == (1, pytest.approx(0.4), pytest.approx(0.4), pytest.approx(0.4))
 
 
+def test_intervals_paired_differences():
+    """tests/intervals.py --minus: per record, first run minus second, matched by folder and id (not by position);
+    a metric only where both have a number. (Mutation tried: matching by position -> the shuffled second run's
+    differences are wrong and this fails.)"""
+    differences = load("intervals").differences
+    a = [[{"id": "t0", "toy_shape_iou": 0.5, "toy_tint_match": 1.0}, {"id": "t1", "toy_shape_iou": 0.7}],
+         [{"id": "t0", "toy_shape_iou": 0.2}]]
+    b = [[{"id": "t1", "toy_shape_iou": 0.6}, {"id": "t0", "toy_shape_iou": 0.4, "toy_tint_match": None}],
+         [{"id": "t0", "toy_shape_iou": 0.1}]]
+    got = differences(a, b)
+    assert [sorted(d) for d in got] == [["toy_shape_iou"]] * 3
+    assert [d["toy_shape_iou"] for d in got] == [pytest.approx(v) for v in (0.1, 0.1, 0.1)]
+
+
 def test_intervals_groups(tmp_path):
     """tests/intervals.py --by: a record's group is its triplet's sprite kind (from results.jsonl) or whether its
     subject stayed at the fg's place in at least half of the frames."""
