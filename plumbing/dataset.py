@@ -481,7 +481,11 @@ def released_records(folder, method):
     if method not in methods:
         raise BadInput(f"--method {method}: {'not in' if method else 'name one of the methods in'} {folder} "
                        f"(its sample folders hold: {', '.join(methods) or 'no method videos'})")
-    items, left = folder_triplets(folder)                   # only sample-*/ (evaluate writes eval-<method>/ there)
+    try:
+        items, left = folder_triplets(folder)               # only sample-*/ (evaluate writes eval-<method>/ there)
+    except BadInput:
+        raise BadInput(f"{folder}: none of its sample-*/ folders holds fg.<video> and bg.<video or image> (--layout "
+                       "released)") from None
     return ([{**it, "result": str(Path(it["fg"]).parent / f"{method}.mp4")} for it in items
              if Path(it["fg"]).parent.name.startswith("sample-")], [x for x in left if x[0].startswith("sample-")])
 

@@ -153,6 +153,17 @@ def test_folder_of_released_triplets_is_composed_and_resumed(tmp_path):
     assert rc == 0 and len(read_triplets(out / "triplets.jsonl")[0]) == 2, msg
 
 
+def test_released_folder_without_inputs_is_one_clear_error(tmp_path):
+    """Sample folders holding a method's video but no fg / bg: the error names the folder and the released layout,
+    not sample.py's --triplets."""
+    from plumbing.dataset import released_records
+    for i in (1, 2):
+        (tmp_path / f"sample-{i}").mkdir()
+        (tmp_path / f"sample-{i}" / "gen.mp4").write_bytes(b"")
+    with pytest.raises(BadInput, match=re.escape(f"{tmp_path}: none of its sample-*/ folders holds fg.<video>")):
+        released_records(tmp_path, "gen")
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--guidance", "2", "2.0"], "a value twice"),
     (["--guidance", "2", "4", "--out", "x.mp4", "--fg", "a.mp4", "--bg", "b.mp4"], "give a folder --out"),
