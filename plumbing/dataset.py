@@ -482,12 +482,14 @@ def released_records(folder, method):
         raise BadInput(f"--method {method}: {'not in' if method else 'name one of the methods in'} {folder} "
                        f"(its sample folders hold: {', '.join(methods) or 'no method videos'})")
     try:
-        items, left = folder_triplets(folder)               # only sample-*/ (evaluate writes eval-<method>/ there)
+        items, left = folder_triplets(folder)
     except BadInput:
         raise BadInput(f"{folder}: none of its sample-*/ folders holds fg.<video> and bg.<video or image> (--layout "
                        "released)") from None
-    return ([{**it, "result": str(Path(it["fg"]).parent / f"{method}.mp4")} for it in items
-             if Path(it["fg"]).parent.name.startswith("sample-")], [x for x in left if x[0].startswith("sample-")])
+    # only sample-*/ (evaluate writes eval-<method>/ there); by id, as fg may be a link to a file elsewhere
+    by_id, names = {sample_id(d): d for d in samples}, {d.name for d in samples}
+    return ([{**it, "result": str(by_id[it["id"]] / f"{method}.mp4")} for it in items if it["id"] in by_id],
+            [x for x in left if x[0] in names])
 
 
 def read_results(folder, limit=0, layout="results", method=None):

@@ -162,6 +162,13 @@ def test_released_folder_without_inputs_is_one_clear_error(tmp_path):
         (tmp_path / f"sample-{i}" / "gen.mp4").write_bytes(b"")
     with pytest.raises(BadInput, match=re.escape(f"{tmp_path}: none of its sample-*/ folders holds fg.<video>")):
         released_records(tmp_path, "gen")
+    # an fg that links to a file elsewhere: the method's video is still the one in the sample folder
+    (tmp_path / "elsewhere.mp4").write_bytes(b"")
+    (tmp_path / "sample-1" / "fg.mp4").symlink_to(tmp_path / "elsewhere.mp4")
+    (tmp_path / "sample-1" / "bg.mp4").write_bytes(b"")
+    recs, left = released_records(tmp_path, "gen")
+    assert [r["result"] for r in recs] == [str(tmp_path / "sample-1" / "gen.mp4")]
+    assert left == [("sample-2", "no fg.<video> in it")]
 
 
 @pytest.mark.parametrize("argv, words", [
