@@ -79,8 +79,8 @@ def differences(runs, others):
         by_id = {str(r.get("id")): r for r in other}
         for r in rows:
             o = by_id.get(str(r.get("id")))
-            keys = [k for k, _, _ in COLUMNS if o is not None and numbers([r], k).size and numbers([o], k).size]
-            out.append({k: r[k] - o[k] for k in keys})
+            if o is not None:
+                out.append({k: r[k] - o[k] for k, _, _ in COLUMNS if numbers([r], k).size and numbers([o], k).size})
     return out
 
 
