@@ -93,8 +93,9 @@ def test_track_equals_run_tapir(golden):
     tracks, vis, conf = tapir.track(model, g["e2e.clip"], g["e2e.queries"], size=64, query_chunk=7, refine_chunk=3)
     assert tracks.shape == (12, 5, 2) and vis.shape == conf.shape == (12, 5)
     assert rel(tracks, g["e2e.tracks"]) <= 1e-5
-    assert (vis - g["e2e.visibility"]).abs().max() <= 1e-6
-    assert (conf - g["e2e.confidence"]).abs().max() <= 1e-6
+    # probabilities in [0, 1]: 1e-5 absolute is the fp32 bar (1e-6 failed by 3e-6 on another x86 CPU than the goldens')
+    assert (vis - g["e2e.visibility"]).abs().max() <= 1e-5
+    assert (conf - g["e2e.confidence"]).abs().max() <= 1e-5
     q = g["e2e.queries"]
     assert torch.equal(tracks[torch.arange(len(q)), q[:, 0].long()], q[:, [2, 1]])
 
