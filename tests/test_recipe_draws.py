@@ -508,6 +508,30 @@ def test_epoch_order_is_a_fresh_uniform_permutation():
 # The training loop itself: the flags reach the Conditioner, the drawn t reaches the DiT
 
 
+def main_recording_conditioner(monkeypatch, argv, calls=None):
+    """train.main on these flags with its Conditioner recorded -> (the parsed flags, the arguments the Conditioner was
+    built with); each of its calls appends (batch indices, generator, the generator's state) to `calls` if given.
+    torch's thread count is restored afterwards (--threads sets it)."""
+    init, Cond = {}, train.Conditioner
+
+    class Recording(Cond):
+        def __init__(self, *a, **k):
+            init.update(inspect.signature(Cond).bind(*a, **k).arguments)
+            super().__init__(*a, **k)
+
+        def __call__(self, b, idx, g):
+            if calls is not None:
+                calls.append((list(idx), g, g.get_state().clone()))
+            return super().__call__(b, idx, g)
+    monkeypatch.setattr(train, "Conditioner", Recording)
+    a, n_threads = train.parser.parse_args(argv), torch.get_num_threads()
+    try:
+        train.main(a)
+    finally:
+        torch.set_num_threads(n_threads)
+    return a, init
+
+
 @pytest.mark.slow
 def test_training_loop_draws(tiny_data, tmp_path, monkeypatch):
     """train.main with the release's flags (toy sizes, 3 steps of 2): the Conditioner gets fg -1.0, bg -3.0, prompt
@@ -516,17 +540,6 @@ def test_training_loop_draws(tiny_data, tmp_path, monkeypatch):
     t that Schedule.sample_t (5B schedule) drew from that step's generator, and x_t = add_noise(x0, eps, t) with
     eps ~ N(0, 1) (24576 values a step: mean within 4 / sqrt(n), std within 4 / sqrt(2 n))."""
     seen = {"cond": [], "t": [], "noise": [], "model": []}
-    Cond = train.Conditioner
-
-    class Recording(Cond):
-        def __init__(self, *a, **k):
-            seen["init"] = inspect.signature(Cond).bind(*a, **k).arguments
-            super().__init__(*a, **k)
-
-        def __call__(self, b, idx, g):
-            seen["cond"].append((list(idx), g, g.get_state().clone()))
-            return super().__call__(b, idx, g)
-
     sample_t, add_noise, forward = diffusion.Schedule.sample_t, diffusion.Schedule.add_noise, dit.DiT.forward
 
     def rec_sample_t(self, batch, generator=None, device=None):
@@ -542,20 +555,14 @@ def test_training_loop_draws(tiny_data, tmp_path, monkeypatch):
     def rec_forward(self, x, text, t, *a, **k):
         seen["model"].append((x[:, :16].clone(), torch.as_tensor(t).clone()))
         return forward(self, x, text, t, *a, **k)
-    monkeypatch.setattr(train, "Conditioner", Recording)
     monkeypatch.setattr(diffusion.Schedule, "sample_t", rec_sample_t)
     monkeypatch.setattr(diffusion.Schedule, "add_noise", rec_add_noise)
     monkeypatch.setattr(dit.DiT, "forward", rec_forward)
     steps, bs = 3, 2
-    a = train.parser.parse_args(["--data", str(tiny_data), "--preset", "toy", "--out", str(tmp_path / "run"),
-                                 "--steps", str(steps), "--batch", str(bs), "--val-every", "0", "--ckpt-every", "1000",
-                                 "--log-every", "1000", "--workers", "1", "--threads", "1"])
-    n_threads = torch.get_num_threads()
-    try:
-        train.main(a)
-    finally:
-        torch.set_num_threads(n_threads)
-    init = seen["init"]
+    a, init = main_recording_conditioner(monkeypatch, [
+        "--data", str(tiny_data), "--preset", "toy", "--out", str(tmp_path / "run"), "--steps", str(steps), "--batch",
+        str(bs), "--val-every", "0", "--ckpt-every", "1000", "--log-every", "1000", "--workers", "1", "--threads", "1"],
+        calls=seen["cond"])
     assert (init["fg_noise"], init["bg_noise"], init["text_drop"]) == (-1.0, -3.0, 0.0)
     assert init["augment"] == training_augment() and init.get("cache") is None
     assert not init.get("bg_noise_latent", False)
@@ -578,22 +585,9 @@ def test_training_loop_draws(tiny_data, tmp_path, monkeypatch):
 def test_training_loop_builds_the_augment_its_flags_ask_for(tiny_data, tmp_path, monkeypatch):
     """train.main with non-default augmentation flags (one step of 2) gives the Conditioner exactly the Augment they
     describe, --crop-shift included (a flag dropped on its way in would leave the release's default there)."""
-    seen = {}
-    Cond = train.Conditioner
-
-    class Recording(Cond):
-        def __init__(self, *a, **k):
-            seen.update(inspect.signature(Cond).bind(*a, **k).arguments)
-            super().__init__(*a, **k)
-    monkeypatch.setattr(train, "Conditioner", Recording)
-    a = train.parser.parse_args(["--data", str(tiny_data), "--preset", "toy", "--out", str(tmp_path / "run"),
-                                 "--steps", "1", "--batch", "2", "--val-every", "0", "--workers", "1", "--threads",
-                                 "1", "--flip-p", "0.1", "--crop-p", "0.9", "--crop-scale", "1", "1",
-                                 "--crop-shift", "0.25"])
-    n_threads = torch.get_num_threads()
-    try:
-        train.main(a)
-    finally:
-        torch.set_num_threads(n_threads)
+    _, seen = main_recording_conditioner(monkeypatch, [
+        "--data", str(tiny_data), "--preset", "toy", "--out", str(tmp_path / "run"), "--steps", "1", "--batch", "2",
+        "--val-every", "0", "--workers", "1", "--threads", "1", "--flip-p", "0.1", "--crop-p", "0.9", "--crop-scale",
+        "1", "1", "--crop-shift", "0.25"])
     assert seen["augment"] == Augment(flip_p=0.1, crop_p=0.9, crop_scale=(1.0, 1.0), crop_shift=0.25)
     assert seen["augment"] != training_augment()
