@@ -33,6 +33,7 @@ Unusable flags: one line, exit code 2. Library use: evaluate_record(rec, base, m
 scores one record.
 """
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -153,11 +154,26 @@ def load_record(rec, base, max_frames=0, max_side=0):
 # The loop over a run's records, on the record engine (plumbing.records.Job): one record per scored result appended
 # as it is scored, so a rerun after any kill scores only what is left; torchrun's processes share the records; a
 # result (or its inputs, or the weights) changed since it was scored is scored again; a record that cannot be
-# scored is recorded with its reason and reported; scores made with other flags are refused (or, --overwrite, redone)
+# scored is recorded with its reason and reported; scores made with other flags are refused (or, --overwrite, redone);
+# a record scored by other scoring code (SCORING_CODE changed since) is scored again
 
 # The flags a score depends on: an eval folder holds the scores of one setting, so that its summary means one thing
 SCORE_FLAGS = ("viclip", "viclip_config", "bpe", "swin", "swin_config", "raft", "raft_config", "max_frames",
                "max_side", "toy_threshold", "cp_radius", "segmenter", "sam2")
+
+
+# The code a score depends on, by content: a record scored by other code (a metric fixed or added since) is scored
+# again, as one whose result file changed. The files evaluate_record's measures live in (not the report pages).
+SCORING_CODE = ("evaluate.py", "toy.py", "others/metrics.py", "others/segment.py", "others/segmo.py",
+                "others/moseg.py", "others/tapir.py", "plumbing/video.py")
+
+
+def scoring_code_id():
+    """sha256 of the scoring code's text (its content, so a fresh clone or a touched file keeps the scores)."""
+    h = hashlib.sha256()
+    for f in SCORING_CODE:
+        h.update((Path(__file__).resolve().parent / f).read_bytes())
+    return h.hexdigest()
 
 
 def score(args):
@@ -166,7 +182,9 @@ def score(args):
     recs, skipped = read_results(base, args.limit, args.layout, (args.method or [None])[0])
     items = [{**rec, "id": str(rec.get("id") or f"line-{i}"), "line": i} for i, rec in recs]
     nets_files = [w for w in (args.viclip, args.bpe, args.swin, args.raft, args.sam2) if w]
-    inputs = lambda it: [resolve_path(it[k], base) for k in ("result", "fg", "bg", "mask") if it.get(k)] + nets_files
+    code = ("scoring code", scoring_code_id())
+    inputs = lambda it: [resolve_path(it[k], base) for k in ("result", "fg", "bg", "mask") if it.get(k)] + nets_files \
+        + [code]
     settings = {k: getattr(args, k) for k in SCORE_FLAGS}
     if args.segmenter == "segmo":                       # its five models are part of what the scores mean
         settings.update({k: v for k, v in vars(args).items() if k.startswith("segmo_")})

@@ -368,7 +368,10 @@ def test_compare_reads_a_half_written_metrics_file(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_eval_resumes_and_never_destroys_earlier_scores(tmp_path, triplets, capsys):
+def test_eval_resumes_and_never_destroys_earlier_scores(tmp_path, triplets, capsys, monkeypatch):
+    """Kept: what a killed run scored, what another setting scored (refused, untouched). Scored again: a record whose
+    result changed, every record once the scoring code changed (mutation: the code left out of the inputs -> the
+    records are kept and the last step fails)."""
     (tmp_path / "gen").mkdir()
     recs = [{**r, "result": str(shutil.copy(r["result"], tmp_path / "gen" / f"{r['id']}.mp4"))} for r in triplets]
     res = results(tmp_path / "res", recs)
@@ -399,6 +402,12 @@ def test_eval_resumes_and_never_destroys_earlier_scores(tmp_path, triplets, caps
     assert len((tmp_path / "eval2" / "metrics.jsonl").read_text().splitlines()) == 2
     s = score("results", res, "--max-frames", "3", "--overwrite")              # or the same, rescored
     assert s["n"] == 2 and all(strict_json(l)["settings"]["max_frames"] == 3 for l in metrics.read_text().splitlines())
+    capsys.readouterr()
+    score("results", res, "--max-frames", "3")
+    assert "2 records already scored" in capsys.readouterr().out
+    monkeypatch.setattr(evaluate, "SCORING_CODE", evaluate.SCORING_CODE[1:])  # as if a metric changed in the code
+    score("results", res, "--max-frames", "3")
+    assert "already scored" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,words", [(["--limit", "-1"], ["--limit -1"]), (["compare", "NOPE"], ["NOPE"])])
