@@ -6,7 +6,7 @@ Toy world, CPU (the default base model is the toy one shipped in assets/toy-base
     python toy.py data --out data/toy --clips 2048
     python train.py --data data/toy --out runs/toy
     python train.py --data data/toy --preset toy-l --cache-latents --cache-dir runs/cache --steps 4000 --warmup 100 \\
-        --lr 1e-3 --fg-noise -2.0 --flip-p 0 --crop-scale 0.8 1.25 --text-drop 0.1 --bg-noise-latent \\
+        --lr 2e-3 --fg-noise -2.0 --flip-p 0 --crop-scale 0.8 1.25 --text-drop 0.1 --bg-noise-latent \\
         --threads 2 --workers 1 --out runs/toy-composer-l   # the shipped assets/toy-composer (35 min + 5 min cache)
     torchrun --nproc_per_node=2 train.py --data data/toy --out runs/toy2     # 2 processes, gloo
 Real scale, one node of 8 GPUs (multi-node: add --nnodes=N --rdzv-backend=c10d --rdzv-endpoint=HOST:29500):
