@@ -27,13 +27,14 @@ MAX_DERIVED_MASK = 0.6        # a "subject on black" whose non-black part covers
 
 @torch.no_grad()
 def compose(model, vae, texts, fg, bg, mask, prompts, steps=50, sampler="dpm", guidance=6.0, dynamic_cfg=False,
-            seed=0, tile=False, device="cpu", dtype=torch.float32, progress=True, offload=None):
+            seed=0, tile=False, device="cpu", dtype=torch.float32, progress=True, offload=None, sched=None):
     """fg, bg (B,3,T,H,W), mask (B,1,T,H,W), prompts -> composed video (B,3,T,H,W) in [-1,1].
     The DiT input is [noisy | fg latent * latent mask | bg latent], latents times the VAE's scaling factor,
     as train.py's Conditioner builds it. texts: list of prompts -> (B, L, D) embeddings, or the (2B, L, D)
     [prompts | empty prompts] embeddings already computed (embed(); sample.py encodes every prompt first, so T5
     leaves the GPU before sampling). tile: True, False or "auto" (decode_tiling: from the free memory).
-    offload: an Offload that brings each model to the device only while it runs (None: they stay where they are)."""
+    offload: an Offload that brings each model to the device only while it runs (None: they stay where they are).
+    sched: the diffusion.Schedule the composer was trained with (load_schedule; None: CogVideoX-5B's)."""
     off = offload or Offload("none", device)
     s = vae.config.scaling_factor
     B = len(prompts)
@@ -44,7 +45,7 @@ def compose(model, vae, texts, fg, bg, mask, prompts, steps=50, sampler="dpm", g
     enc = lambda x: vae.encode(x.to(device, dtype), tile=dec["tile"], tile_size=dec.get("tile_size"))[0] * s  # no noise
     with off.use("vae"):
         cond = torch.cat([enc(fg) * m_lat, enc(bg)], 1)                    # (B, 32, T', H', W')
-    sched = diffusion.Schedule()
+    sched = sched or diffusion.Schedule()
 
     def v_fn(x, t, i):                     # classifier-free guidance on the text; fg and bg in both halves
         if guidance == 1:
@@ -228,6 +229,19 @@ def composer_folders(ckpt, model):
         return weights.resolve(ckpt, "transformer"), model or ckpt
     except (FileNotFoundError, RuntimeError) as e:
         raise BadInput(f"--ckpt {e}") from None
+
+
+def load_schedule(tfolder, base):
+    """The noise schedule a composer samples with: the one its training run wrote beside it (OUT/scheduler/, next to
+    OUT/transformer/ or OUT/lora/), else its base model's scheduler/ config, else CogVideoX-5B's."""
+    for where in (Path(tfolder).parent, base):
+        try:
+            return diffusion.Schedule.from_pretrained(where)
+        except FileNotFoundError:
+            continue
+        except (ValueError, RuntimeError) as e:
+            raise BadInput(f"the composer's noise schedule: {e}") from None
+    return diffusion.Schedule()
 
 
 def shape_of(tfolder, base, frames, size):

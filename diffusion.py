@@ -15,11 +15,18 @@ compares them step for step). The identity-preservation loss is StM's Eq. 3-4.
     loss, fg, bg = identity_loss(x0_hat, x0, latent_mask(pixel_mask), sched.loss_weight(t))
     x0 = sched.sample(v_fn, torch.randn(shape), steps=50, sampler="dpm", generator=g)
 """
+import json
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
+from plumbing import weights
+from plumbing.files import atomic_write_text
+
+SCHEDULER_CONFIG = "scheduler_config.json"
 
 
 def _bcast(a, x):
@@ -40,6 +47,32 @@ class Schedule:
         s = a.sqrt()
         s = (s - s[-1]) * s[0] / (s[0] - s[-1])
         self.alphas_cumprod = s ** 2  # (T,) float64; a_0 = 0.99915, a_500 = 0.2410, a_999 = 0 for s = 1
+        self.config = dict(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+                           snr_shift_scale=snr_shift_scale)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id, subfolder="scheduler"):
+        """A diffusers CogVideoX scheduler config (scheduler_config.json in the folder, its scheduler/, or the hub
+        repo's) -> its Schedule. Only what this file implements is accepted: scaled-linear betas, v-prediction, zero
+        terminal SNR. FileNotFoundError where a local folder has none."""
+        path = weights.config_file(path_or_id, subfolder, SCHEDULER_CONFIG)
+        try:
+            c = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a readable scheduler config ({type(e).__name__}: {e})") from None
+        need = dict(beta_schedule="scaled_linear", prediction_type="v_prediction", rescale_betas_zero_snr=True)
+        off = {k: c.get(k, v) for k, v in need.items() if c.get(k, v) != v}
+        if off:
+            raise ValueError(f"{path}: {off}; this code implements {need}")
+        return cls(**{k: c[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "snr_shift_scale") if k in c})
+
+    def save(self, folder):
+        """-> folder/scheduler_config.json, the CogVideoX DDIM scheduler's config with this schedule's numbers."""
+        c = {"_class_name": "CogVideoXDDIMScheduler", **self.config, "beta_schedule": "scaled_linear",
+             "prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
+             "set_alpha_to_one": True, "clip_sample": False, "steps_offset": 0}
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(folder) / SCHEDULER_CONFIG, json.dumps(c, indent=2))
 
     def _a(self, t, x):
         return _bcast(self.alphas_cumprod.to(t.device)[t], x)

@@ -119,7 +119,8 @@ def main(a):
     model, vae, texts = composer.load_models(tfolder, base, device, dtype, offload, a.compile)   # before any write
     table = composer.embed_all(texts, [it["prompt"] for it in items if not bad.get(it["id"])], offload)
     offload.release("t5")                                  # every prompt encoded: T5 leaves the GPU
-    run = (model, vae, table, tfolder, base, (T, H, W), tile, device, dtype, offload, ranks)
+    sched = composer.load_schedule(tfolder, base)
+    run = (model, vae, table, tfolder, base, sched, (T, H, W), tile, device, dtype, offload, ranks)
     for g, dest in sets:
         if len(sets) > 1 and ranks.rank == 0:
             print(f"guidance {g:g} -> {dest}")
@@ -151,10 +152,11 @@ def load_triplets(a, out, ranks):
 
 def compose_set(a, run, guidance, out, items, bad, ins):
     """Compose every triplet at one guidance into the results folder `out` (resumable: the record engine)."""
-    model, vae, table, tfolder, base, (T, H, W), tile, device, dtype, offload, ranks = run
+    model, vae, table, tfolder, base, sched, (T, H, W), tile, device, dtype, offload, ranks = run
     settings = {"ckpt": str(Path(a.ckpt).resolve()) if Path(a.ckpt).exists() else a.ckpt, "steps": a.steps,
                 "sampler": a.sampler, "guidance": guidance, "dynamic_cfg": a.dynamic_cfg, "seed": a.seed,
-                "frames": T, "size": [H, W], "fps": a.fps, "grid": a.grid, "batch": a.batch}
+                "frames": T, "size": [H, W], "fps": a.fps, "grid": a.grid, "batch": a.batch,
+                "schedule": sched.config}
     # the record engine: a triplet is done when its record matches these settings, its inputs and the checkpoint
     job = Job(out, "results", items, settings=settings, ranks=ranks, overwrite=a.overwrite, what="composition",
               inputs=lambda j: [tfolder, base, *(j.get(k) for k in ("fg", "bg", "mask", "reference")),
@@ -177,7 +179,8 @@ def compose_set(a, run, guidance, out, items, bad, ins):
         prompts = [j["prompt"] for j in chunk]
         video = composer.compose(model, vae, composer.text_of(table, prompts), fg, bg, mask, prompts, steps=a.steps,
                                  sampler=a.sampler, guidance=guidance, dynamic_cfg=a.dynamic_cfg, seed=a.seed,
-                                 tile=tile, device=device, dtype=dtype, progress=ranks.world == 1, offload=offload)
+                                 tile=tile, device=device, dtype=dtype, progress=ranks.world == 1, offload=offload,
+                                 sched=sched)
         for j, v, f, b in zip(chunk, video, fg, bg):
             fps = a.fps or ins.pop(j["id"])[3]
             if job.is_done(j["id"]):                       # recomputed with its batch, not rewritten
@@ -228,11 +231,12 @@ def compose_one(a, tfolder, base, shape, tile, device, dtype, offload):
     check_out_dir(out.parent)
     fg, bg, mask, fps = composer.load_inputs(a.fg, a.bg, a.mask, *shape)     # a bad input fails before the models
     model, vae, texts = composer.load_models(tfolder, base, device, dtype, offload, a.compile)
+    sched = composer.load_schedule(tfolder, base)
     text = composer.embed(texts, [a.prompt or ""], offload)
     offload.release("t5")
     v = composer.compose(model, vae, text, fg[None], bg[None], mask[None], [a.prompt or ""], steps=a.steps,
                          sampler=a.sampler, guidance=a.guidance[0], dynamic_cfg=a.dynamic_cfg, seed=a.seed, tile=tile,
-                         device=device, dtype=dtype, offload=offload)[0]
+                         device=device, dtype=dtype, offload=offload, sched=sched)[0]
     write_video(out, to_uint8(v), a.fps or fps)
     if a.grid:
         write_grid(out.with_name(f"{out.stem}_grid"), to_uint8(torch.cat([fg, bg, v], -1)), a.fps or fps)

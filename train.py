@@ -138,6 +138,9 @@ arg("--betas", type=float, nargs=2, default=[0.9, 0.95], help="AdamW betas")
 arg("--eps", type=float, default=1e-8, help="AdamW eps")
 arg("--wd", type=float, default=1e-4, help="AdamW weight decay (matrices only)")
 arg("--clip", type=float, default=1.0, help="gradient norm clip (0: off)")
+arg("--snr-shift", type=float, default=None,
+    help="SNR shift s of the noise schedule (SNR / s at every t; default: the base's scheduler/ config: 5B and the "
+         "toy 1, CogVideoX-2B 3); written to OUT/scheduler/, which sample.py samples with")
 arg("--alpha", type=float, default=0.5, help="identity loss: weight of the fg region (Eq. 4)")
 arg("--plain-loss", action="store_true", help="ablation: CogVideoX's plain loss instead of the identity loss")
 arg("--no-augment", action="store_true", help="ablation: no transformation-aware augmentation of the fg")
@@ -219,6 +222,7 @@ def main(a):
     ds_val = open_dataset(a.data, a.frames, H, W, a.stride, split="val")
     ds_val = ds_val if len(ds_val) else ds_full                             # the release's DAVIS clips, if any
     vae, tok, t5 = frozen_models(run)
+    run.sched = noise_schedule(a)
     if run.master:
         (out / "ckpt").mkdir(parents=True, exist_ok=True)
         other = run.lock.acquire()                                          # one run writes a folder at a time
@@ -226,6 +230,7 @@ def main(a):
             raise BadInput(f"--out {a.out}: process {other.get('pid', '?')} on {other.get('host', '?')} is training "
                            "into it; wait for it to end, or use another --out")
         atomic_write_text(out / "skipped.json", json.dumps(bad, indent=1))
+        run.sched.save(out / "scheduler")                                   # what sample.py samples this run with
     cache_root = Path(a.cache_dir) if a.cache_dir else out / "cache"
     texts = EmbeddingCache(cache_root / "text", tok, t5, device=run.device, dtype=run.dtype)
     texts([""])                                                             # the empty prompt (dropout, CFG)
@@ -262,7 +267,7 @@ def main(a):
 def train_loop(run, model, opt, cond, ds, ds_val, step):
     """From `step` to --steps (or --stop-at): steps, logs, checkpoints (each confirmed good by the next step's finite
     loss), validation, the export."""
-    a, sched = run.a, diffusion.Schedule()
+    a, sched = run.a, run.sched
     n_params = sum(p.numel() for p in model.parameters())
     model.train()
     log = open_log(run, step)
@@ -363,6 +368,7 @@ class Run:
     distributed: bool = False
     dtype: torch.dtype = torch.float32                  # compute dtype; the trained weights are fp32 masters always
     pool: ThreadPoolExecutor = None                     # decoding releases the GIL
+    sched: object = None                                # diffusion.Schedule: the base's, or --snr-shift's
 
     @property
     def out(self):
@@ -571,6 +577,7 @@ def check_flags(a):
                  "--text-drop, --flip-p, --crop-p and --alpha are probabilities/weights in [0, 1]"),
                 (not 0 < a.crop_scale[0] <= a.crop_scale[1] < inf, f"--crop-scale {a.crop_scale}: need 0 < LO <= HI"),
                 (not 0 <= a.crop_shift < 1, f"--crop-shift {a.crop_shift}: need 0 <= F < 1"),
+                (a.snr_shift is not None and not 0 < a.snr_shift < inf, f"--snr-shift {a.snr_shift}: need s > 0"),
                 (a.val_every < 0 or a.val_steps < 1 or not 0 <= a.val_guidance < inf,
                  "--val-every >= 0, --val-steps >= 1 and a finite --val-guidance >= 0 are needed"),
                 (a.stop_at < 0, f"--stop-at {a.stop_at}: need a step >= 0"),
@@ -736,6 +743,18 @@ def frozen_models(run):
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         raise BadInput(f"--model {a.model}: {e}") from None
     return vae, tok, t5
+
+
+def noise_schedule(a):
+    """The noise schedule the composer trains with: the base's scheduler/ config (a base without one: CogVideoX-5B's),
+    --snr-shift over it."""
+    try:
+        sched = diffusion.Schedule.from_pretrained(a.model)
+    except FileNotFoundError:
+        sched = diffusion.Schedule()
+    except (ValueError, RuntimeError) as e:
+        raise BadInput(f"--model {a.model}: {e}") from None
+    return sched if a.snr_shift is None else diffusion.Schedule(**dict(sched.config, snr_shift_scale=a.snr_shift))
 
 
 def lora_spec(a):
@@ -1008,7 +1027,7 @@ def validate(run, model, vae, texts, ds, step):
     with run.autocast():
         video = composer.compose(model, vae, texts, b["fg"], bg, b["mask"], b["caption"], steps=a.val_steps,
                                  sampler=a.val_sampler, guidance=a.val_guidance, seed=a.seed, device=run.device,
-                                 dtype=run.dtype)
+                                 dtype=run.dtype, sched=run.sched)
         losses = val_loss(run, model, vae, texts, b)
     model.train()
     names = [f"val/step{step:07d}_{j}.mp4" for j in range(len(idx))]
@@ -1024,7 +1043,7 @@ def val_loss(run, model, vae, texts, b):
     """The identity loss on the validation clips' own layers (posterior means, no augmentation, no layer noise) at
     five fixed timesteps with seeded noise: the same number for the same weights, so it can be compared across
     steps -> [loss, fg part, bg part]."""
-    sched, p = diffusion.Schedule(), next(vae.parameters())
+    sched, p = run.sched, next(vae.parameters())
     enc = lambda x: vae.encode(x.to(p.device, p.dtype))[0] * vae.config.scaling_factor
     x0, bg = enc(b["video"]), enc(b["bg"])
     m = diffusion.latent_mask(b["mask"], vae.time, vae.space).to(p.device)

@@ -26,7 +26,6 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -569,12 +568,7 @@ class FlowEuler:
     @classmethod
     def from_pretrained(cls, path_or_hub_id, subfolder="scheduler"):
         """`scheduler_config.json` in <folder>/<subfolder>, in <folder>, or in the hub repo's subfolder."""
-        p = Path(path_or_hub_id)
-        found = [f for f in (p / subfolder / "scheduler_config.json", p / "scheduler_config.json") if f.exists()]
-        if p.exists() and not found:
-            raise FileNotFoundError(f"{p}: no scheduler_config.json here nor in {p / subfolder}")
-        path = found[0] if found else _hub_scheduler(path_or_hub_id, subfolder)
-        raw = json.loads(path.read_text())
+        raw = json.loads(weights.config_file(path_or_hub_id, subfolder, "scheduler_config.json").read_text())
         names = {f.name for f in dataclasses.fields(SchedulerConfig)}
         return cls(SchedulerConfig(**{k: v for k, v in raw.items() if k in names}))
 
@@ -675,16 +669,6 @@ class FlowUniPC(FlowEuler):
             x = self.update(x, m, sig, i, i + 1, (i - 1, x0s[0]) if order == 2 else None, order)
         return x.to(dtype)
 
-
-def _hub_scheduler(hub_id, subfolder):
-    if str(hub_id).count("/") != 1 or str(hub_id).startswith((".", "/")):
-        raise FileNotFoundError(f"{hub_id}: no such folder, and not a hub id of the form owner/name")
-    from huggingface_hub import hf_hub_download
-    try:
-        return Path(hf_hub_download(str(hub_id), "scheduler_config.json", subfolder=subfolder))
-    except Exception as e:
-        raise RuntimeError(f"could not fetch {hub_id}/{subfolder} from the hub ({type(e).__name__}: {e}); "
-                           "download it on a machine with network and pass the local folder instead") from None
 
 # -----------------------------------------------------------------------------
 # The remover: mask dilation, conditioning latents, sampling, decoding

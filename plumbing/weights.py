@@ -47,6 +47,25 @@ def resolve(path_or_id, subfolder=""):
     return Path(root) / subfolder
 
 
+def config_file(path_or_id, subfolder, name):
+    """A config file `name` in <folder>/<subfolder>, in <folder>, or in the hub repo's subfolder (only that file is
+    downloaded) -> its local path."""
+    p = Path(path_or_id)
+    found = [f for f in (p / subfolder / name, p / name) if f.exists()]
+    if found:
+        return found[0]
+    if p.exists():
+        raise FileNotFoundError(f"{p}: no {name} here nor in {p / subfolder}")
+    if str(path_or_id).count("/") != 1 or str(path_or_id).startswith((".", "/")):
+        raise FileNotFoundError(f"{path_or_id}: no such folder, and not a hub id of the form owner/name")
+    from huggingface_hub import hf_hub_download
+    try:
+        return Path(hf_hub_download(str(path_or_id), name, subfolder=subfolder))
+    except Exception as e:
+        raise RuntimeError(f"could not fetch {path_or_id}/{subfolder}/{name} from the hub ({type(e).__name__}: {e}); "
+                           "download it on a machine with network and pass the local folder instead") from None
+
+
 def read_config(folder, cls):
     """config.json -> dataclass `cls`; keys the dataclass does not know (_class_name, ...) are ignored."""
     path = Path(folder) / "config.json"

@@ -36,6 +36,29 @@ def test_alphas_cumprod_match_diffusers(shift):
     assert ours[-1].item() == 0.0
 
 
+@pytest.mark.parametrize("shift", [0.5, 3.0])
+def test_scheduler_config_round_trip_through_diffusers(tmp_path, shift):
+    """Our save() is a config diffusers loads to the same schedule; diffusers' own config loads to it in ours."""
+    Schedule(snr_shift_scale=shift).save(tmp_path / "ours" / "scheduler")
+    ref = CogVideoXDDIMScheduler.from_pretrained(tmp_path / "ours", subfolder="scheduler")
+    torch.testing.assert_close(ref.alphas_cumprod, Schedule(snr_shift_scale=shift).alphas_cumprod, rtol=1e-12, atol=0)
+    ref_scheduler(snr_shift_scale=shift).save_pretrained(tmp_path / "theirs" / "scheduler")
+    back = Schedule.from_pretrained(tmp_path / "theirs")                 # the pipeline folder: reads its scheduler/
+    assert back.config["snr_shift_scale"] == shift
+    torch.testing.assert_close(back.alphas_cumprod, ref.alphas_cumprod, rtol=1e-12, atol=0)
+
+
+def test_scheduler_config_refuses_what_it_does_not_implement(tmp_path):
+    ref_scheduler().save_pretrained(tmp_path)
+    cfg = tmp_path / "scheduler_config.json"
+    cfg.write_text(cfg.read_text().replace('"v_prediction"', '"epsilon"'))
+    with pytest.raises(ValueError, match="prediction_type"):
+        Schedule.from_pretrained(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no scheduler_config.json"):
+        Schedule.from_pretrained(tmp_path / "empty")
+
+
 def test_alphas_cumprod_spot_values():
     a = Schedule().alphas_cumprod
     assert abs(a[0].item() - 0.99915) < 1e-6

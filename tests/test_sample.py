@@ -46,6 +46,39 @@ def test_end_to_end_size_length_determinism(composer, tmp_path):
 
 
 @pytest.mark.slow
+def test_composer_samples_with_the_schedule_it_was_trained_with(composer, tiny_base, tmp_path):
+    """OUT/scheduler/ (train.py writes it) over the base's scheduler/ over CogVideoX-5B's; sample.py composes with it
+    (a different video at another SNR shift) and its records change with it."""
+    import shutil
+
+    import composer as C
+    from diffusion import Schedule
+    run = tmp_path / "run"
+    shutil.copytree(composer, run)
+    assert C.load_schedule(run / "transformer", tiny_base).config["snr_shift_scale"] == 1.0      # the base's
+    Schedule(snr_shift_scale=3.0).save(tmp_path / "base" / "scheduler")
+    assert C.load_schedule(run / "transformer", tmp_path / "base").config["snr_shift_scale"] == 3.0
+    Schedule(snr_shift_scale=0.5).save(run / "scheduler")
+    assert C.load_schedule(run / "transformer", tmp_path / "base").config["snr_shift_scale"] == 0.5  # the run's
+    assert C.load_schedule(tmp_path / "nowhere" / "transformer", tmp_path / "none").config == Schedule().config
+    c = toy.clip(5)
+    write_video(tmp_path / "fg.mp4", c["fg"], fps=10)
+    write_video(tmp_path / "bg.mp4", c["bg"], fps=10)
+    args = ["--fg", str(tmp_path / "fg.mp4"), "--bg", str(tmp_path / "bg.mp4"), "--prompt", "a red boat", "--steps",
+            "2", "--guidance", "1", "--sampler", "ddim"]
+    videos = {}
+    for name, ckpt in (("base", composer), ("run", run)):
+        r = sample(["--ckpt", str(ckpt), "--out", str(tmp_path / f"{name}.mp4")] + args)
+        assert r.returncode == 0, r.stderr[-2000:]
+        videos[name] = read_video(tmp_path / f"{name}.mp4")[0].astype(float)
+    assert np.abs(videos["base"] - videos["run"]).mean() > 1.0               # same weights, other noise levels
+    (run / "scheduler" / "scheduler_config.json").write_text('{"prediction_type": "epsilon"}')
+    r = sample(["--ckpt", str(run), "--out", str(tmp_path / "bad.mp4")] + args)
+    assert r.returncode != 0 and "noise schedule" in r.stderr and "prediction_type" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
 def test_triplet_batch(composer, tmp_path):
     toy.write_triplets(tmp_path / "tri", 3)
     r = sample(["--ckpt", str(composer), "--triplets", str(tmp_path / "tri" / "triplets.jsonl"), "--steps", "2",
