@@ -35,7 +35,8 @@ Precision: the trainable weights and AdamW's state are fp32 whatever dtype the b
 MixedPrecisionPolicy (bf16 params in forward/backward, fp32 gradient reduction) under torchrun, torch.autocast
 in one process. The frozen VAE and T5 run in the compute dtype.
 
-Outputs in --out: args.json (the resolved flags), log.jsonl, val.jsonl (validation loss and videos), report.html,
+Outputs in --out: args.json (the resolved flags), scheduler/ (the noise schedule trained with: the base's, --snr-shift
+over it; sample.py samples with it), log.jsonl, val.jsonl (validation loss and videos), report.html,
 ckpt/step_NNNNNNN (distributed checkpoints), val/*.mp4, and at the end
 transformer/ (diffusers format, --save-dtype: sample.py --ckpt OUT, or CogVideoXTransformer3DModel.from_pretrained).
 A checkpoint counts as good once the step after it had a finite loss (its step.json says "good": true).
