@@ -6,6 +6,8 @@ the children alternate (--rounds) and each model's best time and lowest peak are
 
     python tests/bench_dit.py                                   # CPU, small stm-like config (~1 min on 2 cores)
     python tests/bench_dit.py --device cuda --dtype bf16 --preset stm-5b-i2v --layers 4 --frames 13 --size 60x90 --ac
+    python tests/bench_dit.py --heads 6 --head-dim 32 --layers 6 --text-dim 64 --text-len 32 --size 16x16 --batch 8 \
+        --patch 1                                               # the toy-l composer at patch 1 (docs/toy-world.md)
 
 Peak memory: CUDA `max_memory_allocated` above what was allocated before the step; on CPU the
 rise of the process's peak resident set (ru_maxrss) over its resident size before the first step
@@ -38,6 +40,7 @@ parser.add_argument("--text-len", type=int, default=64, help="toy only: text tok
 parser.add_argument("--frames", type=int, default=3, help="latent frames")
 parser.add_argument("--size", default="32x32", help="latent HxW (sets sample_height/width too, for the learned PE)")
 parser.add_argument("--batch", type=int, default=1)
+parser.add_argument("--patch", type=int, default=None, help="spatial patch size (default: the preset's)")
 parser.add_argument("--iters", type=int, default=3, help="timed iterations after one warm-up")
 parser.add_argument("--rounds", type=int, default=2, help="alternate ours/diffusers this often, keep each one's best")
 parser.add_argument("--device", default="cpu")
@@ -49,7 +52,7 @@ parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal
 def config(args):
     H, W = map(int, args.size.split("x"))
     base = PRESETS[args.preset]
-    over = dict(num_layers=args.layers)
+    over = dict(num_layers=args.layers, patch_size=args.patch or base.patch_size)
     if args.preset == "toy":  # widen the toy to a small-but-not-tiny model; real presets keep their widths
         over.update(num_attention_heads=args.heads, attention_head_dim=args.head_dim,
                     text_embed_dim=args.text_dim, max_text_seq_length=args.text_len)
