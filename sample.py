@@ -96,13 +96,14 @@ def main(a):
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tfolder, base = composer.composer_folders(a.ckpt, a.model)
     T, H, W = composer.shape_of(tfolder, base, a.frames, a.size)
+    sched = composer.load_schedule(tfolder, base)                                 # a bad config fails before models
     tile = True if a.tile else "auto"
     if a.offload != "none" and device.type != "cuda":
         print(f"note: --offload {a.offload} on {device.type}: the models already live in host memory, nothing to "
               "move; the same outputs, no memory saved")
     offload = composer.Offload(a.offload, device)
     if a.out.lower().endswith((".mp4", ".gif")):
-        return compose_one(a, tfolder, base, (T, H, W), tile, device, dtype, offload)
+        return compose_one(a, tfolder, base, sched, (T, H, W), tile, device, dtype, offload)
 
     out = Path(a.out)
     check_out_dir(out)
@@ -119,7 +120,6 @@ def main(a):
     model, vae, texts = composer.load_models(tfolder, base, device, dtype, offload, a.compile)   # before any write
     table = composer.embed_all(texts, [it["prompt"] for it in items if not bad.get(it["id"])], offload)
     offload.release("t5")                                  # every prompt encoded: T5 leaves the GPU
-    sched = composer.load_schedule(tfolder, base)
     run = (model, vae, table, tfolder, base, sched, (T, H, W), tile, device, dtype, offload, ranks)
     for g, dest in sets:
         if len(sets) > 1 and ranks.rank == 0:
@@ -214,7 +214,7 @@ def compose_set(a, run, guidance, out, items, bad, ins):
              else ""))
 
 
-def compose_one(a, tfolder, base, shape, tile, device, dtype, offload):
+def compose_one(a, tfolder, base, sched, shape, tile, device, dtype, offload):
     """A single composition into one file --out: never replaces a file without --overwrite, nor an input."""
     out = Path(a.out)
     for flag in ("fg", "bg", "mask"):
@@ -231,7 +231,6 @@ def compose_one(a, tfolder, base, shape, tile, device, dtype, offload):
     check_out_dir(out.parent)
     fg, bg, mask, fps = composer.load_inputs(a.fg, a.bg, a.mask, *shape)     # a bad input fails before the models
     model, vae, texts = composer.load_models(tfolder, base, device, dtype, offload, a.compile)
-    sched = composer.load_schedule(tfolder, base)
     text = composer.embed(texts, [a.prompt or ""], offload)
     offload.release("t5")
     v = composer.compose(model, vae, text, fg[None], bg[None], mask[None], [a.prompt or ""], steps=a.steps,

@@ -222,8 +222,8 @@ def main(a):
                                          if bad else ""))
     ds_val = open_dataset(a.data, a.frames, H, W, a.stride, split="val")
     ds_val = ds_val if len(ds_val) else ds_full                             # the release's DAVIS clips, if any
+    run.sched = noise_schedule(a)                                           # its config checked before the models
     vae, tok, t5 = frozen_models(run)
-    run.sched = noise_schedule(a)
     if run.master:
         (out / "ckpt").mkdir(parents=True, exist_ok=True)
         other = run.lock.acquire()                                          # one run writes a folder at a time

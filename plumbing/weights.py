@@ -36,15 +36,22 @@ def resolve(path_or_id, subfolder=""):
         if (p / "config.json").exists():
             return p
         raise FileNotFoundError(f"{p}: no config.json here" + (f" nor in {p / subfolder}" if subfolder else ""))
+    from huggingface_hub import snapshot_download
+    # download only the component we need, not the whole 20 GB repository
+    root = _from_hub(path_or_id, f"{path_or_id}/{subfolder}", lambda: snapshot_download(
+        str(path_or_id), allow_patterns=[f"{subfolder}/*"] if subfolder else None))
+    return Path(root) / subfolder
+
+
+def _from_hub(path_or_id, what, fetch):
+    """fetch() for a path that is no local folder: it must look like a hub id; a failed download is one line."""
     if str(path_or_id).count("/") != 1 or str(path_or_id).startswith((".", "/")):
         raise FileNotFoundError(f"{path_or_id}: no such folder, and not a hub id of the form owner/name")
-    from huggingface_hub import snapshot_download
-    try:  # download only the component we need, not the whole 20 GB repository
-        root = snapshot_download(str(path_or_id), allow_patterns=[f"{subfolder}/*"] if subfolder else None)
+    try:
+        return fetch()
     except Exception as e:
-        raise RuntimeError(f"could not fetch {path_or_id}/{subfolder} from the hub ({type(e).__name__}: {e}); "
+        raise RuntimeError(f"could not fetch {what} from the hub ({type(e).__name__}: {e}); "
                            "download it on a machine with network and pass the local folder instead") from None
-    return Path(root) / subfolder
 
 
 def config_file(path_or_id, subfolder, name):
@@ -56,14 +63,9 @@ def config_file(path_or_id, subfolder, name):
         return found[0]
     if p.exists():
         raise FileNotFoundError(f"{p}: no {name} here nor in {p / subfolder}")
-    if str(path_or_id).count("/") != 1 or str(path_or_id).startswith((".", "/")):
-        raise FileNotFoundError(f"{path_or_id}: no such folder, and not a hub id of the form owner/name")
     from huggingface_hub import hf_hub_download
-    try:
-        return Path(hf_hub_download(str(path_or_id), name, subfolder=subfolder))
-    except Exception as e:
-        raise RuntimeError(f"could not fetch {path_or_id}/{subfolder}/{name} from the hub ({type(e).__name__}: {e}); "
-                           "download it on a machine with network and pass the local folder instead") from None
+    return Path(_from_hub(path_or_id, f"{path_or_id}/{subfolder}/{name}",
+                          lambda: hf_hub_download(str(path_or_id), name, subfolder=subfolder)))
 
 
 def read_config(folder, cls):
