@@ -142,6 +142,9 @@ arg("--clip", type=float, default=1.0, help="gradient norm clip (0: off)")
 arg("--snr-shift", type=float, default=None,
     help="SNR shift s of the noise schedule (SNR / s at every t; default: the base's scheduler/ config: 5B and the "
          "toy 1, CogVideoX-2B 3); written to OUT/scheduler/, which sample.py samples with")
+arg("--input-perturbation", type=float, default=0.0, metavar="G",
+    help="train on x_t built with noise + G x another noise, the target still the clean clip (Ning et al. 2023, "
+         "DDPM-IP: against sampling's exposure bias; 0: off, as the paper)")
 arg("--alpha", type=float, default=0.5, help="identity loss: weight of the fg region (Eq. 4)")
 arg("--plain-loss", action="store_true", help="ablation: CogVideoX's plain loss instead of the identity loss")
 arg("--no-augment", action="store_true", help="ablation: no transformation-aware augmentation of the fg")
@@ -287,7 +290,7 @@ def train_loop(run, model, opt, cond, ds, ds_val, step):
             g = gen(a.seed, step, run.rank, micro)
             x0, fg, bg, text, mask_lat = cond(b, idx, g)                    # x0, fg, bg (B, 16, T', H', W')
             t = sched.sample_t(len(idx), generator=g).to(run.device)
-            xt = sched.add_noise(x0, torch.randn(x0.shape, generator=g).to(x0), t)
+            xt = noised_latent(sched, x0, t, g, a.input_perturbation)        # the target stays x0
             if run.distributed:
                 model.set_requires_gradient_sync(micro == a.grad_accum - 1)   # reduce-scatter once per step
             with run.autocast():
@@ -579,6 +582,8 @@ def check_flags(a):
                 (not 0 < a.crop_scale[0] <= a.crop_scale[1] < inf, f"--crop-scale {a.crop_scale}: need 0 < LO <= HI"),
                 (not 0 <= a.crop_shift < 1, f"--crop-shift {a.crop_shift}: need 0 <= F < 1"),
                 (a.snr_shift is not None and not 0 < a.snr_shift < inf, f"--snr-shift {a.snr_shift}: need s > 0"),
+                (not 0 <= a.input_perturbation <= 1,
+                 f"--input-perturbation {a.input_perturbation}: need 0 <= G <= 1 (DDPM-IP: 0.1)"),
                 (a.val_every < 0 or a.val_steps < 1 or not 0 <= a.val_guidance < inf,
                  "--val-every >= 0, --val-steps >= 1 and a finite --val-guidance >= 0 are needed"),
                 (a.stop_at < 0, f"--stop-at {a.stop_at}: need a step >= 0"),
@@ -881,6 +886,16 @@ def noisy(x, mean, g):
 
 # ---------------------------------------------------------------------------------------------
 # Schedules and seeded draws
+
+
+def noised_latent(sched, x0, t, g, perturb=0.0):
+    """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) (eps + perturb * xi). perturb > 0 (--input-perturbation; DDPM-IP, Ning et
+    al. 2023) trains on x_t a little off the forward path, as sampling feeds the model its own slightly wrong x_t,
+    while the loss still asks for the clean x0; 0 draws nothing extra, so runs without it are unchanged."""
+    noise = torch.randn(x0.shape, generator=g).to(x0)
+    if perturb:
+        noise = noise + perturb * torch.randn(x0.shape, generator=g).to(x0)
+    return sched.add_noise(x0, noise, t)
 
 
 def lr_at(step, lr, warmup, steps, min_lr=0.0):

@@ -477,6 +477,29 @@ def test_timesteps_uniform_over_all_1000():
     assert (ecdf - torch.arange(1, 1001) / 1000).abs().max().item() < KS / math.sqrt(n)
 
 
+def test_input_perturbation_moves_x_t_not_the_target():
+    """train.noised_latent, the loop's x_t: without --input-perturbation exactly add_noise(x0, eps) with one draw
+    from the step's generator (the runs before the flag, unchanged); with G = 0.1 (DDPM-IP) x_t leaves the forward
+    path by sqrt(1 - a_t) G xi, xi a second standard normal draw (24576 values: mean within 4 / sqrt(n), std within
+    4 / sqrt(2 n)); test_single_process_with_cache_and_ablations checks the loop passes the flag. (Mutation tried:
+    noised_latent ignoring perturb -> the residual is 0 and this fails.)"""
+    sched = diffusion.Schedule()
+    x0 = torch.randn(8, 16, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    t = sched.sample_t(8, generator=torch.Generator().manual_seed(2))
+    assert train.parser.parse_args(["--data", "unused"]).input_perturbation == 0.0
+    g, ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    eps = torch.randn(x0.shape, generator=ref)
+    assert torch.equal(train.noised_latent(sched, x0, t, g), sched.add_noise(x0, eps, t))
+    assert torch.equal(g.get_state(), ref.get_state())                      # no extra draw
+    g = torch.Generator().manual_seed(3)
+    xt = train.noised_latent(sched, x0, t, g, 0.1)
+    sigma = (1 - sched.alphas_cumprod[t]).sqrt().float().view(-1, 1, 1, 1, 1)
+    xi = (xt - sched.add_noise(x0, eps, t)) / (0.1 * sigma)
+    n = xi.numel()
+    assert abs(xi.mean().item()) < 4 / math.sqrt(n) and abs(xi.std().item() - 1) < 4 / math.sqrt(2 * n)
+    assert not torch.allclose(xi, eps)                                      # a second draw, not eps again
+
+
 def test_release_defaults_and_no_prompt_drop():
     """The flags' defaults are the release's recipe, and at the default prompt drop (0.0) no prompt is ever
     empty."""

@@ -53,10 +53,11 @@ def test_torchrun_fsdp2_resume_is_exact(tiny_base, tiny_data, tmp_path):
 def test_single_process_with_cache_and_ablations(tiny_base, tiny_data, tmp_path):
     """One process, the latent cache, validation; and the two ablation flags change what is trained: the same
     seed and data with --plain-loss, with --no-augment, or with neither give other losses; so does --snr-shift,
-    which OUT/scheduler/ records."""
+    which OUT/scheduler/ records, and --input-perturbation. (Mutation tried: the loop not passing
+    --input-perturbation to noised_latent -> the ip losses equal full's and this fails.)"""
     losses = {}
     runs = (("both", ["--no-augment", "--plain-loss"]), ("noaug", ["--no-augment"]), ("full", []),
-            ("snr", ["--snr-shift", "0.5"]))
+            ("snr", ["--snr-shift", "0.5"]), ("ip", ["--input-perturbation", "0.1"]))
     for name, flags in runs:
         out = tmp_path / name
         run(common(tiny_base, tiny_data, out) + ["--cache-latents", "--cache-dir", str(tmp_path / "cache"),
@@ -69,6 +70,7 @@ def test_single_process_with_cache_and_ablations(tiny_base, tiny_data, tmp_path)
     assert losses["both"] != losses["noaug"]             # plain loss != identity loss on the same batches
     assert losses["noaug"] != losses["full"]             # augmentation changes the fg the composer sees
     assert losses["snr"] != losses["full"]               # the same noise draws at other noise levels
+    assert losses["ip"] != losses["full"]                # x_t off the forward path (DDPM-IP), the same target
     shift = {n: json.loads((tmp_path / n / "scheduler" / "scheduler_config.json").read_text())["snr_shift_scale"]
              for n in ("full", "snr")}
     assert shift == {"full": 1.0, "snr": 0.5}            # the base's schedule, or --snr-shift's: what sample.py reads
