@@ -49,7 +49,9 @@ def main(a):
     items = [json.loads(line) for line in Path(a.triplets).read_text().splitlines() if line.strip()]
     for it in items:
         it.update({k: str(folder / it[k]) for k in ("fg", "bg", "mask", "reference") if it.get(k)})
-    s, ts, tmp = vae.config.scaling_factor, sched.timesteps(a.steps), Path(tempfile.mkdtemp())
+    s, ts = vae.config.scaling_factor, sched.timesteps(a.steps)
+    tmpdir = tempfile.TemporaryDirectory()                     # the decoded mp4s, scored then dropped
+    tmp = Path(tmpdir.name)
     rows = {}
 
     def score(it, z, row, fps):                                   # decode, write as sample.py does, score as evaluate
@@ -85,6 +87,7 @@ def main(a):
                     xt = sched.add_noise(x0, noise, ts[k:k + 1])
                     score(it, ddim(xt, k, cond, text, it, fps, False),
                           f"started at step {k:2d} (t={ts[k].item():3d}) from the correct composite, its end", fps)
+    tmpdir.cleanup()
     print(f"{a.ckpt} on {a.triplets}: DDIM {a.steps}, seed {a.seed}, guidance 1")
     for row, vals in rows.items():
         v = np.array([x for x in vals if x[0] is not None and np.isfinite(x[0])], float)
