@@ -12,7 +12,6 @@ the right composite end near the VAE's ceiling, the model can finish a right com
 own run is what is off.
 """
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +26,7 @@ import composer  # noqa: E402
 import diffusion  # noqa: E402
 import toy  # noqa: E402
 from evaluate import load_record  # noqa: E402
+from plumbing.dataset import read_triplets  # noqa: E402
 from plumbing.video import fit_video, read_video, to_tensor, to_uint8, write_video  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,14 +41,16 @@ parser.add_argument("--threads", type=int, default=1, help="torch threads")
 
 def main(a):
     torch.set_num_threads(a.threads)
+    items, bad = read_triplets(a.triplets)                       # sample.py's reader: paths resolved, bad lines named
+    for why in bad.values():
+        print(f"warning: left out: {why}", file=sys.stderr)
+    items = [it for it in items if it["id"] not in bad]
+    if not all(it.get("reference") and "expect" in it for it in items):
+        raise SystemExit(f"--triplets {a.triplets}: toy triplets (toy.py triplets: with reference, expect) are needed")
     tfolder, base = composer.composer_folders(a.ckpt, None)
     T, H, W = composer.shape_of(tfolder, base, None, None)
     sched = composer.load_schedule(tfolder, base)
     model, vae, texts = composer.load_models(tfolder, base, torch.device("cpu"), torch.float32)
-    folder = Path(a.triplets).parent
-    items = [json.loads(line) for line in Path(a.triplets).read_text().splitlines() if line.strip()]
-    for it in items:
-        it.update({k: str(folder / it[k]) for k in ("fg", "bg", "mask", "reference") if it.get(k)})
     s, ts = vae.config.scaling_factor, sched.timesteps(a.steps)
     tmpdir = tempfile.TemporaryDirectory()                     # the decoded mp4s, scored then dropped
     tmp = Path(tmpdir.name)
