@@ -27,14 +27,17 @@ MAX_DERIVED_MASK = 0.6        # a "subject on black" whose non-black part covers
 
 @torch.no_grad()
 def compose(model, vae, texts, fg, bg, mask, prompts, steps=50, sampler="dpm", guidance=6.0, dynamic_cfg=False,
-            seed=0, tile=False, device="cpu", dtype=torch.float32, progress=True, offload=None, sched=None):
+            seed=0, tile=False, device="cpu", dtype=torch.float32, progress=True, offload=None, sched=None,
+            eps_scale=1.0, eps_below=None):
     """fg, bg (B,3,T,H,W), mask (B,1,T,H,W), prompts -> composed video (B,3,T,H,W) in [-1,1].
     The DiT input is [noisy | fg latent * latent mask | bg latent], latents times the VAE's scaling factor,
     as train.py's Conditioner builds it. texts: list of prompts -> (B, L, D) embeddings, or the (2B, L, D)
     [prompts | empty prompts] embeddings already computed (embed(); sample.py encodes every prompt first, so T5
     leaves the GPU before sampling). tile: True, False or "auto" (decode_tiling: from the free memory).
     offload: an Offload that brings each model to the device only while it runs (None: they stay where they are).
-    sched: the diffusion.Schedule the composer was trained with (load_schedule; None: CogVideoX-5B's)."""
+    sched: the diffusion.Schedule the composer was trained with (load_schedule; None: CogVideoX-5B's).
+    eps_scale, eps_below: the steps with t < eps_below (None: all) move along eps_scale x the noise estimate
+    (Schedule.scale_eps; 1: off)."""
     off = offload or Offload("none", device)
     s = vae.config.scaling_factor
     B = len(prompts)
@@ -57,7 +60,8 @@ def compose(model, vae, texts, fg, bg, mask, prompts, steps=50, sampler="dpm", g
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn((B, vae.config.latent_channels) + tuple(m_lat.shape[2:]), generator=g).to(device)
     with off.use("transformer"):
-        z = sched.sample(v_fn, noise, steps=steps, sampler=sampler, generator=g, progress=progress)
+        z = sched.sample(v_fn, noise, steps=steps, sampler=sampler, generator=g, progress=progress,
+                         eps_scale=eps_scale, eps_below=eps_below)
     with off.use("vae"):
         return vae.decode((z / s).to(dtype), **dec).float().clamp(-1, 1).cpu()
 

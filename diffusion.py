@@ -164,18 +164,34 @@ class Schedule:
         d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * old_x0
         return c_x * x + c_x0 * d + c_noise * noise(), x0
 
+    def scale_eps(self, v, x, t, k):
+        """The v that makes a step move along k times the model's noise estimate: eps' = k eps_hat, and the x0
+        estimate that goes with it on the same x_t, x0' = (x_t - sqrt(1 - a) eps') / sqrt(a). This is Ning et al.
+        2024's "epsilon scaling" against exposure bias (they divide by lambda = 1/k); k > 1 takes more noise out
+        per step. At a = 0 (t = T-1 under zero-terminal SNR) x_t is the noise itself and v is returned as is."""
+        a = self.alphas_cumprod[t]
+        if k == 1 or a == 0:
+            return v
+        eps = k * (a.sqrt() * v + (1 - a).sqrt() * x)                  # k eps_from_v
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        return (a.sqrt() * eps - (1 - a).sqrt() * x0).to(v.dtype)      # v of (x0', eps')
+
     @torch.no_grad()
-    def sample(self, v_fn, x_T, steps=50, sampler="ddim", generator=None, progress=True):
+    def sample(self, v_fn, x_T, steps=50, sampler="ddim", generator=None, progress=True, eps_scale=1.0,
+               eps_below=None):
         """Run the reverse process from pure noise x_T. v_fn(x_t, t, i) -> v, with t a (B,)
         LongTensor and i the step index (do classifier-free guidance inside v_fn, see cfg_scale).
         Like the diffusers pipeline, the model output is cast to fp32, each update is cast back to
         x_T's dtype, and the returned latent is the last step's x_prev. For N = 50 (and any N
         with round(T/N) == T//N) that is exactly the last x0 estimate (a_prev = 1); otherwise
-        the last step stops at t = 0 (a_0 = 0.99915), as diffusers does."""
+        the last step stops at t = 0 (a_0 = 0.99915), as diffusers does. eps_scale: see scale_eps (1: off), on the
+        steps with t < eps_below only (None: every step)."""
         ts = self.timesteps(steps)
         x, old_x0 = x_T, None
         for i, t in enumerate(tqdm(ts.tolist(), disable=not progress, desc=sampler)):
             v = v_fn(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device), i).float()
+            if eps_below is None or t < eps_below:
+                v = self.scale_eps(v, x.float(), t, eps_scale)
             if sampler == "ddim":
                 x_new, _ = self.ddim_step(v, t, x, steps)
             elif sampler == "dpm":

@@ -66,6 +66,10 @@ arg("--out", default="out", help="output folder (or .mp4 / .gif file for a singl
 arg("--steps", type=int, default=50, help="sampler steps (StM release: 50)")
 arg("--sampler", default="dpm", choices=["ddim", "dpm"],
     help="CogVideoX's DPM-Solver++ variant (StM release) or its DDIM (the toy composer's)")
+arg("--eps-scale", type=float, default=1.0, help="each step moves along this times the noise estimate (epsilon "
+    "scaling against exposure bias, Ning et al. 2024; 1: off). The toy composer's: docs/toy-world.md")
+arg("--eps-below", type=int, default=1000, help="--eps-scale acts on the steps with t below this only (1000: every "
+    "step); above it the steps are plain, so where the subject goes, decided at high noise, is left as it was")
 arg("--guidance", type=float, nargs="+", default=[6.0], help="classifier-free guidance on the text (1: off; StM: 6); "
     "several values (the release's test protocol: 2 4 6 8) compose each triplet once per value into <out>/gs-<value>/")
 arg("--dynamic-cfg", action="store_true",
@@ -157,6 +161,8 @@ def compose_set(a, run, guidance, out, items, bad, ins):
                 "sampler": a.sampler, "guidance": guidance, "dynamic_cfg": a.dynamic_cfg, "seed": a.seed,
                 "frames": T, "size": [H, W], "fps": a.fps, "grid": a.grid, "batch": a.batch,
                 "schedule": sched.config}
+    if a.eps_scale != 1:                                   # (absent when off: records made before the flag stay done)
+        settings.update(eps_scale=a.eps_scale, eps_below=a.eps_below)
     # the record engine: a triplet is done when its record matches these settings, its inputs and the checkpoint
     job = Job(out, "results", items, settings=settings, ranks=ranks, overwrite=a.overwrite, what="composition",
               inputs=lambda j: [tfolder, base, *(j.get(k) for k in ("fg", "bg", "mask", "reference")),
@@ -180,7 +186,7 @@ def compose_set(a, run, guidance, out, items, bad, ins):
         video = composer.compose(model, vae, composer.text_of(table, prompts), fg, bg, mask, prompts, steps=a.steps,
                                  sampler=a.sampler, guidance=guidance, dynamic_cfg=a.dynamic_cfg, seed=a.seed,
                                  tile=tile, device=device, dtype=dtype, progress=ranks.world == 1, offload=offload,
-                                 sched=sched)
+                                 sched=sched, eps_scale=a.eps_scale, eps_below=a.eps_below)
         for j, v, f, b in zip(chunk, video, fg, bg):
             fps = a.fps or ins.pop(j["id"])[3]
             if job.is_done(j["id"]):                       # recomputed with its batch, not rewritten
@@ -235,7 +241,8 @@ def compose_one(a, tfolder, base, sched, shape, tile, device, dtype, offload):
     offload.release("t5")
     v = composer.compose(model, vae, text, fg[None], bg[None], mask[None], [a.prompt or ""], steps=a.steps,
                          sampler=a.sampler, guidance=a.guidance[0], dynamic_cfg=a.dynamic_cfg, seed=a.seed, tile=tile,
-                         device=device, dtype=dtype, offload=offload, sched=sched)[0]
+                         device=device, dtype=dtype, offload=offload, sched=sched, eps_scale=a.eps_scale,
+                         eps_below=a.eps_below)[0]
     write_video(out, to_uint8(v), a.fps or fps)
     if a.grid:
         write_grid(out.with_name(f"{out.stem}_grid"), to_uint8(torch.cat([fg, bg, v], -1)), a.fps or fps)
@@ -260,6 +267,9 @@ def check_flags(a):
                  f"--out {a.out}: --triplets composes many; give a folder --out"),
                 (not 0 <= a.seed < 2**63, f"--seed {a.seed}: need 0 <= seed < 2^63"),
                 (a.batch < 1, f"--batch {a.batch}: need at least 1"),
+                (not (finite(a.eps_scale) and 0.5 <= a.eps_scale <= 2),
+                 f"--eps-scale {a.eps_scale}: need a number between 0.5 and 2 (1: off)"),
+                (not 1 <= a.eps_below <= 1000, f"--eps-below {a.eps_below}: need a timestep between 1 and 1000"),
                 (a.fps is not None and not (finite(a.fps) and 0.1 <= a.fps <= 240),
                  f"--fps {a.fps}: need a frame rate between 0.1 and 240"),
                 (a.frames is not None and a.frames < 1, f"--frames {a.frames}: need 4k+1 frames"),

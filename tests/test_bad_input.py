@@ -290,6 +290,8 @@ def test_sample_never_overwrites_an_input_or_a_file(composer, clips, tmp_path):
     (["--fps", "0.04"], ["--fps 0.04"]), (["--fps", "1e6"], ["--fps 1000000.0"]), (["--fps", "inf"], ["--fps inf"]),
     (["--seed", "-1"], ["--seed -1"]), (["--device", "banana"], ["--device banana"]),
     (["--triplets", "t.jsonl"], ["--triplets", "leave out --fg"]),
+    (["--eps-scale", "0"], ["--eps-scale 0.0", "between 0.5 and 2"]), (["--eps-scale", "nan"], ["--eps-scale nan"]),
+    (["--eps-below", "0"], ["--eps-below 0", "between 1 and 1000"]),
 ])
 def test_sample_flags_checked_before_any_model(composer, clips, tmp_path, extra, needles):
     raises_bad_input("sample", ["--ckpt", composer, "--fg", clips / "fg.mp4", "--bg", clips / "bg.mp4",

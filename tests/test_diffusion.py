@@ -86,6 +86,43 @@ def test_noise_velocity_x0_eps_match_diffusers():
     torch.testing.assert_close(s.eps_from_v(xt, v, t), noise, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("t", [0, 517, 979])
+def test_scale_eps_moves_along_k_times_the_noise_estimate(t):
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(2, 4, 2, 4, 6, generator=g), torch.randn(2, 4, 2, 4, 6, generator=g)
+    s, tt = Schedule(), torch.full((2,), t)
+    v2 = s.scale_eps(v, x, t, 1.14)
+    torch.testing.assert_close(s.eps_from_v(x, v2, tt), 1.14 * s.eps_from_v(x, v, tt), rtol=1e-5, atol=1e-5)
+    a = s.alphas_cumprod[t].float()                # and its x0 estimate is the one that goes with it on the same x_t
+    torch.testing.assert_close(a.sqrt() * s.x0_from_v(x, v2, tt) + (1 - a).sqrt() * s.eps_from_v(x, v2, tt), x,
+                               rtol=1e-5, atol=1e-5)
+    assert torch.equal(s.scale_eps(v, x, t, 1.0), v) and torch.equal(s.scale_eps(v, x, 999, 1.14), v)  # off; a = 0
+
+
+@pytest.mark.parametrize("below", [None, 500])
+def test_sampler_with_eps_scale_is_ddim_on_the_scaled_noise_estimate(below):
+    """Schedule.sample(eps_scale=k) is, step by step, DDIM written on eps: x_prev = sqrt(a_prev) (x - sqrt(1 - a)
+    k eps_hat) / sqrt(a) + sqrt(1 - a_prev) k eps_hat (the first step, at a = 0, and with eps_below the steps at
+    t >= eps_below, as plain DDIM); k = 1 is plain."""
+    s, k, steps = Schedule(), 1.2, 6
+    x_T = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    x = x_T.clone()
+    for i, t in enumerate(s.timesteps(steps).tolist()):
+        tt = torch.full((1,), t)
+        v = fake_v(x, tt, i)
+        a, ap = s.alphas_cumprod[t], s._a_prev(t, steps)
+        if a == 0 or (below is not None and t >= below):
+            x = s.ddim_step(v, t, x, steps)[0].float()
+            continue
+        eps = k * s.eps_from_v(x, v, tt)
+        x = (ap.sqrt() * (x - (1 - a).sqrt() * eps) / a.sqrt() + (1 - ap).sqrt() * eps).float()
+    out = s.sample(fake_v, x_T, steps=steps, sampler="ddim", progress=False, eps_scale=k, eps_below=below)
+    torch.testing.assert_close(out, x, rtol=1e-5, atol=1e-5)
+    plain = s.sample(fake_v, x_T, steps=steps, sampler="ddim", progress=False)
+    assert torch.equal(s.sample(fake_v, x_T, steps=steps, sampler="ddim", progress=False, eps_scale=1.0), plain)
+    assert (out - plain).abs().max() > 1e-2
+
+
 def test_sample_t_uniform_range_and_seeded():
     s = Schedule()
     t = s.sample_t(10000, torch.Generator().manual_seed(1))

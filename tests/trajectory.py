@@ -36,6 +36,8 @@ parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
 parser.add_argument("--at", type=int, nargs="+", default=[0, 10, 20, 30, 40, 45],
                     help="step indices where the run's x0 estimate is scored, and where the SDEdit runs start")
 parser.add_argument("--seed", type=int, default=0, help="noise seed (the same for every triplet)")
+parser.add_argument("--eps-scale", type=float, default=1.0, help="as sample.py --eps-scale (1: off)")
+parser.add_argument("--eps-below", type=int, default=1000, help="as sample.py --eps-below")
 parser.add_argument("--threads", type=int, default=1, help="torch threads")
 
 
@@ -67,6 +69,7 @@ def main(a):
         for i in range(start, a.steps):
             t = ts[i].item()
             v = model(torch.cat([x, cond], 1), text, torch.tensor([t])).float()
+            v = sched.scale_eps(v, x, t, a.eps_scale) if t < a.eps_below else v      # as Schedule.sample
             x, x0 = sched.ddim_step(v, t, x, a.steps)
             if trace and i in a.at:
                 score(it, x0, f"x0 estimate at step {i:2d} (t={t:3d}) of the run from noise", fps)
@@ -90,7 +93,8 @@ def main(a):
                     score(it, ddim(xt, k, cond, text, it, fps, False),
                           f"started at step {k:2d} (t={ts[k].item():3d}) from the correct composite, its end", fps)
     tmpdir.cleanup()
-    print(f"{a.ckpt} on {a.triplets}: DDIM {a.steps}, seed {a.seed}, guidance 1")
+    print(f"{a.ckpt} on {a.triplets}: DDIM {a.steps}, seed {a.seed}, guidance 1"
+          + (f", --eps-scale {a.eps_scale:g} --eps-below {a.eps_below}" if a.eps_scale != 1 else ""))
     for row, vals in rows.items():
         v = np.array([x for x in vals if x[0] is not None and np.isfinite(x[0])], float)
         print(f"  {row:72s} n={len(v)}  shape IoU {v[:, 0].mean():.3f}  size ratio {v[:, 1].mean():.2f}")
