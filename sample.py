@@ -1,7 +1,8 @@
 """
 Compose: put a foreground subject into a background video under a prompt (paper §3.4, Inference).
 
-    python sample.py --grid --guidance 2 --sampler ddim    # bundled toy composer on bundled toy examples -> out/
+    python sample.py --grid --guidance 2 --sampler ddim --eps-scale 1.43 --eps-below 800   # the README quick start:
+        # the bundled toy composer, with the sampler it was tuned with, on the bundled toy examples -> out/
     python sample.py --fg fg.mp4 --bg bg.mp4 --prompt "a red boat sailing on the water at sunset" --grid
     python sample.py --fg clip.mp4 --mask mask.mp4 --bg bg.mp4 --prompt "..." --out out/mine.mp4   # video + its mask
     python sample.py --triplets data/toy-test/triplets.jsonl --ckpt runs/toy --out results/toy   # for evaluate.py

@@ -53,6 +53,17 @@ def test_heldout_seeds_are_not_training_seeds():
                 assert not held & {s for i in range(m) for s in toy.triplet_seeds(other, i)}, (seed, other)
 
 
+def documented_sampling():
+    """The sampler flags of the held-out section's `python sample.py --triplets data/heldout-...` command (its
+    --triplets and --out left out): the fresh set is composed exactly as the documented sets were."""
+    text = re.sub(r"\\\n\s*", " ", DOC.read_text())
+    cmd = re.search(r"python sample\.py --triplets data/heldout-\d+/triplets\.jsonl ([^\n#`]*)", text)
+    assert cmd, "docs/toy-world.md: no `python sample.py --triplets data/heldout-...` command"
+    argv = cmd.group(1).split()
+    i = argv.index("--out")
+    return argv[:i] + argv[i + 2:]
+
+
 def documented_pooled():
     """docs/toy-world.md's held-out table, its '**pooled' row -> {metric key: (mean, low, high)}."""
     lines = DOC.read_text().splitlines()
@@ -86,8 +97,7 @@ def test_fresh_set_agrees_with_the_documented_scores(tmp_path):
                                        timeout=900, cwd=ROOT)
     sets, res = tmp_path / "fresh", tmp_path / "res"
     for argv in ([ROOT / "toy.py", "triplets", "--out", sets, "--n", FRESH_N, "--seed", FRESH_SEED],
-                 [ROOT / "sample.py", "--triplets", sets / "triplets.jsonl", "--guidance", 1, "--sampler", "ddim",
-                  "--out", res],
+                 [ROOT / "sample.py", "--triplets", sets / "triplets.jsonl", *documented_sampling(), "--out", res],
                  [ROOT / "evaluate.py", "results", res]):
         r = run(*argv)
         assert r.returncode == 0, r.stderr[-2000:]

@@ -6,10 +6,11 @@ For every toy triplet (they carry the correct composite as `reference` and what 
 of --steps from pure noise, as sample.py --sampler ddim --guidance 1 composes (one triplet at a time, noise from
 --seed), scored at its end and, along the way, the shape of its x0 estimate decoded at a few steps; then the same
 DDIM started part-way, from the correct composite noised to that step's level (SDEdit), scored at its end. Toy shape
-IoU and size ratio (toy.metrics, as evaluate.py scores them, through the same mp4 writer) are printed per row: if the
-estimate along the run is better than where the run ends, the last steps lose the shape; if runs started late from
-the right composite end near the VAE's ceiling, the model can finish a right composite, and what it finishes from its
-own run is what is off.
+IoU, size ratio and copy-paste (toy.metrics, as evaluate.py scores them, through the same mp4 writer) are printed per
+row: if the estimate along the run is better than where the run ends, the last steps lose the shape; if runs started
+late from the right composite end near the VAE's ceiling, the model can finish a right composite, and what it
+finishes from its own run is what is off. With --eps-scale the steps are sample.py's with that flag; the x0 estimate
+scored along the way is still the model's own (before scaling).
 """
 import argparse
 import sys
@@ -63,14 +64,15 @@ def main(a):
         write_video(path, to_uint8(vae.decode(z / s).clamp(-1, 1)[0]), fps)
         gen, fg, bg, mask, geom = load_record({**it, "result": str(path)}, Path("."))
         m = toy.metrics(gen, fg, bg, mask, it["expect"], geom)
-        rows.setdefault(row, []).append((m["toy_shape_iou"], m["toy_size_ratio"]))
+        rows.setdefault(row, []).append((m["toy_shape_iou"], m["toy_size_ratio"], m["toy_copy_paste"]))
 
     def ddim(x, start, cond, text, it, fps, trace):
         for i in range(start, a.steps):
             t = ts[i].item()
             v = model(torch.cat([x, cond], 1), text, torch.tensor([t])).float()
+            x0 = sched.ddim_step(v, t, x, a.steps)[1]                                # the model's own x0 estimate
             v = sched.scale_eps(v, x, t, a.eps_scale) if t < a.eps_below else v      # as Schedule.sample
-            x, x0 = sched.ddim_step(v, t, x, a.steps)
+            x = sched.ddim_step(v, t, x, a.steps)[0]
             if trace and i in a.at:
                 score(it, x0, f"x0 estimate at step {i:2d} (t={t:3d}) of the run from noise", fps)
         return x
@@ -97,7 +99,8 @@ def main(a):
           + (f", --eps-scale {a.eps_scale:g} --eps-below {a.eps_below}" if a.eps_scale != 1 else ""))
     for row, vals in rows.items():
         v = np.array([x for x in vals if x[0] is not None and np.isfinite(x[0])], float)
-        print(f"  {row:72s} n={len(v)}  shape IoU {v[:, 0].mean():.3f}  size ratio {v[:, 1].mean():.2f}")
+        print(f"  {row:72s} n={len(v)}  shape IoU {v[:, 0].mean():.3f}  size ratio {v[:, 1].mean():.2f}  "
+              f"copy-paste {v[:, 2].mean():.2f}")
 
 
 if __name__ == "__main__":
