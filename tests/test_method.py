@@ -235,8 +235,8 @@ def test_overfit_beats_a_bound_from_the_data(tiny_data, tmp_path):
 def test_shipped_composer_scores_above_a_floor(tmp_path):
     """The shipped toy composer on the three bundled examples, 10 DDIM steps at guidance 2, scored by evaluate.py's
     exact toy metrics: measured here 1.00 affordance and 0.61 shape IoU (the 5,000-step lr 2e-3 composer, plain
-    DDIM; docs/toy-world.md: 1.00 / 0.63 at 50 steps with its epsilon scaling on 32 triplets). The floors leave room for one subject in a wrong
-    band and for 10-step blur, not for a composer that copies, smears or misplaces."""
+    DDIM; docs/toy-world.md: 1.00 / 0.63 at 50 steps with its epsilon scaling on 32 triplets). The floors leave room
+    for one subject in a wrong band and for 10-step blur, not for a composer that copies, smears or misplaces."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     r = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--steps", "10", "--sampler", "ddim", "--guidance",
                         "2", "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
