@@ -136,11 +136,13 @@ def test_cfg_in_compose(vae_07, tiny_data, monkeypatch, guidance):
     b = train.collate([ds[i] for i in (0, 1)])
     texts, stub, seen = Texts(b["caption"]), StubDiT(), []
 
-    def one_step(self, v_fn, x_T, steps=50, sampler="dpm", generator=None, progress=True):
+    def one_step(self, v_fn, x_T, steps=50, sampler="dpm", generator=None, progress=True, **scaling):
         seen.append(v_fn(x_T, torch.full((x_T.shape[0],), 999), 0))
+        assert scaling == {"eps_scale": guidance / 5, "eps_below": 700}           # handed on to the sampler as given
         return x_T
     monkeypatch.setattr(diffusion.Schedule, "sample", one_step)
-    composer.compose(stub, vae_07, texts, b["fg"], b["bg"], b["mask"], b["caption"], guidance=guidance)
+    composer.compose(stub, vae_07, texts, b["fg"], b["bg"], b["mask"], b["caption"], guidance=guidance,
+                     eps_scale=guidance / 5, eps_below=700)
     v = seen[0]                                                                # (2, 16, T', H', W')
     v_c = torch.tensor([texts.ids[c] for c in b["caption"]])                   # what the stub says per prompt
     expect = v_c if guidance == 1 else 0.0 + guidance * (v_c - 0.0)           # v_u = 0: the empty prompt's id
