@@ -164,13 +164,14 @@ class Schedule:
         d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * old_x0
         return c_x * x + c_x0 * d + c_noise * noise(), x0
 
-    def scale_eps(self, v, x, t, k):
+    def scale_eps(self, v, x, t, k, below=None):
         """The v that makes a step move along k times the model's noise estimate: eps' = k eps_hat, and the x0
         estimate that goes with it on the same x_t, x0' = (x_t - sqrt(1 - a) eps') / sqrt(a). This is Ning et al.
         2024's "epsilon scaling" against exposure bias (they divide by lambda = 1/k); k > 1 takes more noise out
-        per step. At a = 0 (t = T-1 under zero-terminal SNR) x_t is the noise itself and v is returned as is."""
+        per step. Steps with t >= below (None: none) are left plain, and so is a = 0 (t = T-1 under zero-terminal
+        SNR), where x_t is the noise itself: v is returned as is."""
         a = self.alphas_cumprod[t]
-        if k == 1 or a == 0:
+        if k == 1 or a == 0 or (below is not None and t >= below):
             return v
         eps = k * (a.sqrt() * v + (1 - a).sqrt() * x)                  # k eps_from_v
         x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
@@ -190,8 +191,7 @@ class Schedule:
         x, old_x0 = x_T, None
         for i, t in enumerate(tqdm(ts.tolist(), disable=not progress, desc=sampler)):
             v = v_fn(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device), i).float()
-            if eps_below is None or t < eps_below:
-                v = self.scale_eps(v, x.float(), t, eps_scale)
+            v = self.scale_eps(v, x.float(), t, eps_scale, eps_below)
             if sampler == "ddim":
                 x_new, _ = self.ddim_step(v, t, x, steps)
             elif sampler == "dpm":

@@ -17,10 +17,14 @@ DOC = ROOT / "docs" / "toy-world.md"
 FRESH_SEED, FRESH_N = 70_000, 16     # the set test_fresh_set_agrees draws: no figure in the docs comes from it
 
 
+def joined(*files):
+    """The files' text with shell continuation lines joined (a command is then one line)."""
+    return re.sub(r"\\\n\s*", " ", "\n".join(f.read_text() for f in files))
+
+
 def documented_commands(name):
     """Every `toy.py NAME ...` command line in the README and docs/ (continuation lines joined)."""
-    text = "\n".join(f.read_text() for f in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
-    text = re.sub(r"\\\n\s*", " ", text)
+    text = joined(ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
     return [m.group(0) for m in re.finditer(rf"toy\.py {name}\b[^\n`]*", text)]
 
 
@@ -56,7 +60,7 @@ def test_heldout_seeds_are_not_training_seeds():
 def documented_sampling():
     """The sampler flags of the held-out section's `python sample.py --triplets data/heldout-...` command (its
     --triplets and --out left out): the fresh set is composed exactly as the documented sets were."""
-    text = re.sub(r"\\\n\s*", " ", DOC.read_text())
+    text = joined(DOC)
     cmd = re.search(r"python sample\.py --triplets data/heldout-\d+/triplets\.jsonl ([^\n#`]*)", text)
     assert cmd, "docs/toy-world.md: no `python sample.py --triplets data/heldout-...` command"
     argv = cmd.group(1).split()

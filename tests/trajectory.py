@@ -71,7 +71,7 @@ def main(a):
             t = ts[i].item()
             v = model(torch.cat([x, cond], 1), text, torch.tensor([t])).float()
             x0 = sched.ddim_step(v, t, x, a.steps)[1]                                # the model's own x0 estimate
-            v = sched.scale_eps(v, x, t, a.eps_scale) if t < a.eps_below else v      # as Schedule.sample
+            v = sched.scale_eps(v, x, t, a.eps_scale, a.eps_below)                  # as Schedule.sample
             x = sched.ddim_step(v, t, x, a.steps)[0]
             if trace and i in a.at:
                 score(it, x0, f"x0 estimate at step {i:2d} (t={t:3d}) of the run from noise", fps)
